@@ -1,0 +1,172 @@
+"""Command line: ``mmsent check | train | predict``. ``main(argv)`` is callable from tests."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, RunConfig, apply_overrides, config_fields, load_config_file
+from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, TEXT_ENCODERS
+
+DEFAULT_TRAIN_FILE = "train.txt"
+DEFAULT_TEST_FILE = "test_without_label.txt"
+
+# Flags whose values must come from a registry (choices are derived, never hand-listed).
+_REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.loss": LOSSES}
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
+                        help="data folder with train.txt, test_without_label.txt and data/ (default: $MMSENT_DATA "
+                             "or ../shared/data/mvsa)")
+    parser.add_argument("--train-file", default=DEFAULT_TRAIN_FILE, help="labelled file (path, or name inside --data)")
+    parser.add_argument("--test-file", default=DEFAULT_TEST_FILE, help="unlabelled file (path, or name inside --data)")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    """One option per config field that declares a short flag, plus --set KEY=VALUE for every field."""
+    group = parser.add_argument_group("model and training (override --config)")
+    for key, spec, default in config_fields():
+        flag = spec.metadata.get("flag")
+        if not flag:
+            continue
+        kwargs = {"dest": f"cfg:{key}", "default": None, "metavar": key.rsplit(".", 1)[-1].upper(), "help": f"{spec.metadata.get('help', '')} (default: {default})"}
+        if key in _REGISTRY_CHOICES:
+            kwargs["choices"] = _REGISTRY_CHOICES[key].names()
+        elif key == "modality":
+            kwargs["choices"] = ["all", "image", "text"]
+        group.add_argument(flag, **kwargs)
+    group.add_argument("--config", type=Path, help="JSON file of config keys (nested as in config.json, or dotted)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any config key, e.g. --set fusion.heads=8 (repeatable); see 'mmsent config'")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults <- --config file <- --set <- short flags."""
+    config = RunConfig()
+    if args.config:
+        apply_overrides(config, load_config_file(args.config))
+    sets = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        sets[key.strip()] = value.strip()
+    apply_overrides(config, sets)
+    flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
+    apply_overrides(config, flags)
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmsent", description="Image+text sentiment (positive/neutral/negative).")
+    parser.add_argument("--version", action="version", version=f"mmsent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a data set and list every problem found")
+    _add_data_args(check)
+    check.add_argument("--all", action="store_true", help="list every problem, not only the first 50")
+    check.set_defaults(func=cmd_check)
+
+    train = sub.add_parser("train", help="stratified k-fold cross-validation; saves fold models and metrics")
+    _add_data_args(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    _add_config_args(train)
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="write 'guid,tag' for every post of the test file (fold ensemble)")
+    _add_data_args(predict)
+    predict.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
+    predict.add_argument("--out", type=Path, required=True, help="predictions file to write")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
+
+    config = sub.add_parser("config", help="print every config key with its default and the registered names")
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def cmd_check(args) -> int:
+    from .data.check import check_data, format_report
+
+    report = check_data(args.data, args.train_file, args.test_file)
+    print(format_report(report, limit=10**9 if args.all else 50))
+    return 0 if report.usable else 1
+
+
+def _print_problems(split, limit: int = 10) -> None:
+    warnings = [p for p in split.problems if not p.fatal]
+    if warnings:
+        print(f"{len(warnings)} data warnings (repaired or worked around); first ones:")
+        for problem in warnings[:limit]:
+            print(f"  {problem}")
+
+
+def cmd_train(args) -> int:
+    from .cv import format_summary, train_cv
+    from .data.dataset import open_split
+
+    config = config_from_args(args)
+    split = open_split(args.data, args.train_file, labelled=True)
+    print(f"training {config.model} / {config.fusion.name} / modality {config.modality} on {len(split.records)} posts, "
+          f"{config.train.folds} folds -> {args.out}")
+    metrics = train_cv(config, split, args.out)
+    _print_problems(split)
+    print(format_summary(metrics))
+    print(f"run saved to {args.out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data.dataset import open_split
+    from .predict import load_run, write_predictions
+
+    start = time.perf_counter()
+    run = load_run(args.run, device=args.device)
+    split = open_split(args.data, args.test_file, labelled=False)
+    probs = run.predict_split(split)
+    write_predictions(args.out, split.guids, probs)
+    _print_problems(split)
+    text_only = [p for p in split.problems if p.where.endswith(".jpg")]
+    print(f"wrote {len(split.guids)} predictions to {args.out} ({len(run.models)}-fold ensemble; "
+          f"{len(text_only)} rows rested on text only) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_config(args) -> int:
+    for key, spec, default in config_fields():
+        flag = spec.metadata.get("flag")
+        print(f"{key:28s} {default!r:24s} {flag or '':22s} {spec.metadata.get('help', '')}")
+    print()
+    for name, registry in (("model families", MODEL_FAMILIES), ("text encoders", TEXT_ENCODERS),
+                           ("image encoders", IMAGE_ENCODERS), ("fusions", FUSIONS), ("losses", LOSSES)):
+        print(f"{name}: {', '.join(registry.names())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code. User errors print one clear line, not a traceback."""
+    from . import load_plugins
+    from .data.records import DataError
+    from .predict import RunError
+
+    load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RunError, ValueError, KeyError, RuntimeError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
+            message = f"{error}\nhint: lower --batch-size, or use fewer --text-train-layers"
+        if os.environ.get("MMSENT_DEBUG"):
+            raise
+        print(f"mmsent {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

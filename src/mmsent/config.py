@@ -1,0 +1,206 @@
+"""Typed configuration: one dataclass per component, merged into :class:`RunConfig`.
+
+A run's ``config.json`` is ``RunConfig.to_dict()``; ``--config FILE`` reads the same shape (any subset of keys),
+and command-line flags override it. Every field is reachable from the CLI as ``--set section.field=value``;
+the most used ones also have a short flag, declared once in the field's metadata (``flag``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_VERSION = 1
+LABELS = ("negative", "neutral", "positive")
+
+
+def _opt(default, flag: str | None = None, help: str = "", **kw):
+    """A dataclass field with CLI metadata (``flag``: the short option, ``help``: its text)."""
+    metadata = {"flag": flag, "help": help}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass
+class TextPrepConfig:
+    """How a post's text is cleaned before tokenisation."""
+
+    strip_urls: bool = _opt(True, help="remove http(s):// and www. links")
+    strip_mentions: bool = _opt(True, help="remove @user mentions")
+    strip_rt: bool = _opt(True, help="remove retweet markers ('RT')")
+    lowercase: bool = _opt(True, help="lowercase the text")
+    remove_stopwords: bool = _opt(False, help="drop English stop words (negations such as 'not' are kept)")
+    max_chars: int = _opt(2000, help="texts longer than this are truncated before tokenisation")
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text tower: a registered name or any Hugging Face model id / local folder."""
+
+    name: str = _opt("minilm", flag="--text-encoder", help="registered name, Hugging Face id or local folder")
+    max_length: int = _opt(64, help="tokens per text (longer texts are cut)")
+    train_layers: int = _opt(0, flag="--text-train-layers",
+                             help="top transformer layers fine-tuned; the frozen ones below are cached on disk")
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Image tower: a registered name or any Hugging Face model id / local folder."""
+
+    name: str = _opt("efficientnet_lite0", flag="--image-encoder", help="registered name, Hugging Face id or local folder")
+    image_size: int = _opt(224, help="side of the square input image (0 = the encoder's native size)")
+    train_layers: int = _opt(0, flag="--image-train-layers",
+                             help="top stages fine-tuned; the frozen ones below are cached on disk")
+
+
+@dataclass
+class FusionConfig:
+    """How image and text tokens are combined."""
+
+    name: str = _opt("cross_attention", flag="--fusion", help="fusion registered by name")
+    dim: int = _opt(256, flag="--dim", help="model (feature) dimension after projecting each tower")
+    heads: int = _opt(4, flag="--heads", help="attention heads")
+    layers: int = _opt(1, flag="--fusion-layers", help="stacked co-attention layers (bi_cross_attention)")
+    ffn_dim: int = _opt(512, flag="--ffn-dim", help="feed-forward width inside attention layers")
+    dropout: float = _opt(0.2, flag="--dropout", help="dropout in fusion and head")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, loss, early stopping and cross-validation."""
+
+    folds: int = _opt(5, flag="--folds", help="stratified cross-validation folds")
+    epochs: int = _opt(20, flag="--epochs", help="upper bound; early stopping may end sooner")
+    patience: int = _opt(3, flag="--patience", help="epochs without a better validation accuracy before stopping")
+    batch_size: int = _opt(32, flag="--batch-size")
+    lr: float = _opt(1e-3, flag="--lr", help="learning rate of the fusion and head")
+    encoder_lr: float = _opt(5e-5, flag="--encoder-lr", help="learning rate of fine-tuned encoder layers")
+    weight_decay: float = _opt(0.01, flag="--weight-decay")
+    optimizer: str = _opt("adamw", flag="--optimizer", help="adam or adamw")
+    warmup_ratio: float = _opt(0.1, help="share of steps with linear warm-up, then cosine decay")
+    loss: str = _opt("cross_entropy", flag="--loss", help="loss registered by name")
+    focal_gamma: float = _opt(2.0, help="focal loss focusing parameter")
+    focal_alpha: list = _opt(list, help="per-class focal alpha in label order (empty = 0.25 for every class)")
+    label_smoothing: float = _opt(0.0, help="cross-entropy label smoothing")
+    seed: int = _opt(42, flag="--seed")
+    device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
+    workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild and retrain a model; saved as ``RUN/config.json``."""
+
+    model: str = _opt("pretrained", flag="--model", help="model family registered by name")
+    modality: str = _opt("all", flag="--modality", help="all, image or text")
+    text_prep: TextPrepConfig = field(default_factory=TextPrepConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        config = cls()
+        apply_overrides(config, flatten(data))
+        return config
+
+    def save(self, path: Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the user gave is not valid."""
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_fields(config: Any = None, prefix: str = ""):
+    """Yield (dotted_key, dataclass_field, owner_class) for every leaf field of RunConfig."""
+    cls = RunConfig if config is None else config
+    for f in fields(cls):
+        if f.name == "version":
+            continue
+        if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None):
+            yield from config_fields(f.type, prefix + f.name + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            yield from config_fields(type(default), prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, default
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return bool(value)
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        try:
+            return [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a comma-separated list of numbers, got {value!r}") from None
+    for kind in (int, float, str):
+        if isinstance(default, kind):
+            try:
+                if kind is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set dotted keys (``train.lr``) on ``config`` in place, with type checks."""
+    known = {key: default for key, _, default in config_fields()}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}")
+        owner = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            owner = getattr(owner, part)
+        setattr(owner, leaf, _coerce(key, value, known[key]))
+    return config
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON config (nested like config.json, or flat dotted keys) into dotted overrides."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    data.pop("version", None)
+    return flatten(data)

@@ -1,0 +1,67 @@
+"""Opening a post's image by its content (not its extension) into a square RGB array."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_IMAGE_PIXELS = 40_000_000  # a file that declares more is refused before it is decoded
+MAX_ASPECT = 50  # wider/taller than this is treated as unusable
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message says why."""
+
+
+def open_image(raw: bytes) -> Image.Image:
+    """Open bytes of any format Pillow knows, refusing decompression bombs; returns an RGB image."""
+    if not raw:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"declares {width}x{height} pixels (limit {MAX_IMAGE_PIXELS:,}); refused")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise ImageError(f"aspect ratio {width}x{height} is too extreme")
+            return image
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"decompression bomb refused: {error}") from None
+    except Exception as error:  # Pillow raises many types for non-images
+        raise ImageError(f"not a readable image ({type(error).__name__}: {error})") from None
+
+
+def load_square_rgb(raw: bytes, size: int) -> np.ndarray:
+    """Decode, apply EXIF rotation, convert to RGB, resize the short side to ``size`` and centre-crop.
+
+    JPEGs are decoded in draft mode at the smallest DCT scale still at least ``size`` (much faster for
+    large photos). Returns a (size, size, 3) uint8 array. Raises ImageError for unusable images.
+    """
+    image = open_image(raw)
+    try:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        image = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=2.0)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        return np.array(image, dtype=np.uint8)  # a writable copy
+    except ImageError:
+        raise
+    except Exception as error:
+        raise ImageError(f"could not decode ({type(error).__name__}: {error})") from None

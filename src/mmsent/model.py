@@ -1,0 +1,107 @@
+"""MultimodalClassifier: trainable encoder parts + projections + fusion + head, with a modality switch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import LABELS, RunConfig
+from .encoders.base import Tower, TrainableEncoder
+from .fusion import create_fusion, masked_mean
+from .registry import MODEL_FAMILIES
+
+MODALITIES = ("all", "image", "text")
+
+
+@dataclass
+class Towers:
+    """The loaded encoders a run uses (None where the modality leaves one out)."""
+
+    text: Tower | None
+    image: Tower | None
+
+    def present(self) -> list[Tower]:
+        return [t for t in (self.text, self.image) if t is not None]
+
+
+@MODEL_FAMILIES.register("pretrained")
+def pretrained_family(config: RunConfig) -> Towers:
+    """Pretrained encoders: ``text.name`` and ``image.name`` (packaged weights, or any Hugging Face model)."""
+    from .encoders.image import create_image_tower
+    from .encoders.text import create_text_tower
+
+    return Towers(
+        text=create_text_tower(config.text) if config.modality in ("all", "text") else None,
+        image=create_image_tower(config.image) if config.modality in ("all", "image") else None,
+    )
+
+
+def build_towers(config: RunConfig) -> Towers:
+    if config.modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
+    return MODEL_FAMILIES.create(config.model, config)
+
+
+class MultimodalClassifier(nn.Module):
+    """Logits over LABELS from a batch of cached encoder features.
+
+    With ``modality == "all"`` the two token streams are fused; with one modality its tokens are mean-pooled.
+    A post whose image could not be read gets a learned "missing image" token instead.
+    """
+
+    def __init__(self, config: RunConfig, towers: Towers):
+        super().__init__()
+        fusion_cfg = config.fusion
+        dim = fusion_cfg.dim
+        self.modality = config.modality
+        self.text_encoder: TrainableEncoder | None = towers.text.make_trainable() if towers.text else None
+        self.image_encoder: TrainableEncoder | None = towers.image.make_trainable() if towers.image else None
+        if self.text_encoder is not None:
+            self.text_proj = nn.Sequential(nn.Linear(self.text_encoder.out_dim, dim), nn.LayerNorm(dim))
+        if self.image_encoder is not None:
+            self.image_proj = nn.Sequential(nn.Linear(self.image_encoder.out_dim, dim), nn.LayerNorm(dim))
+            self.missing_image = nn.Parameter(torch.zeros(1, 1, dim))
+        if self.modality == "all":
+            self.fusion = create_fusion(fusion_cfg)
+            fused_dim = self.fusion.out_dim
+        else:
+            self.fusion = None
+            fused_dim = dim
+        self.head = nn.Sequential(
+            nn.Dropout(fusion_cfg.dropout), nn.Linear(fused_dim, dim), nn.GELU(), nn.Dropout(fusion_cfg.dropout),
+            nn.Linear(dim, len(LABELS)),
+        )
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        encoders = [e for e in (self.text_encoder, self.image_encoder) if e is not None]
+        return [p for e in encoders for p in e.parameters() if p.requires_grad]
+
+    def _image_tokens(self, features):
+        tokens, mask = self.image_encoder(features)
+        tokens = self.image_proj(tokens)  # (B, Ti, D)
+        present = features["image_present"]  # (B,)
+        if not bool(present.all()):
+            missing = ~present
+            tokens = tokens.clone()
+            tokens[missing] = self.missing_image.to(tokens.dtype).expand(int(missing.sum()), tokens.shape[1], -1)
+            mask = mask.clone()
+            mask[missing] = False
+            mask[missing, 0] = True  # one learned token stands for the absent image
+        return tokens, mask
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """features: cached tensors of a batch -> logits (B, 3)."""
+        if self.text_encoder is not None:
+            txt, txt_mask = self.text_encoder(features)
+            txt = self.text_proj(txt)  # (B, Tt, D)
+        if self.image_encoder is not None:
+            img, img_mask = self._image_tokens(features)
+        if self.modality == "all":
+            fused = self.fusion(img, img_mask, txt, txt_mask)  # (B, F)
+        elif self.modality == "text":
+            fused = masked_mean(txt, txt_mask)
+        else:
+            fused = masked_mean(img, img_mask)
+        return self.head(fused)  # (B, 3)

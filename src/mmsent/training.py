@@ -1,0 +1,164 @@
+"""The one training loop: batches of cached features, loss, optimiser + schedule, early stopping, best weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .losses import create_loss, probabilities
+from .metrics import classification_metrics
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available here")
+    return torch.device(name)
+
+
+class FeatureBatches:
+    """Iterates over mini-batches of cached features for the given post indices."""
+
+    def __init__(self, features: dict[str, torch.Tensor], labels: torch.Tensor | None, indices, batch_size: int,
+                 shuffle: bool = False, seed: int = 0):
+        self.features, self.labels = features, labels
+        self.indices = np.asarray(indices)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        for start in range(0, len(order), self.batch_size):
+            index = torch.as_tensor(order[start:start + self.batch_size])
+            batch = {name: tensor[index] for name, tensor in self.features.items()}
+            if "text_mask" in batch:  # cut the padding shared by the whole batch
+                length = max(int(batch["text_mask"].sum(1).max()), 1)
+                batch["text_mask"] = batch["text_mask"][:, :length]
+                batch["text_hidden"] = batch["text_hidden"][:, :length]
+            yield batch, (self.labels[index] if self.labels is not None else None)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    val_probs: np.ndarray | None = None
+
+
+def _warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, batches: FeatureBatches, loss_name: str, device: torch.device,
+                  loss_fn: nn.Module | None = None) -> tuple[np.ndarray, float]:
+    """Class probabilities (N, C) for every post of ``batches``, and the mean loss when labels are given."""
+    model.eval()
+    probs, total, count = [], 0.0, 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    for batch, labels in batches:
+        with autocast:
+            logits = model(to_device(batch, device)).float()
+        if loss_fn is not None and labels is not None:
+            total += float(loss_fn(logits, labels.to(device))) * len(labels)
+            count += len(labels)
+        probs.append(probabilities(loss_name, logits).cpu())
+    return torch.cat(probs).numpy(), total / max(count, 1)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
+        device: torch.device, desc: str = "train", on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``model`` with early stopping on validation accuracy; returns the best epoch's weights."""
+    model.to(device)
+    loss_fn = create_loss(config).to(device)
+    encoder_params = {id(p) for p in model.encoder_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_params], "lr": config.lr},
+        {"params": [p for p in model.parameters() if id(p) in encoder_params], "lr": config.encoder_lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+    optimizer = OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay)
+    train_batches = FeatureBatches(features, labels, train_idx, config.batch_size, shuffle=True, seed=config.seed)
+    val_batches = FeatureBatches(features, labels, val_idx, max(config.batch_size, 64))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+
+    best = FitResult(best_state={}, best_epoch=0)
+    best_accuracy, stale = -1.0, 0
+    val_labels = labels[torch.as_tensor(np.asarray(val_idx))].numpy()
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(train_batches, desc=f"{desc} epoch {epoch}", unit="batch", leave=False)
+        for batch, targets in bar:
+            targets = targets.to(device)
+            with autocast:
+                logits = model(to_device(batch, device)).float()
+            loss = loss_fn(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach()) * len(targets)
+            seen += len(targets)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        probs, val_loss = predict_probs(model, val_batches, config.loss, device, loss_fn)
+        scores = classification_metrics(val_labels, probs.argmax(1))
+        record = {
+            "epoch": epoch, "train_loss": running / max(seen, 1), "val_loss": val_loss,
+            "val_accuracy": scores["accuracy"], "val_weighted_f1": scores["weighted_f1"],
+            "val_macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start,
+        }
+        best.history.append(record)
+        improved = scores["accuracy"] > best_accuracy
+        if improved:
+            best_accuracy, stale = scores["accuracy"], 0
+            best.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best.best_epoch, best.val_probs = epoch, probs
+        else:
+            stale += 1
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if stale >= config.patience:
+            break
+    return best

@@ -1,0 +1,125 @@
+"""End to end through ``mmsent.cli.main``: check, train (1 epoch x 2 folds), predict, and the run folder contract."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from mmsent.cli import main
+
+FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
+        "--set", "text.max_length=16", "--set", "image.image_size=64", "--workers", "0"]
+
+
+def _train(dataset: Path, out: Path, *extra: str) -> dict:
+    code = main(["train", "--data", str(dataset), "--out", str(out), *FAST, *extra])
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_check_reports_usable_data(dataset, capsys):
+    assert main(["check", "--data", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "negative 8" in out and "data set is usable" in out
+    assert "cp1252" in out
+
+
+def test_check_fails_on_unknown_tag(dataset, capsys):
+    (dataset / "train.txt").write_text("guid,tag\n1000,postive\n")
+    assert main(["check", "--data", str(dataset)]) == 1
+    assert "train.txt:2" in capsys.readouterr().out
+
+
+def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    metrics = _train(dataset, run)
+    assert set(metrics["cv"]) >= {"accuracy_mean", "accuracy_std", "weighted_f1_mean", "macro_f1_mean"}
+    assert len(metrics["folds"]) == 2
+    for row in metrics["folds"]:
+        assert set(row) >= {"fold", "accuracy", "weighted_f1", "macro_f1", "best_epoch"}
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert metrics["wall_seconds"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["folds"] == 2 and config["fusion"]["dim"] == 16
+    for fold in range(2):
+        assert (run / "folds" / f"fold_{fold}" / "model.safetensors").is_file()
+        history = json.loads((run / "folds" / f"fold_{fold}" / "history.json").read_text())
+        assert set(history[0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy"}
+    assert len((run / "oof_predictions.csv").read_text().splitlines()) == 25
+
+    predictions = tmp_path / "pred.txt"
+    assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
+    rows = predictions.read_text().splitlines()
+    expected = (dataset / "test_without_label.txt").read_text().splitlines()
+    assert rows[0] == "guid,tag"
+    assert [r.split(",")[0] for r in rows[1:]] == [e.split(",")[0] for e in expected[1:]]
+    assert all(r.split(",")[1] in ("positive", "neutral", "negative") for r in rows[1:])
+    assert "wrote 6 predictions" in capsys.readouterr().out
+
+
+def test_same_seed_same_metrics(dataset, tmp_path):
+    args = ["--text-encoder", "minilm", "--seed", "7", "--epochs", "2"]
+    first = _train(dataset, tmp_path / "a", *args)
+    second = _train(dataset, tmp_path / "b", *args)  # second run also reads the feature cache
+    assert first["folds"] == second["folds"]
+    assert first["cv"] == second["cv"]
+
+
+@pytest.mark.parametrize("fusion", ["concat", "bi_cross_attention"])
+@pytest.mark.parametrize("modality", ["all", "text"])
+def test_train_hf_folders_any_fusion(fusion, modality, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
+    metrics = _train(dataset, tmp_path / "run", "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
+                     "--set", "image.image_size=32", "--fusion", fusion, "--modality", modality,
+                     "--text-train-layers", "1", "--loss", "focal")
+    assert len(metrics["folds"]) == 2
+
+
+def test_config_file_is_overridden_by_flags(dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps({"fusion": {"name": "concat", "heads": 2}, "train.lr": 0.01}))
+    run = tmp_path / "run"
+    _train(dataset, run, "--config", str(config_file), "--lr", "0.002", "--text-encoder", tiny_bert_dir,
+           "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["fusion"]["name"] == "concat" and saved["fusion"]["heads"] == 2
+    assert saved["train"]["lr"] == 0.002
+
+
+def test_user_errors_are_one_line(tmp_path, capsys, dataset):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--set", "train.nope=1"]) == 2
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    assert main(["predict", "--run", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(tmp_path / "p")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.write_text, (Path("/tmp/mmsent-pwned-marker"), "pwned"))
+
+
+def test_crafted_pickle_in_run_folder_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
+    run = tmp_path / "run"
+    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    marker = Path("/tmp/mmsent-pwned-marker")
+    marker.unlink(missing_ok=True)
+    (run / "folds" / "fold_0" / "model.safetensors").write_bytes(pickle.dumps(_Boom()))
+    code = main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path / "p.txt")])
+    assert code == 2
+    assert "not a valid safetensors file" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
+    run = tmp_path / "run"
+    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    config = json.loads((run / "config.json").read_text())
+    config["version"] = 999
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path / "p.txt")]) == 2
+    assert "incompatible" in capsys.readouterr().err

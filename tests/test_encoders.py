@@ -1,0 +1,110 @@
+"""Encoders: packaged weights load, frozen/trainable splits compute the same function, masks ignore padding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mmsent.config import ImageEncoderConfig, TextEncoderConfig, TextPrepConfig
+from mmsent.data.dataset import open_split
+from mmsent.encoders.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite, load_pretrained
+from mmsent.encoders.image import create_image_tower, normalise
+from mmsent.encoders.text import create_text_tower
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_pretrained("efficientnet_lite0")
+
+
+def test_packaged_efficientnet_classifies_like_imagenet(lite0):
+    # A plain red square is no ImageNet class, but logits must be finite and confident-ish rather than uniform.
+    x = torch.zeros(1, 3, 224, 224)
+    x[:, 0] = 1.0
+    with torch.no_grad():
+        probs = lite0(normalise((x * 255).to(torch.uint8), LITE_MEAN, LITE_STD)).softmax(-1)
+    assert probs.shape == (1, 1000) and torch.isfinite(probs).all()
+    assert probs.max() > 5 / 1000  # random weights give ~1/1000 everywhere
+
+
+def test_batchnorm_fusion_keeps_outputs(lite0):
+    x = torch.randn(2, 3, 96, 128)
+    fused = copy.deepcopy(lite0).fuse_batchnorm_()
+    with torch.no_grad():
+        assert torch.allclose(lite0.forward_features(x), fused.forward_features(x), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+
+
+def test_random_init_differs_from_packaged(lite0):
+    fresh = EfficientNetLite("efficientnet_lite0")
+    assert not torch.equal(fresh._conv_stem.weight, lite0._conv_stem.weight)
+
+
+@pytest.mark.parametrize("train_layers", [1, 3, 18])
+def test_image_split_point_does_not_change_the_function(train_layers, dataset):
+    split = open_split(dataset, "train.txt", labelled=True)
+    frozen = create_image_tower(ImageEncoderConfig(image_size=64, train_layers=0))
+    partly = create_image_tower(ImageEncoderConfig(image_size=64, train_layers=train_layers))
+    a = frozen.precompute(split, None, 8, 0)
+    b = partly.precompute(split, None, 8, 0)
+    assert a["image_input"].shape == (len(split.records), 4, 1280)  # 64 px -> 2x2 cells
+    upper = partly.make_trainable().eval()
+    with torch.no_grad():
+        tokens_a, _ = frozen.make_trainable()(a)
+        tokens_b, mask = upper(b)
+    assert mask.all()
+    assert torch.allclose(tokens_a, tokens_b, atol=0.05, rtol=0.02)  # fp16 cache, fused vs unfused BN
+
+
+def test_text_split_matches_full_model(tiny_bert_dir, dataset):
+    from transformers import AutoModel, AutoTokenizer
+
+    split = open_split(dataset, "train.txt", labelled=True)
+    prep = TextPrepConfig()
+    tower = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16, train_layers=1))
+    features = tower.precompute(split, prep, 5, 0)
+    with torch.no_grad():
+        hidden, mask = tower.make_trainable().eval()(features)
+    full = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    batch = tokenizer(split.texts(prep), padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = full(**batch).last_hidden_state
+    assert torch.equal(mask, batch["attention_mask"].bool())
+    assert torch.allclose(hidden[mask], expected[mask], atol=2e-2)
+
+
+def test_text_attention_mask_ignores_padding(tiny_bert_dir, dataset):
+    split = open_split(dataset, "train.txt", labelled=True)
+    tower = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16, train_layers=2))
+    features = tower.precompute(split, TextPrepConfig(), 8, 0)
+    upper = tower.make_trainable().eval()
+    garbage = dict(features, text_hidden=features["text_hidden"].clone())
+    pad = ~features["text_mask"]
+    assert pad.any()
+    garbage["text_hidden"][pad] = torch.randn(int(pad.sum()), garbage["text_hidden"].shape[-1]).half() * 10
+    with torch.no_grad():
+        a, mask = upper(features)
+        b, _ = upper(garbage)
+    assert torch.allclose(a[mask], b[mask], atol=1e-4)
+
+
+def test_packaged_minilm_gives_sentence_embeddings(dataset):
+    tower = create_text_tower(TextEncoderConfig(name="minilm", max_length=32, train_layers=0))
+    split = open_split(dataset, "train.txt", labelled=True)
+    features = tower.precompute(split, TextPrepConfig(), 8, 0)
+    hidden, mask = tower.make_trainable()(features)
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    similarity = pooled @ pooled.T
+    labels = torch.tensor(split.labels)
+    same = similarity[labels[:, None] == labels[None, :]].mean()
+    other = similarity[labels[:, None] != labels[None, :]].mean()
+    assert same > other  # posts built from the same sentiment words embed closer together
+
+
+def test_unknown_hf_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load text encoder"):
+        create_text_tower(TextEncoderConfig(name=str(tmp_path / "nope")))
