@@ -76,7 +76,7 @@ def test_every_encoder_and_fusion(fusion, text_name, image_name, dataset, tower_
     config.fusion.name, config.fusion.dim, config.fusion.ffn_dim, config.fusion.layers = fusion, 16, 32, 2
     torch.manual_seed(0)
     model = MultimodalClassifier(config, towers)
-    split = open_split(dataset, "train.txt", labelled=True)
+    split = open_split(dataset, dataset / "train.txt", labelled=True)
     batch = _batch(towers, split)
     logits = model(batch)
     assert logits.shape == (6, len(LABELS))
@@ -95,7 +95,7 @@ def test_single_modality(modality, dataset, tower_cache, tiny_bert_dir, tiny_vit
         image=_tower("image", TINY_IMAGE, 0, tower_cache, tiny_bert_dir, tiny_vit_dir) if modality == "image" else None)
     config = RunConfig(modality=modality)
     model = MultimodalClassifier(config, towers)
-    batch = _batch(towers, open_split(dataset, "train.txt", labelled=True))
+    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
     assert set(batch) == set(towers.present()[0].feature_names)
     logits = model(batch)
     assert logits.shape == (6, 3) and torch.isfinite(logits).all()
@@ -106,7 +106,7 @@ def test_missing_image_uses_learned_token(dataset, tower_cache, tiny_bert_dir, t
     towers = Towers(text=_tower("text", TINY_TEXT, 0, tower_cache, tiny_bert_dir, tiny_vit_dir),
                     image=_tower("image", TINY_IMAGE, 0, tower_cache, tiny_bert_dir, tiny_vit_dir))
     model = MultimodalClassifier(RunConfig(), towers).eval()
-    batch = _batch(towers, open_split(dataset, "train.txt", labelled=True))
+    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
     scrambled = dict(batch, image_input=batch["image_input"].clone())
     scrambled["image_input"][0] = torch.randn_like(scrambled["image_input"][0].float()).to(scrambled["image_input"].dtype)
     with torch.no_grad():

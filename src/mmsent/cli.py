@@ -23,8 +23,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
                         help="data folder with train.txt, test_without_label.txt and data/ (default: $MMSENT_DATA "
                              "or ../shared/data/mvsa)")
-    parser.add_argument("--train-file", default=DEFAULT_TRAIN_FILE, help="labelled file (path, or name inside --data)")
-    parser.add_argument("--test-file", default=DEFAULT_TEST_FILE, help="unlabelled file (path, or name inside --data)")
+    parser.add_argument("--train-file", type=Path, help=f"labelled file (default: DATA/{DEFAULT_TRAIN_FILE})")
+    parser.add_argument("--test-file", type=Path, help=f"unlabelled file (default: DATA/{DEFAULT_TEST_FILE})")
+
+
+def _label_files(args) -> tuple[Path, Path]:
+    """--train-file / --test-file as given, else the standard names inside --data."""
+    return (args.train_file or args.data / DEFAULT_TRAIN_FILE, args.test_file or args.data / DEFAULT_TEST_FILE)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_check(args) -> int:
     from .data.check import check_data, format_report
 
-    report = check_data(args.data, args.train_file, args.test_file)
+    report = check_data(args.data, *_label_files(args))
     print(format_report(report, limit=10**9 if args.all else 50))
     return 0 if report.usable else 1
 
@@ -111,7 +116,7 @@ def cmd_train(args) -> int:
     from .data.dataset import open_split
 
     config = config_from_args(args)
-    split = open_split(args.data, args.train_file, labelled=True)
+    split = open_split(args.data, _label_files(args)[0], labelled=True)
     print(f"training {config.model} / {config.fusion.name} / modality {config.modality} on {len(split.records)} posts, "
           f"{config.train.folds} folds -> {args.out}")
     metrics = train_cv(config, split, args.out)
@@ -127,7 +132,7 @@ def cmd_predict(args) -> int:
 
     start = time.perf_counter()
     run = load_run(args.run, device=args.device)
-    split = open_split(args.data, args.test_file, labelled=False)
+    split = open_split(args.data, _label_files(args)[1], labelled=False)
     probs = run.predict_split(split)
     write_predictions(args.out, split.guids, probs)
     _print_problems(split)

@@ -110,6 +110,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         config = cls()
+        data = {k: v for k, v in data.items() if k != "version"}
         apply_overrides(config, flatten(data))
         return config
 
@@ -167,6 +168,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return [float(v) for v in value]
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a comma-separated list of numbers, got {value!r}") from None
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(value, bool) or isinstance(value, (list, dict)) or value is None:
+        raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
     for kind in (int, float, str):
         if isinstance(default, kind):
             try:

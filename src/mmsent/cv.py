@@ -31,7 +31,7 @@ def compute_features(towers: Towers, split: Split, config: RunConfig, log=print)
     """Cached frozen features of every tower, merged into one dict of tensors indexed by post."""
     features = {}
     for tower in towers.present():
-        features.update(load_or_compute(tower, split, config.text_prep, batch_size=32,
+        features.update(load_or_compute(tower, split, config.text_prep, batch_size=tower.precompute_batch_size,
                                         workers=config.train.workers, log=log))
     return features
 

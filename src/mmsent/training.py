@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import LABELS, TrainConfig
 from .losses import create_loss, probabilities
 from .metrics import classification_metrics
 
@@ -28,28 +28,49 @@ def resolve_device(name: str) -> torch.device:
 
 
 class FeatureBatches:
-    """Iterates over mini-batches of cached features for the given post indices."""
+    """Iterates over mini-batches of cached features for the given post indices.
+
+    With text features, posts of similar token length are batched together (length bucketing), so each batch is
+    padded only to its own longest text: measured on MVSA, mean length 22 tokens vs. a mean batch maximum of 48
+    with random batches. Training batches are still drawn at random: posts are shuffled, sorted by length within
+    windows of ``bucket_window`` batches, and the batches' order is shuffled again.
+    """
 
     def __init__(self, features: dict[str, torch.Tensor], labels: torch.Tensor | None, indices, batch_size: int,
-                 shuffle: bool = False, seed: int = 0):
+                 shuffle: bool = False, seed: int = 0, bucket_window: int = 50):
         self.features, self.labels = features, labels
         self.indices = np.asarray(indices)
-        self.batch_size, self.shuffle = batch_size, shuffle
+        self.batch_size, self.shuffle, self.bucket_window = batch_size, shuffle, bucket_window
         self.rng = np.random.default_rng(seed)
+        mask = features.get("text_mask")
+        self.lengths = mask.sum(1).numpy() if mask is not None else None
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
+    def plan(self) -> list[np.ndarray]:
+        """Positions (into ``indices``) of each batch, in the order they will be served."""
+        positions = self.rng.permutation(len(self.indices)) if self.shuffle else np.arange(len(self.indices))
+        if self.lengths is not None:
+            window = self.batch_size * self.bucket_window
+            lengths = self.lengths[self.indices]
+            chunks = [positions[i:i + window] for i in range(0, len(positions), window)]
+            positions = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+        batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in self.rng.permutation(len(batches))]
+        return batches
+
     def __iter__(self):
-        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
-        for start in range(0, len(order), self.batch_size):
-            index = torch.as_tensor(order[start:start + self.batch_size])
+        """Yield (features, labels or None, positions) per batch."""
+        for positions in self.plan():
+            index = torch.as_tensor(self.indices[positions])
             batch = {name: tensor[index] for name, tensor in self.features.items()}
             if "text_mask" in batch:  # cut the padding shared by the whole batch
                 length = max(int(batch["text_mask"].sum(1).max()), 1)
                 batch["text_mask"] = batch["text_mask"][:, :length]
                 batch["text_hidden"] = batch["text_hidden"][:, :length]
-            yield batch, (self.labels[index] if self.labels is not None else None)
+            yield batch, (self.labels[index] if self.labels is not None else None), positions
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -81,16 +102,17 @@ def predict_probs(model: nn.Module, batches: FeatureBatches, loss_name: str, dev
                   loss_fn: nn.Module | None = None) -> tuple[np.ndarray, float]:
     """Class probabilities (N, C) for every post of ``batches``, and the mean loss when labels are given."""
     model.eval()
-    probs, total, count = [], 0.0, 0
+    probs = np.zeros((len(batches.indices), len(LABELS)), dtype=np.float32)
+    total, count = 0.0, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
-    for batch, labels in batches:
+    for batch, labels, positions in batches:
         with autocast:
             logits = model(to_device(batch, device)).float()
         if loss_fn is not None and labels is not None:
             total += float(loss_fn(logits, labels.to(device))) * len(labels)
             count += len(labels)
-        probs.append(probabilities(loss_name, logits).cpu())
-    return torch.cat(probs).numpy(), total / max(count, 1)
+        probs[positions] = probabilities(loss_name, logits).cpu().numpy()
+    return probs, total / max(count, 1)
 
 
 class _null:
@@ -129,7 +151,7 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
         model.train()
         running, seen = 0.0, 0
         bar = tqdm(train_batches, desc=f"{desc} epoch {epoch}", unit="batch", leave=False)
-        for batch, targets in bar:
+        for batch, targets, _ in bar:
             targets = targets.to(device)
             with autocast:
                 logits = model(to_device(batch, device)).float()

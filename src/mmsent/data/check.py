@@ -26,8 +26,8 @@ class CheckReport:
         return not any(p.fatal for p in self.problems)
 
 
-def check_data(data_dir: Path, train_file: str, test_file: str, log=print) -> CheckReport:
-    """Read both label files and every post they name; collect problems (fatal ones make the data unusable)."""
+def check_data(data_dir: Path, train_file: Path, test_file: Path, log=print) -> CheckReport:
+    """Read both label files (paths) and every post they name; collect problems (fatal ones make the data unusable)."""
     data_dir = Path(data_dir)
     report = CheckReport()
     if not data_dir.is_dir():
@@ -36,8 +36,7 @@ def check_data(data_dir: Path, train_file: str, test_file: str, log=print) -> Ch
         report.problems.append(Problem(str(data_dir), "no 'data' folder with <guid>.txt and <guid>.jpg", fatal=True))
         return report
     for name, label_file, labelled in (("train", train_file, True), ("test", test_file, False)):
-        path = Path(label_file) if Path(label_file).exists() else data_dir / label_file
-        parsed = read_label_file(path, labelled)
+        parsed = read_label_file(Path(label_file), labelled)
         report.problems.extend(parsed.problems)
         split = Split(data_dir, parsed.records)
         report.posts[name] = len(parsed.records)

@@ -89,15 +89,12 @@ class Split:
 
 
 def open_split(data_dir: Path, label_file: Path | str, labelled: bool) -> Split:
-    """Read and validate a label file of ``data_dir``; raise DataError if it cannot be used."""
+    """Read and validate ``label_file`` (a path) naming posts of ``data_dir``; raise DataError if it cannot be used."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data folder not found: {data_dir}")
     if not (data_dir / "data").is_dir():
         raise DataError(f"{data_dir} has no 'data' folder with the posts' <guid>.txt and <guid>.jpg files")
-    label_path = Path(label_file)
-    if not label_path.is_absolute() and not label_path.exists():
-        label_path = data_dir / label_path
-    parsed = read_label_file(label_path, labelled)
+    parsed = read_label_file(Path(label_file), labelled)
     records = require_usable(parsed)
     return Split(data_dir, records, problems=list(parsed.problems))

@@ -7,7 +7,9 @@ import numpy as np
 
 def stratified_folds(labels: list[int], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return k (train_idx, val_idx) pairs; each class is spread evenly over the folds, reproducibly."""
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("no labelled posts to split into folds")
     if k < 2:
         raise ValueError("folds must be at least 2")
     counts = np.bincount(labels)

@@ -58,15 +58,15 @@ def read_label_file(path: Path, labelled: bool) -> LabelFile:
     text = raw.decode("utf-8-sig", errors="replace")
     lines = text.splitlines()
     name = path.name
-    if not lines or lines[0].strip().replace(" ", "").lower() != "guid,tag":
-        first = lines[0].strip() if lines else ""
-        if first and "," in first and first.split(",")[0].strip().lower() != "guid":
-            result.problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data"))
-            start = 0
-        else:
-            result.problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r}"))
-            start = 1
+    first = lines[0].strip() if lines else ""
+    first_fields = [f.strip().lower() for f in first.split(",")]
+    if first.replace(" ", "").lower() == "guid,tag":
+        start = 1
+    elif len(first_fields) == 2 and first_fields[1] in (*LABELS, "null") and SAFE_GUID.match(first_fields[0]):
+        result.problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data"))
+        start = 0
     else:
+        result.problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r} (skipped)"))
         start = 1
     seen: dict[str, tuple[int, int | None]] = {}
     for number, line in enumerate(lines[start:], start=start + 1):

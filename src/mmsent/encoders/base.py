@@ -40,6 +40,7 @@ class Tower:
 
     kind: str  # "text" or "image"
     feature_names: tuple[str, ...]
+    precompute_batch_size: int = 32
 
     def __init__(self, trainable_template: TrainableEncoder):
         self._template = trainable_template

@@ -115,6 +115,7 @@ class EfficientNetLiteTower(Tower):
 
     kind = "image"
     feature_names = ("image_input", "image_present")
+    precompute_batch_size = 8  # measured: 81 img/s at 8 vs 32 img/s at 32 on the 2-core CPU (cache-friendly)
 
     def __init__(self, config: ImageEncoderConfig, variant: str):
         net = load_pretrained(variant)

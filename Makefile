@@ -1,0 +1,34 @@
+# mmsent: `make run` sets everything up and trains + predicts on the data; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+DATA   ?= ../shared/data/mvsa
+RUN    ?= runs/default
+ARGS   ?=
+BIN     = $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned to the CPU wheel this machine ships on disk (an unpinned torch pulls a multi-GB CUDA build).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/mmsent check --data $(DATA)
+	$(BIN)/mmsent train --data $(DATA) --out $(RUN) $(ARGS)
+	$(BIN)/mmsent predict --run $(RUN) --data $(DATA) --out $(RUN)/predictions.txt
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_features.py --data $(DATA)
+	$(BIN)/python benchmarks/bench_cv.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

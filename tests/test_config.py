@@ -1,0 +1,207 @@
+"""Tests of the typed configuration: dict round-trips, dotted overrides with coercion, config files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmsent.config import (
+    CONFIG_VERSION,
+    ConfigError,
+    RunConfig,
+    TextPrepConfig,
+    apply_overrides,
+    config_fields,
+    flatten,
+    load_config_file,
+)
+
+
+def without_version(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "version"}
+
+
+# ----------------------------------------------------------------------------- to_dict / from_dict
+
+
+def test_defaults_to_dict_shape():
+    data = RunConfig().to_dict()
+    assert data["version"] == CONFIG_VERSION
+    assert data["train"]["lr"] == 1e-3 and data["fusion"]["heads"] == 4
+    assert data["text_prep"] == {"strip_urls": True, "strip_mentions": True, "strip_rt": True, "lowercase": True,
+                                 "remove_stopwords": False, "max_chars": 2000}
+    assert json.loads(json.dumps(data)) == data  # JSON-serialisable
+
+
+def test_defaults_round_trip():
+    config = RunConfig()
+    assert RunConfig.from_dict(without_version(config.to_dict())) == config
+
+
+def test_changed_values_round_trip_through_json():
+    config = RunConfig(model="baseline", modality="text")
+    config.train.lr, config.train.focal_alpha, config.fusion.heads = 0.0025, [0.25, 0.5, 0.25], 8
+    config.text_prep.remove_stopwords, config.image.image_size = True, 0
+    data = json.loads(json.dumps(config.to_dict()))
+    back = RunConfig.from_dict(without_version(data))
+    assert back == config and back != RunConfig()
+    assert isinstance(back.train, type(config.train)) and isinstance(back.text_prep, TextPrepConfig)
+
+
+def test_from_dict_accepts_its_own_to_dict():
+    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
+
+
+def test_from_dict_partial_keeps_other_defaults():
+    config = RunConfig.from_dict({"train": {"epochs": 3}})
+    expected = RunConfig()
+    expected.train.epochs = 3
+    assert config == expected
+
+
+def test_default_instances_do_not_share_lists():
+    a, b = RunConfig(), RunConfig()
+    a.train.focal_alpha.append(1.0)
+    assert b.train.focal_alpha == []
+
+
+# ----------------------------------------------------------------------------- apply_overrides
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.batch_size", "8", 8),
+    ("train.batch_size", 16, 16),
+    ("train.batch_size", 8.0, 8),
+    ("fusion.heads", "2", 2),
+    ("train.lr", "1e-4", 1e-4),
+    ("train.lr", 1, 1.0),
+    ("fusion.dropout", "0.5", 0.5),
+    ("text_prep.lowercase", "false", False),
+    ("text_prep.lowercase", "0", False),
+    ("text_prep.lowercase", "OFF", False),
+    ("text_prep.remove_stopwords", "true", True),
+    ("text_prep.remove_stopwords", "1", True),
+    ("text_prep.remove_stopwords", "yes", True),
+    ("text_prep.strip_urls", False, False),
+    ("train.focal_alpha", "0.25,0.5,0.25", [0.25, 0.5, 0.25]),
+    ("train.focal_alpha", "1, 2 ,3,", [1.0, 2.0, 3.0]),
+    ("train.focal_alpha", [1, 2, 3], [1.0, 2.0, 3.0]),
+    ("train.focal_alpha", "", []),
+    ("text.name", "bert-base-uncased", "bert-base-uncased"),
+    ("model", "baseline", "baseline"),
+])
+def test_apply_overrides_coerces(key, value, expected):
+    config = apply_overrides(RunConfig(), {key: value})
+    owner = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        owner = getattr(owner, part)
+    actual = getattr(owner, leaf)
+    assert actual == expected and type(actual) is type(expected)
+
+
+def test_apply_overrides_sets_several_keys_in_place_and_leaves_others():
+    config = RunConfig()
+    result = apply_overrides(config, {"train.epochs": "2", "fusion.name": "concat", "text_prep.max_chars": "100"})
+    assert result is config
+    assert (config.train.epochs, config.fusion.name, config.text_prep.max_chars) == (2, "concat", 100)
+    assert config.train.lr == RunConfig().train.lr and config.fusion.heads == 4
+
+
+@pytest.mark.parametrize("key", ["train.lrr", "lr", "train", "fusion.heads.x", "version", "nope.lr"])
+def test_unknown_key_names_it(key):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        apply_overrides(RunConfig(), {key: "1"})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("train.batch_size", "abc"),
+    ("train.batch_size", "2.5"),
+    ("train.batch_size", 2.5),
+    ("train.lr", "fast"),
+    ("text_prep.lowercase", "maybe"),
+    ("train.focal_alpha", "0.25,x"),
+    ("train.focal_alpha", 3),
+    ("train.lr", True),
+    ("train.epochs", None),
+    ("fusion.name", ["x"]),
+])
+def test_wrong_type_is_a_config_error_naming_the_key(key, value):
+    config = RunConfig()
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        apply_overrides(config, {key: value})
+    assert config == RunConfig()  # nothing was changed by the failed override
+
+
+# ----------------------------------------------------------------------------- load_config_file
+
+
+def test_load_nested_json(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"version": 1, "train": {"lr": 0.01, "epochs": 4}, "fusion": {"heads": 8},
+                                "modality": "image"}))
+    overrides = load_config_file(path)
+    assert overrides == {"train.lr": 0.01, "train.epochs": 4, "fusion.heads": 8, "modality": "image"}
+    config = apply_overrides(RunConfig(), overrides)
+    assert (config.train.lr, config.train.epochs, config.fusion.heads, config.modality) == (0.01, 4, 8, "image")
+
+
+def test_load_flat_dotted_json(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train.lr": 0.02, "text_prep.lowercase": False, "train.focal_alpha": [1, 2, 3]}))
+    overrides = load_config_file(path)
+    assert overrides == {"train.lr": 0.02, "text_prep.lowercase": False, "train.focal_alpha": [1, 2, 3]}
+    config = apply_overrides(RunConfig(), overrides)
+    assert (config.train.lr, config.text_prep.lowercase, config.train.focal_alpha) == (0.02, False, [1.0, 2.0, 3.0])
+
+
+def test_saved_config_json_loads_back(tmp_path):
+    config = RunConfig()
+    config.train.seed, config.fusion.dim = 7, 64
+    path = tmp_path / "config.json"
+    config.save(path)
+    assert apply_overrides(RunConfig(), load_config_file(path)) == config
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not valid JSON"),
+    ("", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('"train.lr"', "JSON object"),
+])
+def test_bad_config_file(tmp_path, content, match):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        load_config_file(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "absent.json")
+
+
+# ----------------------------------------------------------------------------- config_fields / flatten
+
+
+def test_config_fields_yields_every_leaf_and_no_version():
+    keys = [key for key, _, _ in config_fields()]
+    assert len(keys) == len(set(keys))
+    assert {"train.lr", "fusion.heads", "text_prep.max_chars", "train.focal_alpha", "model", "modality"} <= set(keys)
+    assert "version" not in keys
+    assert not {"train", "fusion", "text", "image", "text_prep"} & set(keys)
+    assert set(keys) == set(flatten(RunConfig().to_dict())) - {"version"}
+
+
+def test_config_fields_defaults_and_metadata():
+    fields_by_key = {key: (f, default) for key, f, default in config_fields()}
+    data = flatten(RunConfig().to_dict())
+    for key, (_, default) in fields_by_key.items():
+        assert default == data[key], key
+    assert fields_by_key["train.lr"][0].metadata["flag"] == "--lr"
+    assert fields_by_key["fusion.heads"][0].metadata["flag"] == "--heads"
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}

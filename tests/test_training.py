@@ -1,0 +1,130 @@
+"""The training loop's parts: batching, losses, metrics, early stopping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmsent.config import TrainConfig
+from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, probabilities
+from mmsent.metrics import classification_metrics
+from mmsent.training import FeatureBatches, fit, predict_probs
+
+
+def _text_features(n=50, length=12, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, size=n)
+    mask = torch.arange(length)[None, :] < torch.as_tensor(lengths)[:, None]
+    hidden = torch.randn(n, length, dim).half()
+    return {"text_hidden": hidden, "text_mask": mask}, lengths
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_serve_every_post_once_and_cut_padding(shuffle):
+    features, lengths = _text_features()
+    indices = np.arange(3, 47)
+    batches = FeatureBatches(features, torch.arange(50), indices, batch_size=8, shuffle=shuffle, seed=1, bucket_window=2)
+    served = []
+    for batch, labels, positions in batches:
+        served.extend(indices[positions].tolist())
+        assert torch.equal(labels, torch.as_tensor(indices[positions]))
+        assert batch["text_hidden"].shape[1] == lengths[indices[positions]].max()  # padded to the batch's own max
+    assert sorted(served) == indices.tolist()
+    assert len(batches) == 6
+
+
+def test_bucketing_reduces_padding():
+    features, lengths = _text_features(n=400, length=40)
+    plain = FeatureBatches(features, None, np.arange(400), 16, shuffle=True, seed=0, bucket_window=1)
+    bucketed = FeatureBatches(features, None, np.arange(400), 16, shuffle=True, seed=0, bucket_window=25)
+    padded = lambda b: sum(batch["text_hidden"].shape[1] * len(p) for batch, _, p in b)  # noqa: E731
+    assert padded(bucketed) < 0.8 * padded(plain)
+
+
+def test_predict_probs_returns_rows_in_input_order():
+    features, _ = _text_features()
+
+    class LengthModel(nn.Module):
+        def forward(self, batch):  # logits encode each post's length
+            length = batch["text_mask"].sum(1).float()
+            return torch.stack([length, torch.zeros_like(length), -length], dim=1)
+
+    batches = FeatureBatches(features, None, np.arange(50), 7)
+    probs, _ = predict_probs(LengthModel(), batches, "cross_entropy", torch.device("cpu"))
+    lengths = features["text_mask"].sum(1).float()
+    expected = torch.softmax(torch.stack([lengths, torch.zeros_like(lengths), -lengths], 1), 1).numpy()
+    assert np.allclose(probs, expected, atol=1e-6)
+
+
+def test_focal_loss_matches_its_formula():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3]])
+    targets = torch.tensor([0, 2])
+    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.25, 0.5, 0.75], focal_gamma=2.0))(logits, targets)
+    onehot = F.one_hot(targets, 3).float()
+    alpha = torch.tensor([0.25, 0.5, 0.75])
+    total = 0.0
+    for i in range(2):
+        for c in range(3):
+            p = torch.sigmoid(logits[i, c])
+            if onehot[i, c]:
+                total += -alpha[c] * (1 - p) ** 2 * torch.log(p)
+            else:
+                total += -(1 - alpha[c]) * p ** 2 * torch.log(1 - p)
+    assert torch.allclose(loss, total / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="one per label"):
+        SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5]))
+
+
+def test_focal_gamma_zero_alpha_half_is_scaled_bce():
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5] * 3, focal_gamma=0.0))(logits, targets)
+    bce = F.binary_cross_entropy_with_logits(logits, F.one_hot(targets, 3).float(), reduction="none").sum(1).mean()
+    assert torch.allclose(loss, 0.5 * bce, atol=1e-6)
+
+
+def test_cross_entropy_and_probabilities():
+    logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert torch.allclose(CrossEntropyLoss(TrainConfig())(logits, targets), F.cross_entropy(logits, targets))
+    for name in ("focal", "cross_entropy"):
+        p = probabilities(name, logits)
+        assert torch.allclose(p.sum(1), torch.ones(4)) and (p >= 0).all()
+
+
+def test_metrics_on_a_known_confusion():
+    y_true = [0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 1, 1, 1, 2, 2, 0, 2]
+    m = classification_metrics(y_true, y_pred)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 3]]
+    f1 = [0.5, 0.8, 6 / 7]  # per class: P/R = (1/2,1/2), (2/3,1), (1,3/4)
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["weighted_f1"] == pytest.approx((2 * f1[0] + 2 * f1[1] + 4 * f1[2]) / 8)
+
+
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+
+    def encoder_parameters(self):
+        return []
+
+    def forward(self, batch):
+        return self.layer(batch["x"])
+
+
+def test_fit_learns_and_stops_early():
+    torch.manual_seed(0)
+    n = 120
+    labels = torch.arange(n) % 3
+    x = F.one_hot(labels, 4).float() * 3 + 0.3 * torch.randn(n, 4)
+    features = {"x": x}
+    config = TrainConfig(epochs=30, patience=2, batch_size=16, lr=0.05, warmup_ratio=0.0)
+    result = fit(_Linear(), features, labels, np.arange(0, 90), np.arange(90, 120), config, torch.device("cpu"))
+    assert result.history[result.best_epoch - 1]["val_accuracy"] == 1.0
+    assert len(result.history) == result.best_epoch + 2  # stopped after `patience` epochs without improvement
+    assert len(result.history) < 30
+    assert set(result.best_state) == {"layer.weight", "layer.bias"}
