@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/mmsent check --data $(DATA)
-	$(BIN)/mmsent train --data $(DATA) --out $(RUN) $(ARGS)
+	$(BIN)/mmsent train --data $(DATA) --out $(RUN) --overwrite $(ARGS)
 	$(BIN)/mmsent predict --run $(RUN) --data $(DATA) --out $(RUN)/predictions.txt
 
 test: setup

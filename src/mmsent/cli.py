@@ -50,9 +50,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                        help="any config key, e.g. --set fusion.heads=8 (repeatable); see 'mmsent config'")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults <- --config file <- --set <- short flags."""
-    config = RunConfig()
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or ``base``) <- --config file <- --set <- short flags."""
+    config = RunConfig.from_dict(base.to_dict()) if base is not None else RunConfig()
     if args.config:
         apply_overrides(config, load_config_file(args.config))
     sets = {}
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="stratified k-fold cross-validation; saves fold models and metrics")
     _add_data_args(train)
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last finished epoch, with its saved "
+                            "config.json (only --device and --workers may change)")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
 
@@ -111,15 +115,34 @@ def _print_problems(split, limit: int = 10) -> None:
             print(f"  {problem}")
 
 
+def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
+    """(counts for the summary line, lines naming the posts that rested on one modality or none)."""
+    no_image = split.guids_with("image_unusable")
+    no_text = split.guids_with("text_missing", "text_empty")
+    groups = (("text only (image unusable)", [g for g in no_image if g not in no_text]),
+              ("image only (text missing or empty)", [g for g in no_text if g not in no_image]),
+              ("neither (image unusable, text missing or empty)", [g for g in no_image if g in no_text]))
+    counts = ", ".join(f"{len(guids)} rows rested on {what.split(' (')[0]}" for what, guids in groups)
+    lines = [f"  {what}: {', '.join(guids[:limit])}{' ...' if len(guids) > limit else ''}"
+             for what, guids in groups if guids]
+    return counts, lines
+
+
 def cmd_train(args) -> int:
     from .cv import format_summary, train_cv
     from .data.dataset import open_split
+    from .predict import read_run_config
 
-    config = config_from_args(args)
+    if args.resume:
+        if not (args.out / "config.json").is_file():
+            raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
+        config = config_from_args(args, base=read_run_config(args.out))  # differences are refused by train_cv
+    else:
+        config = config_from_args(args)
     split = open_split(args.data, _label_files(args)[0], labelled=True)
-    print(f"training {config.model} / {config.fusion.name} / modality {config.modality} on {len(split.records)} posts, "
-          f"{config.train.folds} folds -> {args.out}")
-    metrics = train_cv(config, split, args.out)
+    print(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
+          f"{config.modality} on {len(split.records)} posts, {config.train.folds} folds -> {args.out}")
+    metrics = train_cv(config, split, args.out, resume=args.resume, overwrite=args.overwrite)
     _print_problems(split)
     print(format_summary(metrics))
     print(f"run saved to {args.out}")
@@ -131,14 +154,16 @@ def cmd_predict(args) -> int:
     from .predict import load_run, write_predictions
 
     start = time.perf_counter()
+    split = open_split(args.data, _label_files(args)[1], labelled=False)  # cheap checks first
     run = load_run(args.run, device=args.device)
-    split = open_split(args.data, _label_files(args)[1], labelled=False)
     probs = run.predict_split(split)
     write_predictions(args.out, split.guids, probs)
     _print_problems(split)
-    text_only = [p for p in split.problems if p.where.endswith(".jpg")]
-    print(f"wrote {len(split.guids)} predictions to {args.out} ({len(run.models)}-fold ensemble; "
-          f"{len(text_only)} rows rested on text only) in {time.perf_counter() - start:.1f} s")
+    counts, lines = _one_modality_rows(split)
+    print(f"wrote {len(split.guids)} predictions to {args.out} ({len(run.models)}-fold ensemble; {counts}) "
+          f"in {time.perf_counter() - start:.1f} s")
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -66,7 +66,7 @@ class FusionConfig:
     heads: int = _opt(4, flag="--heads", help="attention heads")
     layers: int = _opt(1, flag="--fusion-layers", help="stacked co-attention layers (bi_cross_attention)")
     ffn_dim: int = _opt(512, flag="--ffn-dim", help="feed-forward width inside attention layers")
-    dropout: float = _opt(0.2, flag="--dropout", help="dropout in fusion and head")
+    dropout: float = _opt(0.3, flag="--dropout", help="dropout in fusion and head")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class TrainConfig:
     epochs: int = _opt(20, flag="--epochs", help="upper bound; early stopping may end sooner")
     patience: int = _opt(3, flag="--patience", help="epochs without a better validation accuracy before stopping")
     batch_size: int = _opt(32, flag="--batch-size")
-    lr: float = _opt(1e-3, flag="--lr", help="learning rate of the fusion and head")
+    lr: float = _opt(3e-4, flag="--lr", help="learning rate of the fusion and head")
     encoder_lr: float = _opt(5e-5, flag="--encoder-lr", help="learning rate of fine-tuned encoder layers")
     weight_decay: float = _opt(0.01, flag="--weight-decay")
     optimizer: str = _opt("adamw", flag="--optimizer", help="adam or adamw")

@@ -6,10 +6,16 @@ RUN/
   oof_predictions.csv             out-of-fold probabilities of every training post
   folds/fold_K/model.safetensors  the trainable weights of fold K (best epoch)
   folds/fold_K/history.json       per-epoch train loss, val loss, val accuracy / F1
+  folds/fold_K/result.json        the finished fold's metrics row and validation probabilities (resume skips it)
+  folds/fold_K/checkpoint.safetensors  training state after the last finished epoch (only while K is unfinished)
+
+``train_cv(resume=True)`` continues an interrupted run: finished folds are kept, an unfinished one continues from
+its checkpoint, and the run ends with the same metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checkpoint import read_info
 from .config import LABELS, RunConfig
 from .data.dataset import Split
 from .data.folds import stratified_folds
@@ -27,13 +34,109 @@ from .model import MultimodalClassifier, Towers, build_towers
 from .training import fit, resolve_device
 
 
-def compute_features(towers: Towers, split: Split, config: RunConfig, log=print) -> dict[str, torch.Tensor]:
+CHECKPOINT = "checkpoint.safetensors"
+FOLD_FILES = ("model.safetensors", "history.json", "result.json", CHECKPOINT)
+RUN_FILES = ("metrics.json", "oof_predictions.csv")
+RESUMABLE_KEYS = ("train.device", "train.workers")  # how to run, not what is trained: --resume may change them
+
+
+class RunError(Exception):
+    """A run folder that cannot be used as asked; the message says why."""
+
+
+def compute_features(towers: Towers, split: Split, config: RunConfig, log=print,
+                     fingerprint: str | None = None) -> dict[str, torch.Tensor]:
     """Cached frozen features of every tower, merged into one dict of tensors indexed by post."""
+    fingerprint = fingerprint or split.fingerprint()
     features = {}
     for tower in towers.present():
         features.update(load_or_compute(tower, split, config.text_prep, batch_size=tower.precompute_batch_size,
-                                        workers=config.train.workers, log=log))
+                                        workers=config.train.workers, log=log, fingerprint=fingerprint))
     return features
+
+
+def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
+    """``key: saved -> given`` for every config key that differs and changes what is trained."""
+    from .config import flatten
+
+    old, new = flatten(saved.to_dict()), flatten(given.to_dict())
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
+
+
+def _fold_dirs(out_dir: Path) -> list[Path]:
+    return sorted(p for p in (out_dir / "folds").glob("fold_*") if p.is_dir())
+
+
+def _remove_partial_writes(folder: Path, names) -> None:
+    """Temporary files of atomic writes that a killed run left behind (``.NAME.*.tmp``, see io.atomic_path)."""
+    for name in names:
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``out_dir`` ready for ``config``: refuse to replace a run unless asked; clear old outputs when starting."""
+    out_dir = Path(out_dir)
+    for fold in _fold_dirs(out_dir):
+        _remove_partial_writes(fold, FOLD_FILES)
+    _remove_partial_writes(out_dir, (*RUN_FILES, "config.json"))
+    if resume:
+        from .predict import read_run_config
+
+        if overwrite:
+            raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite restarts it")
+        saved = read_run_config(out_dir)
+        changed = config_differences(saved, config)
+        if changed:
+            raise RunError(f"--resume continues {out_dir} with the config it was started with (config.json), but "
+                           f"these settings differ from it: {'; '.join(changed)}. Drop those flags to resume, or "
+                           "train a new run with another --out")
+        return
+    finished = (out_dir / "metrics.json").is_file()
+    started = any((fold / name).is_file() for fold in _fold_dirs(out_dir) for name in FOLD_FILES)
+    if (finished or started) and not overwrite:
+        state = "a finished run (metrics.json)" if finished else "an unfinished run (fold checkpoints or results)"
+        raise RunError(f"{out_dir} already holds {state}; refusing to overwrite it. Pass --resume to continue it, "
+                       "--overwrite to replace it, or choose another --out")
+    for fold in _fold_dirs(out_dir):  # only files a run writes: anything else in the folder is left alone
+        for name in FOLD_FILES:
+            (fold / name).unlink(missing_ok=True)
+        if not any(fold.iterdir()):
+            fold.rmdir()
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(out_dir / "config.json")
+
+
+def _finished_fold(fold_dir: Path, fingerprint: str, val_size: int) -> dict | None:
+    """The saved result of a finished fold (None if it has not finished); refuses one trained on other data."""
+    path = fold_dir / "result.json"
+    if not path.is_file() or not (fold_dir / "model.safetensors").is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(result, dict) and len(result["val_probs"]) == val_size
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        return None  # unreadable (cannot come from an atomic write): train the fold again
+    if result.get("data") != fingerprint:
+        raise RunError(f"{fold_dir} was trained on other data than the --data given now (its content differs); "
+                       "resume with the same data, or pass --overwrite to start again")
+    return result
+
+
+def _check_checkpoint(path: Path, fingerprint: str, fold: int) -> int:
+    """Epochs finished in ``path`` (0 if absent); refuses a checkpoint of other data or another fold."""
+    if not path.is_file():
+        return 0
+    info = read_info(path)
+    if info.get("data") != fingerprint or info.get("fold") != fold:
+        raise RunError(f"{path} was written for other data or another fold; resume with the same --data, "
+                       "or pass --overwrite to start again")
+    return int(info["epoch"])
 
 
 def seed_everything(seed: int) -> None:
@@ -41,35 +144,55 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print) -> dict:
-    """Cross-validate ``config`` on ``split``; writes the run folder and returns its metrics."""
+def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: bool = False,
+             overwrite: bool = False) -> dict:
+    """Cross-validate ``config`` on ``split``; writes the run folder and returns its metrics.
+
+    ``resume``: continue the interrupted run in ``out_dir`` (same config); ``overwrite``: replace a run there.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(out_dir / "config.json")
+    prepare_run_dir(out_dir, config, resume, overwrite)
     device = resolve_device(config.train.device)
     seed_everything(config.train.seed)
     towers = build_towers(config)
-    features = compute_features(towers, split, config, log)
+    fingerprint = split.fingerprint()
+    features = compute_features(towers, split, config, log, fingerprint)
     feature_seconds = time.perf_counter() - start
     labels = torch.tensor(split.labels, dtype=torch.long)
     folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
     oof = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
     fold_rows = []
     for fold, (train_idx, val_idx) in enumerate(folds):
-        seed_everything(config.train.seed + fold)
-        model = MultimodalClassifier(config, towers)
-        result = fit(model, features, labels, train_idx, val_idx, config.train, device,
-                     desc=f"fold {fold + 1}/{len(folds)}")
         fold_dir = out_dir / "folds" / f"fold_{fold}"
-        save_tensors(fold_dir / "model.safetensors", result.best_state,
-                     metadata={"mmsent_version": __version__, "fold": str(fold)})
-        atomic_write_json(fold_dir / "history.json", result.history)
-        oof[val_idx] = result.val_probs
-        scores = classification_metrics(labels[val_idx].numpy(), result.val_probs.argmax(1))
-        row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
-               "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-               "train_size": int(len(train_idx)), "val_size": int(len(val_idx))}
+        checkpoint = fold_dir / CHECKPOINT
+        finished = _finished_fold(fold_dir, fingerprint, len(val_idx)) if resume else None
+        if finished is not None:
+            checkpoint.unlink(missing_ok=True)  # left behind if the run stopped right after the fold finished
+            row, val_probs = finished["row"], np.asarray(finished["val_probs"], dtype=np.float32)
+            log(f"fold {fold + 1}/{len(folds)}: finished earlier; kept")
+        else:
+            epochs_done = _check_checkpoint(checkpoint, fingerprint, fold)
+            if epochs_done:
+                log(f"fold {fold + 1}/{len(folds)}: resuming after epoch {epochs_done} (checkpoint)")
+            seed_everything(config.train.seed + fold)
+            model = MultimodalClassifier(config, towers)
+            result = fit(model, features, labels, train_idx, val_idx, config.train, device,
+                         desc=f"fold {fold + 1}/{len(folds)}", checkpoint=checkpoint,
+                         checkpoint_info={"data": fingerprint, "fold": fold})
+            save_tensors(fold_dir / "model.safetensors", result.best_state,
+                         metadata={"mmsent_version": __version__, "fold": str(fold)})
+            atomic_write_json(fold_dir / "history.json", result.history)
+            val_probs = result.val_probs
+            scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1))
+            row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
+                   "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                   "train_size": int(len(train_idx)), "val_size": int(len(val_idx))}
+            # result.json last: its presence marks the fold finished; then the (large) checkpoint goes
+            atomic_write_json(fold_dir / "result.json",
+                              {"row": row, "val_probs": val_probs.tolist(), "data": fingerprint})
+            checkpoint.unlink(missing_ok=True)
+        oof[val_idx] = val_probs
         fold_rows.append(row)
         log(f"fold {fold + 1}/{len(folds)}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
             f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']})")
@@ -80,6 +203,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print) -> dict:
 
     pooled = classification_metrics(labels.numpy(), oof.argmax(1))
     image_missing = int((~features["image_present"]).sum()) if "image_present" in features else 0
+    repairs = split.summary()
     metrics = {
         "cv": {
             "accuracy_mean": mean_std("accuracy")[0], "accuracy_std": mean_std("accuracy")[1],
@@ -91,6 +215,10 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print) -> dict:
         "data": {
             "posts": len(labels), "label_counts": split.label_counts(),
             "text_encodings": dict(split.encodings), "images_unusable": image_missing,
+            "texts_unusable": len(split.guids_with("text_missing", "text_empty")),
+            "texts_fallback_encoding": repairs["text_fallback_encoding"],
+            "texts_truncated": repairs["text_truncated"], "rows_dropped": repairs["row_dropped"],
+            "headers_missing": repairs["header_missing"],
             "warnings": len([p for p in split.problems if not p.fatal]),
         },
         "feature_seconds": feature_seconds,
@@ -113,7 +241,11 @@ def format_summary(metrics: dict) -> str:
         f"{len(metrics['folds'])}-fold CV: accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  "
         f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}  "
         f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}",
-        f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}; "
-        f"unusable images (text only): {data['images_unusable']}; warnings: {data['warnings']}",
+        f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",
+        f"data repaired or worked around: {data['images_unusable']} text only (image unusable), "
+        f"{data.get('texts_unusable', 0)} image only (text missing or empty), "
+        f"{data.get('texts_fallback_encoding', 0)} texts decoded with a fallback encoding (cp1252/latin-1), "
+        f"{data.get('texts_truncated', 0)} texts truncated, {data.get('rows_dropped', 0)} label rows dropped, "
+        f"{data.get('headers_missing', 0)} label file without header; {data['warnings']} warnings in all",
         f"wall time {metrics['wall_seconds']:.1f} s (features {metrics['feature_seconds']:.1f} s) on {metrics['device']}",
     ])

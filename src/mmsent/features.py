@@ -53,9 +53,12 @@ def _load_valid(path: Path, key: str, tower: Tower, n: int) -> dict[str, torch.T
 
 
 def load_or_compute(tower: Tower, split, text_prep: TextPrepConfig, batch_size: int = 32, workers: int = 1,
-                    log=print) -> dict[str, torch.Tensor]:
-    """Return the frozen features of every post in ``split``, computing and caching them if needed."""
-    fingerprint = split.fingerprint()
+                    log=print, fingerprint: str | None = None) -> dict[str, torch.Tensor]:
+    """Return the frozen features of every post in ``split``, computing and caching them if needed.
+
+    ``fingerprint``: ``split.fingerprint()`` if the caller has it already (it reads every file).
+    """
+    fingerprint = fingerprint or split.fingerprint()
     key = cache_key(tower, fingerprint, text_prep)
     path = cache_dir() / f"{tower.kind}-{key[:40]}.safetensors"
     n = len(split.records)
@@ -82,4 +85,5 @@ def load_or_compute(tower: Tower, split, text_prep: TextPrepConfig, batch_size: 
 
 def _report_missing_images(split, present: torch.Tensor) -> None:
     for index in torch.nonzero(~present).flatten().tolist():
-        split._warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only")
+        split._warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only",
+                    "image_unusable")

@@ -10,19 +10,19 @@ import numpy as np
 import torch
 
 from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
-from .cv import compute_features
+from .cv import RunError, compute_features
 from .data.dataset import Split
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, build_towers
 from .training import FeatureBatches, predict_probs, resolve_device
 
 
-class RunError(Exception):
-    """A run folder that cannot be loaded; the message says why."""
+__all__ = ["RunError", "LoadedRun", "load_run", "read_run_config", "write_predictions"]
 
 
-def _read_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.json"
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The RunConfig a run folder was trained with (its config.json); RunError if it cannot be used."""
+    path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run folder (no config.json); train one with 'mmsent train'")
     try:
@@ -72,10 +72,13 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
-    config = _read_config(run_dir)
+    config = read_run_config(run_dir)
     weight_files = sorted((run_dir / "folds").glob("fold_*/model.safetensors"))
     if not weight_files:
         raise RunError(f"{run_dir} holds no fold weights (folds/fold_K/model.safetensors); did training finish?")
+    if not (run_dir / "metrics.json").is_file():  # an interrupted run: some folds are missing
+        raise RunError(f"{run_dir} is an unfinished run (no metrics.json); finish it with "
+                       f"'mmsent train --resume --out {run_dir} --data ...' first")
     target = resolve_device(device)
     towers = build_towers(config)
     models = []

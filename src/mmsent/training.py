@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
 from .config import LABELS, TrainConfig
 from .losses import create_loss, probabilities
 from .metrics import classification_metrics
@@ -123,9 +125,54 @@ class _null:
         return False
 
 
+def _save_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, batches: FeatureBatches,
+                best: FitResult, best_accuracy: float, stale: int, device: torch.device, info: dict) -> None:
+    """Everything the loop needs to continue after ``epoch`` exactly as if it had never stopped."""
+    optim_tensors, optim_structure = flatten_optimizer_state(optimizer.state_dict())
+    rng = {"torch": torch.get_rng_state()}  # (S,) uint8: drives dropout
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    groups = {
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "best": dict(best.best_state),
+        "optim": optim_tensors,
+        "rng": rng,
+        "val": {"probs": torch.from_numpy(best.val_probs)},  # (V, C) of the best epoch
+    }
+    scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    save_checkpoint(path, groups, {
+        **info, "epoch": epoch, "best_epoch": best.best_epoch, "best_accuracy": best_accuracy, "stale": stale,
+        "history": best.history, "optimizer": optim_structure, "scheduler": scheduler_state,
+        "batches_rng": batches.rng.bit_generator.state,
+    })
+
+
+def _restore_state(path: Path, model: nn.Module, optimizer, scheduler, batches: FeatureBatches,
+                   device: torch.device) -> tuple[int, FitResult, float, int]:
+    """Load a checkpoint of :func:`_save_state` into the live objects -> (epoch, best, best_accuracy, stale)."""
+    groups, info = load_checkpoint(path)
+    model.load_state_dict(groups["model"], strict=True)
+    optimizer.load_state_dict(unflatten_optimizer_state(groups.get("optim", {}), info["optimizer"]))
+    scheduler.load_state_dict({**info["scheduler"], "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+    batches.rng.bit_generator.state = info["batches_rng"]
+    torch.set_rng_state(groups["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in groups["rng"]:
+        torch.cuda.set_rng_state(groups["rng"]["cuda"], device)
+    best = FitResult(best_state=groups["best"], best_epoch=info["best_epoch"], history=info["history"],
+                     val_probs=groups["val"]["probs"].numpy())
+    return info["epoch"], best, info["best_accuracy"], info["stale"]
+
+
 def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
-        device: torch.device, desc: str = "train", on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
-    """Train ``model`` with early stopping on validation accuracy; returns the best epoch's weights."""
+        device: torch.device, desc: str = "train", on_epoch_end: Callable[[dict], None] | None = None,
+        checkpoint: Path | None = None, checkpoint_info: dict | None = None) -> FitResult:
+    """Train ``model`` with early stopping on validation accuracy; returns the best epoch's weights.
+
+    With ``checkpoint``, the whole training state (weights, optimizer, schedule, best epoch so far, early-stopping
+    counters, torch and batch-order RNG states) is written there atomically after every epoch, with
+    ``checkpoint_info`` added to its JSON; if the file exists when ``fit`` starts, training continues from it and
+    ends exactly as an uninterrupted run would.
+    """
     model.to(device)
     loss_fn = create_loss(config).to(device)
     encoder_params = {id(p) for p in model.encoder_parameters()}
@@ -144,9 +191,13 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
 
     best = FitResult(best_state={}, best_epoch=0)
-    best_accuracy, stale = -1.0, 0
+    best_accuracy, stale, done = -1.0, 0, 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        done, best, best_accuracy, stale = _restore_state(checkpoint, model, optimizer, scheduler, train_batches, device)
+        if stale >= config.patience:  # it had already stopped early
+            done = config.epochs
     val_labels = labels[torch.as_tensor(np.asarray(val_idx))].numpy()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(done + 1, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
@@ -179,6 +230,9 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
             best.best_epoch, best.val_probs = epoch, probs
         else:
             stale += 1
+        if checkpoint is not None:
+            _save_state(checkpoint, epoch, model, optimizer, scheduler, train_batches, best, best_accuracy, stale,
+                        device, checkpoint_info or {})
         if on_epoch_end is not None:
             on_epoch_end(record)
         if stale >= config.patience:

@@ -49,12 +49,14 @@ def check_data(data_dir: Path, train_file: Path, test_file: Path, log=print) -> 
             raw = split.read_image_bytes(record.guid)
             where = f"data/{record.guid}.jpg"
             if raw is None:
-                report.problems.append(Problem(where, "image file missing; the post will be used as text only"))
+                report.problems.append(Problem(where, "image file missing; the post will be used as text only",
+                                               kind="image_unusable"))
                 continue
             try:
                 load_square_rgb(raw, 32)
             except ImageError as error:
-                report.problems.append(Problem(where, f"{error}; the post will be used as text only"))
+                report.problems.append(Problem(where, f"{error}; the post will be used as text only",
+                                               kind="image_unusable"))
     return report
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LABELS, TextPrepConfig
-from .records import DataError, Problem, Record, read_label_file, require_usable
-from .text import MAX_TEXT_BYTES, clean_text, decode_text
+from .records import KINDS, DataError, Problem, Record, read_label_file, require_usable
+from .text import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, clean_text, decode_text
 
 
 @dataclass
@@ -56,23 +56,35 @@ class Split:
         for guid in self.guids:
             raw = self.read_text_bytes(guid)
             if raw is None:
-                self._warn(f"data/{guid}.txt", "text file missing; using an empty text")
+                self._warn(f"data/{guid}.txt", "text file missing; using an empty text", "text_missing")
                 texts.append("")
                 continue
             decoded = decode_text(raw)
             self.encodings[decoded.encoding] += 1
             if decoded.truncated:
-                self._warn(f"data/{guid}.txt", f"longer than {MAX_TEXT_BYTES} bytes; truncated")
+                self._warn(f"data/{guid}.txt", f"longer than {MAX_TEXT_BYTES} bytes; truncated", "text_truncated")
             text = clean_text(decoded.text, prep)
             if not decoded.text.strip():
-                self._warn(f"data/{guid}.txt", "empty text")
+                self._warn(f"data/{guid}.txt", "empty text", "text_empty")
             texts.append(text)
         return texts
 
-    def _warn(self, where: str, message: str) -> None:
-        problem = Problem(where, message)
+    def _warn(self, where: str, message: str, kind: str = "") -> None:
+        problem = Problem(where, message, kind=kind)
         if not any(p.where == where and p.message == message for p in self.problems):
             self.problems.append(problem)
+
+    def guids_with(self, *kinds: str) -> list[str]:
+        """Guids (in split order) of posts with a warning of one of ``kinds`` (e.g. "image_unusable")."""
+        flagged = {p.where.split("/", 1)[1].rsplit(".", 1)[0] for p in self.problems
+                   if p.kind in kinds and p.where.startswith("data/")}
+        return [guid for guid in self.guids if guid in flagged]
+
+    def summary(self) -> dict[str, int]:
+        """Counts of what was dropped, repaired or worked around (see ``records.KINDS``), and fallback decodings."""
+        counts = {kind: len({p.where for p in self.problems if p.kind == kind and not p.fatal}) for kind in KINDS}
+        counts["text_fallback_encoding"] = sum(v for k, v in self.encodings.items() if k in FALLBACK_ENCODINGS)
+        return counts
 
     def fingerprint(self) -> str:
         """Hash of every guid, label, text and image byte: the cache key of this split's content."""

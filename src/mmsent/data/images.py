@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000  # a file that declares more is refused before it is decoded
 MAX_ASPECT = 50  # wider/taller than this is treated as unusable
@@ -34,6 +34,8 @@ def open_image(raw: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"decompression bomb refused: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not a readable image (no image format recognised)") from None
     except Exception as error:  # Pillow raises many types for non-images
         raise ImageError(f"not a readable image ({type(error).__name__}: {error})") from None
 

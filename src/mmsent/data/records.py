@@ -10,6 +10,9 @@ from ..config import LABELS
 
 SAFE_GUID = re.compile(r"^[A-Za-z0-9_.-]+$")
 NULL_TAGS = ("null", "")
+# Problem kinds counted in summaries: label-file lines left out or repaired, and what happened to a post's files
+# (a missing or empty text, or an unusable image, leaves the post resting on its other modality).
+KINDS = ("row_dropped", "header_missing", "text_missing", "text_empty", "text_truncated", "image_unusable")
 
 
 class DataError(Exception):
@@ -23,6 +26,7 @@ class Problem:
     where: str  # "train.txt:12" or "data/12.jpg"
     message: str
     fatal: bool = False
+    kind: str = ""  # what was worked around, for summaries: one of KINDS, or "" (other)
 
     def __str__(self) -> str:
         return f"{'ERROR' if self.fatal else 'warning'}: {self.where}: {self.message}"
@@ -62,11 +66,14 @@ def read_label_file(path: Path, labelled: bool) -> LabelFile:
     first_fields = [f.strip().lower() for f in first.split(",")]
     if first.replace(" ", "").lower() == "guid,tag":
         start = 1
-    elif len(first_fields) == 2 and first_fields[1] in (*LABELS, "null") and SAFE_GUID.match(first_fields[0]):
-        result.problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data"))
+    elif (len(first_fields) == 2 and SAFE_GUID.match(first_fields[0])
+          and first_fields[1] in (*LABELS, *(NULL_TAGS if not labelled else ("null",)))):
+        result.problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data",
+                                       kind="header_missing"))
         start = 0
     else:
-        result.problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r} (skipped)"))
+        result.problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r} (skipped)",
+                                       kind="row_dropped"))
         start = 1
     seen: dict[str, tuple[int, int | None]] = {}
     for number, line in enumerate(lines[start:], start=start + 1):
@@ -96,7 +103,8 @@ def read_label_file(path: Path, labelled: bool) -> LabelFile:
             if first_label != label:
                 result.problems.append(Problem(where, f"guid {guid} repeats line {first_line} with another tag", fatal=True))
             else:
-                result.problems.append(Problem(where, f"guid {guid} repeats line {first_line} (same tag; dropped)"))
+                result.problems.append(Problem(where, f"guid {guid} repeats line {first_line} (same tag; dropped)",
+                                               kind="row_dropped"))
             continue
         seen[guid] = (number, label)
         result.records.append(Record(guid, label))

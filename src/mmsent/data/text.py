@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..config import TextPrepConfig
 
 MAX_TEXT_BYTES = 64 * 1024  # never read more than this from one text file
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # guessed when the bytes are not UTF-8/UTF-16: may be wrong
 
 URL = re.compile(r"(https?://\S*|www\.\S+)", re.IGNORECASE)
 MENTION = re.compile(r"@\w+:?")
