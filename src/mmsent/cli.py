@@ -1,8 +1,9 @@
-"""Command line: ``mmsent check | train | predict``. ``main(argv)`` is callable from tests."""
+"""Command line: ``mmsent check | train | predict | serve | config``. ``main(argv)`` is callable from tests."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, load_config_file
+from .data.images import MAX_IMAGE_PIXELS
 from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, TEXT_ENCODERS
 
 DEFAULT_TRAIN_FILE = "train.txt"
@@ -87,12 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
 
-    predict = sub.add_parser("predict", help="write 'guid,tag' for every post of the test file (fold ensemble)")
+    predict = sub.add_parser("predict", help="one post (--text/--image), or 'guid,tag' for every post of the test "
+                                             "file (--out); fold ensemble")
     _add_data_args(predict)
     predict.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
-    predict.add_argument("--out", type=Path, required=True, help="predictions file to write")
+    predict.add_argument("--out", type=Path, help="predictions file to write (folder mode)")
+    predict.add_argument("--text", help="one post: its text (with --image, or alone)")
+    predict.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
+    predict.add_argument("--json", action="store_true", help="one post: print the result as JSON")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
+
+    serve = sub.add_parser("serve", help="a local web page and JSON API (POST /predict) over a trained run")
+    serve.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (MB)")
+    serve.add_argument("--max-image-pixels", type=int, default=None,
+                       help="largest image accepted, in pixels (default and upper bound: the data loader's limit, "
+                            f"{MAX_IMAGE_PIXELS:,})")
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="print every config key with its default and the registered names")
     config.set_defaults(func=cmd_config)
@@ -150,6 +167,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.text is not None or args.image is not None:
+        return _predict_one(args)
+    if args.out is None:
+        raise ConfigError("--out FILE is required to predict a data folder (or give --text and/or --image to "
+                          "predict one post)")
+    if args.json:
+        raise ConfigError("--json applies to one post (--text/--image); folder mode writes --out")
     from .data.dataset import open_split
     from .predict import load_run, write_predictions
 
@@ -167,6 +191,40 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _predict_one(args) -> int:
+    """``predict --text/--image``: print one post's label and class probabilities."""
+    from .data.images import open_image
+    from .predict import load_run
+
+    if args.out is not None:
+        raise ConfigError("--out writes a data folder's predictions; with --text/--image the result is printed")
+    image = None
+    if args.image is not None:
+        if not args.image.is_file():
+            raise ConfigError(f"image file not found: {args.image}")
+        image = args.image.read_bytes()
+        open_image(image)  # refuse a non-image before loading the run
+    run = load_run(args.run, device=args.device)
+    result = run.predict(text=args.text, image=image)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{result.label}  ({len(run.models)}-fold ensemble; from {' + '.join(result.modalities_used)})")
+    for name, probability in result.probabilities.items():
+        print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    serve(args.run, host=args.host, port=args.port, device=args.device,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
+    return 0
+
+
 def cmd_config(args) -> int:
     for key, spec, default in config_fields():
         flag = spec.metadata.get("flag")
@@ -181,6 +239,7 @@ def cmd_config(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. User errors print one clear line, not a traceback."""
     from . import load_plugins
+    from .data.images import ImageError
     from .data.records import DataError
     from .predict import RunError
 
@@ -189,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunError, ValueError, KeyError, RuntimeError) as error:
+    except (ConfigError, DataError, RunError, ImageError, ValueError, KeyError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
             message = f"{error}\nhint: lower --batch-size, or use fewer --text-train-layers"

@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
 from .cv import RunError, compute_features
-from .data.dataset import Split
+from .data.dataset import Split, open_split
+from .data.text import clean_text
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, build_towers
 from .training import FeatureBatches, predict_probs, resolve_device
 
 
-__all__ = ["RunError", "LoadedRun", "load_run", "read_run_config", "write_predictions"]
+__all__ = ["RunError", "LoadedRun", "Prediction", "load_run", "read_run_config", "write_predictions"]
+
+_thread_state = threading.local()  # .inference is True on a run's inference thread
+
+
+def _inference_thread() -> ThreadPoolExecutor:
+    """The one thread that loads a run and runs all of its tensor work.
+
+    Torch's CPU kernels use OpenMP, which keeps a team of threads per calling thread. Once the teams hold more
+    threads than there are cores, OpenMP stops spinning between parallel regions and every region pays a sleep and
+    a wake-up: measured on the 2-core CPU, 55 ms per post from one thread, 90-105 ms once a second thread had run
+    the model. Callers may use any threads: their work is queued to this one (which also serialises it).
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="mmsent-inference",
+                              initializer=lambda: setattr(_thread_state, "inference", True))
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -51,20 +69,114 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @dataclass
+class Prediction:
+    """One post's fold-ensemble prediction."""
+
+    label: str
+    probabilities: dict[str, float]  # label -> probability, in LABELS order
+    modalities_used: list[str]  # "text", "image": what the post gave and the run reads
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray, modalities_used: list[str]) -> "Prediction":
+        """From one row of class probabilities (C,)."""
+        return cls(LABELS[int(np.argmax(probs))], {name: float(p) for name, p in zip(LABELS, probs)},
+                   modalities_used)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probabilities": self.probabilities, "modalities_used": self.modalities_used}
+
+
+@dataclass
 class LoadedRun:
-    """A trained run: its config, its loaded encoders and one model per fold."""
+    """A trained run: its config, its loaded encoders and one model per fold. Safe to share between threads."""
 
     config: RunConfig
     towers: Towers
     models: list[MultimodalClassifier]
     device: torch.device
+    run_dir: Path | None = None
+    _worker: ThreadPoolExecutor = field(default_factory=_inference_thread, repr=False, compare=False)
 
-    def predict_split(self, split: Split, log=print) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order."""
-        features = compute_features(self.towers, split, self.config, log)
-        batches = FeatureBatches(features, None, np.arange(len(split.records)), 64)
+    def _call(self, fn, *args):
+        """``fn(*args)`` on the run's inference thread, waiting for its result."""
+        if getattr(_thread_state, "inference", False):
+            return fn(*args)
+        return self._worker.submit(fn, *args).result()
+
+    @property
+    def modalities(self) -> list[str]:
+        """What the run reads: ["text", "image"], or one of them."""
+        return [tower.kind for tower in self.towers.present()]
+
+    def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
+        """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
+        batches = FeatureBatches(features, None, np.arange(n), 64)
         probs = [predict_probs(model, batches, self.config.train.loss, self.device)[0] for model in self.models]
         return np.mean(probs, axis=0)
+
+    def predict_split(self, split: Split, log=print) -> np.ndarray:
+        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
+        def work():
+            return self._ensemble(compute_features(self.towers, split, self.config, log), len(split.records))
+
+        return self._call(work)
+
+    def predict_folder(self, data_dir, label_file, log=print) -> dict[str, Prediction]:
+        """guid -> Prediction for every post that ``label_file`` (a ``guid,tag`` file) names in ``data_dir``."""
+        split = open_split(Path(data_dir), Path(label_file), labelled=False)
+        probs = self.predict_split(split, log)
+        lacking = {"image": set(split.guids_with("image_unusable")),
+                   "text": set(split.guids_with("text_missing", "text_empty"))}
+        return {guid: Prediction.from_probs(row, [m for m in self.modalities if guid not in lacking[m]])
+                for guid, row in zip(split.guids, probs)}
+
+    def predict(self, text: str | None = None, image=None) -> Prediction:
+        """One post: ``text`` (None = no text) and ``image`` (a path, bytes, a PIL image, or None)."""
+        return self.predict_batch([text], [image])[0]
+
+    def predict_batch(self, texts: list | None = None, images: list | None = None) -> list[Prediction]:
+        """Posts given in memory, without the feature cache: texts[i] with images[i] (either list may be None).
+
+        Raises ImageError for an image that cannot be used and ValueError for a post that gives the run nothing
+        to read (no text and no image, or only the modality the run does not use).
+        """
+        n = len(texts if texts is not None else images if images is not None else [])
+        texts = [None] * n if texts is None else list(texts)
+        images = [None] * n if images is None else list(images)
+        if len(texts) != len(images):
+            raise ValueError(f"predict_batch: {len(texts)} texts but {len(images)} images")
+        if n == 0:
+            return []
+        used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
+                enumerate(zip(texts, images))]
+        image_tower, text_tower = self.towers.image, self.towers.text
+        # Decoding and cleaning run in the caller's thread (callers decode in parallel); tensors on the run's thread.
+        pixels = [image_tower.load(image) if image is not None else None for image in images] if image_tower else None
+        cleaned = [clean_text(text or "", self.config.text_prep) for text in texts] if text_tower else None
+        probs = self._call(self._encode_and_ensemble, cleaned, pixels, n)  # (N, 3)
+        return [Prediction.from_probs(row, modalities) for row, modalities in zip(probs, used)]
+
+    @torch.inference_mode()
+    def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int) -> np.ndarray:
+        """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, 3)."""
+        features = {}
+        if texts is not None:
+            features.update(self.towers.text.encode_items(texts))
+        if pixels is not None:
+            features.update(self.towers.image.encode_items(pixels))
+        return self._ensemble(features, n)
+
+    def _modalities_used(self, text, image, index: int | None) -> list[str]:
+        given = {"text": bool(text and text.strip()), "image": image is not None}
+        used = [m for m in self.modalities if given[m]]
+        if not used:
+            post = "the post" if index is None else f"post {index}"
+            raise ValueError(f"{post} gives nothing to predict from: this run reads {' and/or '.join(self.modalities)}")
+        return used
+
+    def warm_up(self) -> None:
+        """One prediction on a blank post, so that the first real one is not slowed by lazy initialisation."""
+        self.predict(text="warm up", image=Image.new("RGB", (8, 8), "white"))
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
@@ -80,6 +192,13 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
         raise RunError(f"{run_dir} is an unfinished run (no metrics.json); finish it with "
                        f"'mmsent train --resume --out {run_dir} --data ...' first")
     target = resolve_device(device)
+    worker = _inference_thread()
+    towers, models = worker.submit(_build_models, config, weight_files, target).result()
+    return LoadedRun(config, towers, models, target, run_dir, worker)
+
+
+def _build_models(config: RunConfig, weight_files: list[Path], target: torch.device):
+    """The run's encoders and one model per fold file (on the run's inference thread)."""
     towers = build_towers(config)
     models = []
     for path in weight_files:
@@ -90,7 +209,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
         except RuntimeError as error:
             raise RunError(f"{path} does not match the model described by config.json: {error}") from None
         models.append(model.to(target).eval())
-    return LoadedRun(config, towers, models, target)
+    return towers, models
 
 
 def write_predictions(path: Path, guids: list[str], probs: np.ndarray) -> None:

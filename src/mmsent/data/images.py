@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from functools import singledispatch
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,19 +19,27 @@ class ImageError(Exception):
     """An image that cannot be used; the message says why."""
 
 
-def open_image(raw: bytes) -> Image.Image:
-    """Open bytes of any format Pillow knows, refusing decompression bombs; returns an RGB image."""
+class ImageTooLarge(ImageError):
+    """An image that declares more pixels than allowed."""
+
+
+def check_size(width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse images over ``max_pixels`` (ImageTooLarge) or of an extreme aspect ratio (ImageError)."""
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"declares {width}x{height} pixels (limit {max_pixels:,}); refused")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(f"aspect ratio {width}x{height} is too extreme")
+
+
+def open_image(raw: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open bytes of any format Pillow knows (lazily: only the header is read), refusing decompression bombs."""
     if not raw:
         raise ImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"declares {width}x{height} pixels (limit {MAX_IMAGE_PIXELS:,}); refused")
-            if max(width, height) > MAX_ASPECT * min(width, height):
-                raise ImageError(f"aspect ratio {width}x{height} is too extreme")
+            check_size(*image.size, max_pixels=max_pixels)
             return image
     except ImageError:
         raise
@@ -46,9 +57,16 @@ def load_square_rgb(raw: bytes, size: int) -> np.ndarray:
     JPEGs are decoded in draft mode at the smallest DCT scale still at least ``size`` (much faster for
     large photos). Returns a (size, size, 3) uint8 array. Raises ImageError for unusable images.
     """
-    image = open_image(raw)
+    return square_rgb(open_image(raw), size, draft=True)
+
+
+def square_rgb(image: Image.Image, size: int, draft: bool = False) -> np.ndarray:
+    """EXIF rotation, RGB (transparency on white), short side resized to ``size``, centre crop -> (size, size, 3).
+
+    ``draft``: let a not yet decoded JPEG decode at a reduced DCT scale (changes ``image`` in place).
+    """
     try:
-        if image.format == "JPEG":
+        if draft and image.format == "JPEG":
             image.draft("RGB", (size, size))
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -67,3 +85,32 @@ def load_square_rgb(raw: bytes, size: int) -> np.ndarray:
         raise
     except Exception as error:
         raise ImageError(f"could not decode ({type(error).__name__}: {error})") from None
+
+
+@singledispatch
+def load_image(source, size: int) -> np.ndarray:
+    """A post's image given as a path, bytes or a PIL image -> (size, size, 3) uint8, like ``load_square_rgb``."""
+    raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
+
+
+@load_image.register(bytes)
+@load_image.register(bytearray)
+@load_image.register(memoryview)
+def _(source, size: int) -> np.ndarray:
+    return load_square_rgb(bytes(source), size)
+
+
+@load_image.register(str)
+@load_image.register(os.PathLike)
+def _(source, size: int) -> np.ndarray:
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as error:
+        raise ImageError(f"cannot read image file {source}: {error.strerror or error}") from None
+    return load_square_rgb(raw, size)
+
+
+@load_image.register(Image.Image)
+def _(source, size: int) -> np.ndarray:
+    check_size(*source.size)
+    return square_rgb(source, size)

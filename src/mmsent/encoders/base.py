@@ -4,6 +4,7 @@ An encoder is split in two at ``train_layers`` from the top:
 
 * a :class:`Tower` holds the frozen lower part. ``precompute`` runs it once over a data split (in inference mode)
   and returns tensors that the feature cache stores on disk, keyed by ``cache_id`` and the split's content;
+  ``encode_items`` runs the same code on in-memory posts (cleaned texts, or decoded pixel arrays) without the cache;
 * ``Tower.make_trainable()`` returns a fresh :class:`TrainableEncoder` (an ``nn.Module``) holding the upper part,
   initialised from the pretrained weights. Its ``forward(features)`` maps a batch of cached features to
   ``(tokens (B, T, D), mask (B, T) bool, True = real token)``; ``out_dim`` is D.
@@ -59,6 +60,13 @@ class Tower:
 
     def precompute(self, split, text_prep, batch_size: int, workers: int) -> dict[str, torch.Tensor]:
         """Run the frozen part over every post of ``split``; tensors have the posts on their first axis."""
+        raise NotImplementedError
+
+    def encode_items(self, items: list, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """Run the frozen part over in-memory posts; the same tensors ``precompute`` gives for the same posts.
+
+        Text towers take cleaned texts; image towers take decoded (S, S, 3) uint8 arrays, None for a missing image.
+        """
         raise NotImplementedError
 
     def expected_shapes(self, n: int) -> dict[str, tuple]:

@@ -98,16 +98,21 @@ class HFTextTower(Tower):
     def expected_shapes(self, n):
         return {"text_hidden": (n, self.config.max_length, self.out_dim), "text_mask": (n, self.config.max_length)}
 
-    @torch.inference_mode()
     def precompute(self, split, text_prep, batch_size, workers):
-        texts = split.texts(text_prep)
-        n, length = len(texts), self.config.max_length
+        return self.encode_items(split.texts(text_prep), batch_size)
+
+    @torch.inference_mode()
+    def encode_items(self, items, batch_size=None):
+        """Cleaned texts -> text_hidden (N, L, D) float16 and text_mask (N, L), zero-padded to L = max_length."""
+        batch_size = batch_size or self.precompute_batch_size
+        n, length = len(items), self.config.max_length
         hidden = torch.zeros(n, length, self.out_dim, dtype=torch.float16)
         mask = torch.zeros(n, length, dtype=torch.bool)
-        ids = self.tokenizer(texts, truncation=True, max_length=length)["input_ids"]
+        ids = self.tokenizer(list(items), truncation=True, max_length=length)["input_ids"]
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         device = next(self.lower.parameters()).device
-        for start in tqdm(range(0, n, batch_size), desc="text features", unit="batch", leave=False):
+        starts = range(0, n, batch_size)
+        for start in tqdm(starts, desc="text features", unit="batch", leave=False, disable=len(starts) < 2):
             index = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -116,7 +121,6 @@ class HFTextTower(Tower):
             hidden[index, :t] = out.to("cpu", torch.float16)
             mask[index, :t] = batch["attention_mask"].bool().cpu()
         return {"text_hidden": hidden, "text_mask": mask}
-
 
 def packaged_minilm_path() -> str:
     try:
