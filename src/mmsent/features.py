@@ -85,5 +85,5 @@ def load_or_compute(tower: Tower, split, text_prep: TextPrepConfig, batch_size: 
 
 def _report_missing_images(split, present: torch.Tensor) -> None:
     for index in torch.nonzero(~present).flatten().tolist():
-        split._warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only",
+        split.warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only",
                     "image_unusable")

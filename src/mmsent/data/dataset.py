@@ -56,20 +56,21 @@ class Split:
         for guid in self.guids:
             raw = self.read_text_bytes(guid)
             if raw is None:
-                self._warn(f"data/{guid}.txt", "text file missing; using an empty text", "text_missing")
+                self.warn(f"data/{guid}.txt", "text file missing; using an empty text", "text_missing")
                 texts.append("")
                 continue
             decoded = decode_text(raw)
             self.encodings[decoded.encoding] += 1
             if decoded.truncated:
-                self._warn(f"data/{guid}.txt", f"longer than {MAX_TEXT_BYTES} bytes; truncated", "text_truncated")
+                self.warn(f"data/{guid}.txt", f"longer than {MAX_TEXT_BYTES} bytes; truncated", "text_truncated")
             text = clean_text(decoded.text, prep)
             if not decoded.text.strip():
-                self._warn(f"data/{guid}.txt", "empty text", "text_empty")
+                self.warn(f"data/{guid}.txt", "empty text", "text_empty")
             texts.append(text)
         return texts
 
-    def _warn(self, where: str, message: str, kind: str = "") -> None:
+    def warn(self, where: str, message: str, kind: str = "") -> None:
+        """Record a non-fatal problem once (the encoders and the feature cache report theirs here too)."""
         problem = Problem(where, message, kind=kind)
         if not any(p.where == where and p.message == message for p in self.problems):
             self.problems.append(problem)

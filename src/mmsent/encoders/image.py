@@ -50,7 +50,7 @@ def decode_split_images(split, size: int, batch_size: int, workers: int):
         present = torch.tensor([not r for r in reasons])
         for offset, reason in enumerate(reasons):
             if reason:
-                split._warn(f"data/{split.records[start + offset].guid}.jpg", f"{reason}; using text only",
+                split.warn(f"data/{split.records[start + offset].guid}.jpg", f"{reason}; using text only",
                             "image_unusable")
         yield slice(start, start + len(reasons)), pixels, present
         start += len(reasons)
