@@ -123,3 +123,22 @@ def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_ber
     (run / "config.json").write_text(json.dumps(config))
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(tmp_path / "p.txt")]) == 2
     assert "incompatible" in capsys.readouterr().err
+
+
+def test_train_and_predict_custom_family(dataset, tmp_path):
+    """--model custom: from-scratch ResNet + Transformer through the same CLI, run folder and predict."""
+    run = tmp_path / "custom"
+    metrics = _train(dataset, run, "--model", "custom", "--custom-dim", "32", "--custom-heads", "4",
+                     "--custom-ffn-dim", "64", "--custom-layers", "1", "--custom-image-size", "32",
+                     "--set", "custom.widths=8,16", "--set", "custom.blocks=1,1")
+    assert len(metrics["folds"]) == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "custom" and config["custom"]["widths"] == [8, 16]
+    predictions = tmp_path / "pred.txt"
+    assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
+    assert len(predictions.read_text().splitlines()) == 7
+    from mmsent import load_run
+
+    model = load_run(run)
+    single = model.predict(text="love great happy", image=dataset / "data" / "1000.jpg")
+    assert single.label in ("positive", "neutral", "negative")

@@ -88,6 +88,8 @@ def test_default_instances_do_not_share_lists():
     ("train.focal_alpha", "1, 2 ,3,", [1.0, 2.0, 3.0]),
     ("train.focal_alpha", [1, 2, 3], [1.0, 2.0, 3.0]),
     ("train.focal_alpha", "", []),
+    ("custom.widths", "8, 16,32", [8, 16, 32]),
+    ("custom.blocks", [2.0, 1], [2, 1]),
     ("text.name", "bert-base-uncased", "bert-base-uncased"),
     ("model", "baseline", "baseline"),
 ])
@@ -99,6 +101,8 @@ def test_apply_overrides_coerces(key, value, expected):
         owner = getattr(owner, part)
     actual = getattr(owner, leaf)
     assert actual == expected and type(actual) is type(expected)
+    if isinstance(expected, list):
+        assert [type(v) for v in actual] == [type(v) for v in expected]  # int lists stay int, float lists float
 
 
 def test_apply_overrides_sets_several_keys_in_place_and_leaves_others():
@@ -126,6 +130,8 @@ def test_unknown_key_names_it(key):
     ("train.lr", True),
     ("train.epochs", None),
     ("fusion.name", ["x"]),
+    ("custom.widths", "8,16.5"),
+    ("custom.blocks", "one"),
 ])
 def test_wrong_type_is_a_config_error_naming_the_key(key, value):
     config = RunConfig()

@@ -14,8 +14,8 @@ import torch
 from mmsent import load_plugins
 from mmsent.config import LABELS, ImageEncoderConfig, RunConfig, TextEncoderConfig, TextPrepConfig
 from mmsent.data.dataset import open_split
-from mmsent.model import MultimodalClassifier, Towers
-from mmsent.registry import FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
+from mmsent.model import MODALITIES, MultimodalClassifier, Towers, build_towers
+from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODERS
 
 load_plugins()
 
@@ -114,3 +114,33 @@ def test_missing_image_uses_learned_token(dataset, tower_cache, tiny_bert_dir, t
     # post 0 has no usable image: whatever its pixels/features hold must not matter
     assert torch.allclose(a[0], b[0], atol=1e-6)
     assert torch.allclose(a[1:], b[1:], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def family_towers():
+    return {}
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES.names())
+def test_every_family_fusion_and_modality(family, modality, fusion, dataset, family_towers):
+    """Each model family as `--model` builds it (small settings): shapes, no NaN, gradients everywhere."""
+    config = RunConfig(model=family, modality=modality)
+    config.fusion.name, config.fusion.dim, config.fusion.ffn_dim = fusion, 16, 32
+    config.text.max_length = config.custom.max_length = 16
+    config.image.image_size = config.custom.image_size = 32
+    config.custom.dim, config.custom.ffn_dim, config.custom.layers, config.custom.widths = 32, 64, 1, [8, 16, 16, 16]
+    key = (family, modality)
+    if key not in family_towers:
+        family_towers[key] = build_towers(config)
+    towers = family_towers[key]
+    torch.manual_seed(0)
+    model = MultimodalClassifier(config, towers).train()
+    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
+    logits = model(batch)
+    assert logits.shape == (6, len(LABELS)) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, f"parameters without a gradient: {missing}"

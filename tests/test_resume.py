@@ -201,11 +201,12 @@ class _Dropout(nn.Module):
         return self.net(batch["x"])
 
 
-def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_fit_interrupted_and_resumed_equals_uninterrupted(tmp_path, ema_decay):
     n = 90
     labels = torch.arange(n) % 3
     features = {"x": torch.nn.functional.one_hot(labels, 4).float() + 0.8 * torch.randn(n, 4)}
-    config = TrainConfig(epochs=5, patience=10, batch_size=8, lr=0.01)
+    config = TrainConfig(epochs=5, patience=10, batch_size=8, lr=0.01, ema_decay=ema_decay)
     train_idx, val_idx = np.arange(0, 60), np.arange(60, 90)
 
     torch.manual_seed(1)

@@ -128,3 +128,32 @@ def test_fit_learns_and_stops_early():
     assert len(result.history) == result.best_epoch + 2  # stopped after `patience` epochs without improvement
     assert len(result.history) < 30
     assert set(result.best_state) == {"layer.weight", "layer.bias"}
+
+
+def test_ema_weights_are_validated_and_kept():
+    """With train.ema_decay the saved weights are the moving average, not the last step's weights."""
+    torch.manual_seed(0)
+    n = 60
+    labels = torch.arange(n) % 3
+    features = {"x": torch.nn.functional.one_hot(labels, 4).float() + 0.5 * torch.randn(n, 4)}
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 3)
+
+        def encoder_parameters(self):
+            return []
+
+        def forward(self, batch):
+            return self.net(batch["x"])
+
+    config = TrainConfig(epochs=1, patience=5, batch_size=4, lr=0.05, ema_decay=0.9)
+    model = Linear()
+    result = fit(model, features, labels, np.arange(40), np.arange(40, 60), config, torch.device("cpu"))
+    assert set(result.best_state) == {"net.weight", "net.bias"}  # plain keys: loads into the model as usual
+    assert not torch.equal(result.best_state["net.weight"], model.net.weight.detach())  # the average, not the last
+    model.load_state_dict(result.best_state)
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(Linear(), features, labels, np.arange(40), np.arange(40, 60),
+            TrainConfig(epochs=1, ema_decay=1.5), torch.device("cpu"))

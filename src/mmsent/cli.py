@@ -1,4 +1,7 @@
-"""Command line: ``mmsent check | train | predict | serve | config``. ``main(argv)`` is callable from tests."""
+"""Command line: ``mmsent check | train | ablate | compare | sweep | report | predict | serve | config``.
+
+``main(argv)`` is callable from tests.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
 
+    experiments = {
+        "ablate": "the same configuration on all / image / text -> OUT/ablation.json, OUT/ablation.md",
+        "compare": "every model family x fusion -> OUT/comparison.json, OUT/comparison.md",
+        "sweep": "a grid of config values (--grid KEY=V1,V2 ...) -> OUT/sweep.json, OUT/sweep.md",
+    }
+    for name, text in experiments.items():
+        experiment = sub.add_parser(name, help=f"{text}; finished cells are kept, an interrupted grid continues")
+        _add_data_args(experiment)
+        experiment.add_argument("--out", type=Path, required=True, help="experiment folder (one run per cell)")
+        if name == "sweep":
+            experiment.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                                    help="config key (fusion.heads) or flag name (heads, ffn_dim, lr, dim) with "
+                                         "comma-separated values; list keys take ';'-separated lists")
+        experiment.add_argument("--overwrite", action="store_true", help="retrain every cell")
+        _add_config_args(experiment)
+        experiment.set_defaults(func=cmd_experiment)
+
+    report = sub.add_parser("report", help="one HTML page (+ Markdown) with tables and plots of runs / experiments")
+    report.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
+    report.add_argument("folders", type=Path, nargs="+", metavar="RUN",
+                        help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
+    report.set_defaults(func=cmd_report)
+
     predict = sub.add_parser("predict", help="one post (--text/--image), or 'guid,tag' for every post of the test "
                                              "file (--out); fold ensemble")
     _add_data_args(predict)
@@ -163,6 +189,37 @@ def cmd_train(args) -> int:
     _print_problems(split)
     print(format_summary(metrics))
     print(f"run saved to {args.out}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .data.dataset import open_split
+    from .experiments import ablation_cells, comparison_cells, parse_grid, run_grid, sweep_cells
+
+    base = config_from_args(args)
+    if args.command == "ablate":
+        kind, cells = "ablation", ablation_cells()
+    elif args.command == "compare":
+        kind, cells = "comparison", comparison_cells()
+    else:
+        kind, cells = "sweep", sweep_cells(parse_grid(args.grid))
+    split = open_split(args.data, _label_files(args)[0], labelled=True)
+    print(f"{kind}: {len(cells)} cells x {base.train.folds} folds on {len(split.records)} posts -> {args.out}")
+    start = time.perf_counter()
+    run_grid(kind, base, cells, split, args.out, overwrite=args.overwrite)
+    print((args.out / f"{kind}.md").read_text(encoding="utf-8"), end="")
+    print(f"{kind} written to {args.out / (kind + '.json')} and .md in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        raise ConfigError(f"not a folder: {', '.join(missing)}")
+    html_path, md_path = write_report(args.out, args.folders)
+    print(f"report written to {html_path} and {md_path}")
     return 0
 
 

@@ -58,6 +58,26 @@ class ImageEncoderConfig:
 
 
 @dataclass
+class CustomConfig:
+    """The from-scratch family (``--model custom``): a ResNet image encoder and a Transformer text encoder.
+
+    Texts are split with the packaged MiniLM WordPiece vocabulary (its weights are not used); images are decoded
+    once at ``image_size`` and cached as pixels.
+    """
+
+    dim: int = _opt(512, flag="--custom-dim", help="model dimension of the text Transformer and the ResNet output")
+    heads: int = _opt(8, flag="--custom-heads", help="self-attention heads of the text Transformer")
+    ffn_dim: int = _opt(256, flag="--custom-ffn-dim", help="feed-forward width of the text Transformer")
+    layers: int = _opt(3, flag="--custom-layers", help="text Transformer encoder layers")
+    dropout: float = _opt(0.3, flag="--custom-dropout", help="dropout inside both encoders")
+    max_length: int = _opt(64, help="tokens per text (longer texts are cut)")
+    image_size: int = _opt(64, flag="--custom-image-size", help="side of the square input image")
+    widths: list = _opt(lambda: [16, 32, 64, 128], help="ResNet channels per stage (comma-separated)")
+    blocks: list = _opt(lambda: [1, 1, 1, 1], help="residual blocks per stage (comma-separated, one per width)")
+    augment: bool = _opt(True, help="random crop and horizontal flip of training images")
+
+
+@dataclass
 class FusionConfig:
     """How image and text tokens are combined."""
 
@@ -86,6 +106,8 @@ class TrainConfig:
     focal_gamma: float = _opt(2.0, help="focal loss focusing parameter")
     focal_alpha: list = _opt(list, help="per-class focal alpha in label order (empty = 0.25 for every class)")
     label_smoothing: float = _opt(0.0, help="cross-entropy label smoothing")
+    ema_decay: float = _opt(0.0, help="validate and keep an exponential moving average of the weights, updated every "
+                                      "step with this decay (e.g. 0.99); 0 = off")
     seed: int = _opt(42, flag="--seed")
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
@@ -100,6 +122,7 @@ class RunConfig:
     text_prep: TextPrepConfig = field(default_factory=TextPrepConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    custom: CustomConfig = field(default_factory=CustomConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     version: int = CONFIG_VERSION
@@ -164,10 +187,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a comma-separated list, got {value!r}")
+        kind = type(default[0]) if default else float  # the default's element type: int for [32, 64], else float
         try:
-            return [float(v) for v in value]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a comma-separated list of numbers, got {value!r}") from None
+            return [_coerce(key, v, kind(0)) for v in value]
+        except ConfigError:
+            raise ConfigError(f"{key}: expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
     if isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if isinstance(value, bool) or isinstance(value, (list, dict)) or value is None:

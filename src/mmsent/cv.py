@@ -5,7 +5,7 @@ RUN/
   metrics.json                    {"cv": {...}, "folds": [...], "wall_seconds", "data": {...}}
   oof_predictions.csv             out-of-fold probabilities of every training post
   folds/fold_K/model.safetensors  the trainable weights of fold K (best epoch)
-  folds/fold_K/history.json       per-epoch train loss, val loss, val accuracy / F1
+  folds/fold_K/history.json       per-epoch train loss and accuracy, val loss, val accuracy / F1
   folds/fold_K/result.json        the finished fold's metrics row and validation probabilities (resume skips it)
   folds/fold_K/checkpoint.safetensors  training state after the last finished epoch (only while K is unfinished)
 

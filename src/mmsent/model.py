@@ -38,6 +38,17 @@ def pretrained_family(config: RunConfig) -> Towers:
     )
 
 
+@MODEL_FAMILIES.register("custom")
+def custom_family(config: RunConfig) -> Towers:
+    """From scratch: a ResNet on cached pixels and a Transformer on WordPiece ids (``custom.*`` settings)."""
+    from .encoders.scratch import PixelTower, WordPieceTower
+
+    return Towers(
+        text=WordPieceTower(config.custom) if config.modality in ("all", "text") else None,
+        image=PixelTower(config.custom) if config.modality in ("all", "image") else None,
+    )
+
+
 def build_towers(config: RunConfig) -> Towers:
     if config.modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
@@ -75,7 +86,8 @@ class MultimodalClassifier(nn.Module):
         )
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        encoders = [e for e in (self.text_encoder, self.image_encoder) if e is not None]
+        """Trainable parameters of pretrained encoders (they get ``train.encoder_lr``; the rest ``train.lr``)."""
+        encoders = [e for e in (self.text_encoder, self.image_encoder) if e is not None and e.pretrained]
         return [p for e in encoders for p in e.parameters() if p.requires_grad]
 
     def _image_tokens(self, features):

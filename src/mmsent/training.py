@@ -18,6 +18,7 @@ from .config import LABELS, TrainConfig
 from .losses import create_loss, probabilities
 from .metrics import classification_metrics
 
+TEXT_SEQUENCES = ("text_mask", "text_hidden", "text_ids")  # cached text tensors with the token axis second
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -68,10 +69,11 @@ class FeatureBatches:
         for positions in self.plan():
             index = torch.as_tensor(self.indices[positions])
             batch = {name: tensor[index] for name, tensor in self.features.items()}
-            if "text_mask" in batch:  # cut the padding shared by the whole batch
+            if "text_mask" in batch:  # cut the padding shared by the whole batch from every text sequence
                 length = max(int(batch["text_mask"].sum(1).max()), 1)
-                batch["text_mask"] = batch["text_mask"][:, :length]
-                batch["text_hidden"] = batch["text_hidden"][:, :length]
+                for name in TEXT_SEQUENCES:
+                    if name in batch:
+                        batch[name] = batch[name][:, :length]
             yield batch, (self.labels[index] if self.labels is not None else None), positions
 
 
@@ -126,7 +128,8 @@ class _null:
 
 
 def _save_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, batches: FeatureBatches,
-                best: FitResult, best_accuracy: float, stale: int, device: torch.device, info: dict) -> None:
+                best: FitResult, best_accuracy: float, stale: int, device: torch.device, info: dict,
+                ema: nn.Module | None = None) -> None:
     """Everything the loop needs to continue after ``epoch`` exactly as if it had never stopped."""
     optim_tensors, optim_structure = flatten_optimizer_state(optimizer.state_dict())
     rng = {"torch": torch.get_rng_state()}  # (S,) uint8: drives dropout
@@ -139,6 +142,8 @@ def _save_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, 
         "rng": rng,
         "val": {"probs": torch.from_numpy(best.val_probs)},  # (V, C) of the best epoch
     }
+    if ema is not None:
+        groups["ema"] = {k: v.detach().to("cpu", copy=True) for k, v in ema.state_dict().items()}
     scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     save_checkpoint(path, groups, {
         **info, "epoch": epoch, "best_epoch": best.best_epoch, "best_accuracy": best_accuracy, "stale": stale,
@@ -148,10 +153,12 @@ def _save_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, 
 
 
 def _restore_state(path: Path, model: nn.Module, optimizer, scheduler, batches: FeatureBatches,
-                   device: torch.device) -> tuple[int, FitResult, float, int]:
+                   device: torch.device, ema: nn.Module | None = None) -> tuple[int, FitResult, float, int]:
     """Load a checkpoint of :func:`_save_state` into the live objects -> (epoch, best, best_accuracy, stale)."""
     groups, info = load_checkpoint(path)
     model.load_state_dict(groups["model"], strict=True)
+    if ema is not None:
+        ema.load_state_dict(groups["ema"], strict=True)
     optimizer.load_state_dict(unflatten_optimizer_state(groups.get("optim", {}), info["optimizer"]))
     scheduler.load_state_dict({**info["scheduler"], "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
     batches.rng.bit_generator.state = info["batches_rng"]
@@ -161,6 +168,28 @@ def _restore_state(path: Path, model: nn.Module, optimizer, scheduler, batches: 
     best = FitResult(best_state=groups["best"], best_epoch=info["best_epoch"], history=info["history"],
                      val_probs=groups["val"]["probs"].numpy())
     return info["epoch"], best, info["best_accuracy"], info["stale"]
+
+
+def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """Adam/AdamW, fused (one kernel for the whole update: 0.13 -> 0.02 s a step for the 24M-parameter custom model
+    on this CPU) where this torch build supports it for the parameters' device."""
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+    try:
+        return OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay)
+
+
+def _make_ema(model: nn.Module, decay: float) -> nn.Module | None:
+    """An exponential moving average of ``model``'s weights and buffers (None when ``decay`` is 0)."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"train.ema_decay must be between 0 and 1, got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
@@ -181,26 +210,27 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
         {"params": [p for p in model.parameters() if id(p) in encoder_params], "lr": config.encoder_lr},
     ]
     groups = [g for g in groups if g["params"]]
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-    optimizer = OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay)
+    optimizer = _make_optimizer(config, groups)
     train_batches = FeatureBatches(features, labels, train_idx, config.batch_size, shuffle=True, seed=config.seed)
     val_batches = FeatureBatches(features, labels, val_idx, max(config.batch_size, 64))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    ema = _make_ema(model, config.ema_decay)
+    evaluated = ema.module if ema is not None else model  # what is validated and kept
 
     best = FitResult(best_state={}, best_epoch=0)
     best_accuracy, stale, done = -1.0, 0, 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        done, best, best_accuracy, stale = _restore_state(checkpoint, model, optimizer, scheduler, train_batches, device)
+        done, best, best_accuracy, stale = _restore_state(checkpoint, model, optimizer, scheduler, train_batches,
+                                                          device, ema)
         if stale >= config.patience:  # it had already stopped early
             done = config.epochs
     val_labels = labels[torch.as_tensor(np.asarray(val_idx))].numpy()
     for epoch in range(done + 1, config.epochs + 1):
         start = time.perf_counter()
         model.train()
-        running, seen = 0.0, 0
+        running, seen, correct = 0.0, 0, 0
         bar = tqdm(train_batches, desc=f"{desc} epoch {epoch}", unit="batch", leave=False)
         for batch, targets, _ in bar:
             targets = targets.to(device)
@@ -212,13 +242,17 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             running += float(loss.detach()) * len(targets)
+            correct += int((logits.detach().argmax(1) == targets).sum())
             seen += len(targets)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-        probs, val_loss = predict_probs(model, val_batches, config.loss, device, loss_fn)
+        probs, val_loss = predict_probs(evaluated, val_batches, config.loss, device, loss_fn)
         scores = classification_metrics(val_labels, probs.argmax(1))
         record = {
-            "epoch": epoch, "train_loss": running / max(seen, 1), "val_loss": val_loss,
+            "epoch": epoch, "train_loss": running / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+            "val_loss": val_loss,
             "val_accuracy": scores["accuracy"], "val_weighted_f1": scores["weighted_f1"],
             "val_macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start,
         }
@@ -226,13 +260,13 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
         improved = scores["accuracy"] > best_accuracy
         if improved:
             best_accuracy, stale = scores["accuracy"], 0
-            best.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
             best.best_epoch, best.val_probs = epoch, probs
         else:
             stale += 1
         if checkpoint is not None:
             _save_state(checkpoint, epoch, model, optimizer, scheduler, train_batches, best, best_accuracy, stale,
-                        device, checkpoint_info or {})
+                        device, checkpoint_info or {}, ema)
         if on_epoch_end is not None:
             on_epoch_end(record)
         if stale >= config.patience:

@@ -25,6 +25,7 @@ class TrainableEncoder(nn.Module):
     """The trainable upper part of an encoder."""
 
     out_dim: int
+    pretrained: bool = True  # False: trained from random initialisation (at the head's learning rate)
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

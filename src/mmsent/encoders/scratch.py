@@ -1,0 +1,232 @@
+"""The from-scratch family's encoders, built from torch.nn layers: a ResNet for images, a Transformer for texts.
+
+Both follow the interface of :mod:`mmsent.encoders.base`. Their frozen part is only the preprocessing, so the
+feature cache holds what they read: WordPiece token ids for texts, decoded and resized pixels for images.
+Everything above trains from random initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import CustomConfig
+from .base import Tower, TrainableEncoder
+from .image import ImageTower, feature_map_to_tokens, normalise
+
+PIXEL_MEAN, PIXEL_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: a fine generic scale
+
+
+# ---------------------------------------------------------------- images: ResNet
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm; the shortcut is a strided 1x1 projection when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H / stride, W / stride)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def random_crop_flip(pixels: torch.Tensor, pad: int) -> torch.Tensor:
+    """Training augmentation on a batch (B, 3, S, S) uint8: reflect-pad by ``pad``, random S x S crop, random flip."""
+    b, _, size, _ = pixels.shape
+    padded = F.pad(pixels.float(), (pad, pad, pad, pad), mode="reflect")  # (B, 3, S + 2p, S + 2p)
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2))
+    flips = torch.rand(b) < 0.5
+    out = torch.empty(b, 3, size, size, dtype=torch.float32, device=pixels.device)
+    for i in range(b):
+        y, x = int(offsets[i, 0]), int(offsets[i, 1])
+        crop = padded[i, :, y:y + size, x:x + size]
+        out[i] = crop.flip(-1) if flips[i] else crop
+    return out
+
+
+class ResNet(TrainableEncoder):
+    """A small ResNet on cached pixels: 3x3 stem, stages of residual blocks, 1x1 projection to ``dim``.
+
+    The last feature map's cells are the image tokens: (B, h*w, dim) with h = w = image_size / 2^(stages).
+    """
+
+    pretrained = False
+
+    def __init__(self, config: CustomConfig):
+        super().__init__()
+        widths, blocks = [int(w) for w in config.widths], [int(b) for b in config.blocks]
+        if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
+            raise ValueError(f"custom.widths {widths} and custom.blocks {blocks} must be positive and of equal length")
+        self.augment = config.augment
+        self.crop_pad = max(1, config.image_size // 8)
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        stages, channels = [], widths[0]
+        for index, (width, count) in enumerate(zip(widths, blocks)):
+            stride = 1 if index == 0 else 2
+            stage = [ResidualBlock(channels, width, stride)] + [ResidualBlock(width, width) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*stage))
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        self.project = nn.Conv2d(channels, config.dim, 1)
+        self.out_dim = config.dim
+        self.to(memory_format=torch.channels_last)  # measured: 20% faster convolutions on this CPU
+
+    def forward(self, features):
+        pixels = features["image_input"]  # (B, 3, S, S) uint8
+        if self.training and self.augment:
+            x = random_crop_flip(pixels, self.crop_pad)
+        else:
+            x = pixels.float()
+        x = normalise(x, PIXEL_MEAN, PIXEL_STD).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        fmap = self.project(self.stages(self.stem(x)))  # (B, dim, h, w)
+        tokens = feature_map_to_tokens(fmap)  # (B, h*w, dim)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+class PixelTower(ImageTower):
+    """Decodes images once at ``custom.image_size``; the cache holds the pixels, the ResNet trains on them."""
+
+    def __init__(self, config: CustomConfig):
+        self.size = config.image_size
+        super().__init__(ResNet(config))
+
+    def cache_id(self):
+        return json.dumps({"image": "pixels", "size": self.size, "format": 1})
+
+    def expected_shapes(self, n):
+        return {"image_input": (n, 3, self.size, self.size), "image_present": (n,)}
+
+    def encode_pixels(self, pixels):
+        return pixels  # (B, 3, S, S) uint8
+
+
+# ---------------------------------------------------------------- texts: Transformer encoder
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Scaled dot-product self-attention over ``heads`` subspaces; padded keys get no weight."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"custom.dim {dim} must be divisible by custom.heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, mask):  # (B, T, D), (B, T) True = real token
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1)  # every row has >= 1 real key ([CLS])
+        attended = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.out(attended)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and a position-wise feed-forward, each in a residual branch after a layer norm (pre-norm).
+
+    Dropout sits where Vaswani et al. put it, on each branch's output (and on the embeddings), not inside the
+    attention or the feed-forward: on this CPU every dropout costs about 15 ms a batch (random number generation).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = MultiHeadSelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask):  # (B, T, D), (B, T)
+        x = x + self.dropout(self.attention(self.norm1(x), mask))
+        return x + self.dropout(self.feed_forward(self.norm2(x)))  # (B, T, D)
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The fixed sine/cosine position encodings of Vaswani et al. (2017): (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]  # (L, 1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (D/2,)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class TransformerTextEncoder(TrainableEncoder):
+    """Token embedding + sinusoidal positions, ``layers`` encoder layers, final layer norm -> (B, T, dim) tokens."""
+
+    pretrained = False
+
+    def __init__(self, config: CustomConfig, vocab_size: int, pad_id: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, config.dim, padding_idx=pad_id)  # N(0, 1) entries
+        self.register_buffer("positions", sinusoidal_positions(config.max_length, config.dim), persistent=False)
+        # Vaswani et al.: embeddings x sqrt(d_model). With N(0, 1) entries they dominate the positions and move
+        # slowly at lr 3e-4 (nearly fixed random word codes): on CV folds 1-2 this reached 0.645 accuracy, against
+        # 0.605-0.62 for small-init (std dim^-1/2), unscaled or factorised (64-d) embeddings that learn faster.
+        self.scale = math.sqrt(config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(config.dim, config.heads, config.ffn_dim, config.dropout)
+                                    for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.dim)
+        self.out_dim = config.dim
+
+    def forward(self, features):
+        ids, mask = features["text_ids"].long(), features["text_mask"]  # (B, T), (B, T)
+        x = self.embedding(ids) * self.scale + self.positions[: ids.shape[1]]  # (B, T, D)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x), mask  # (B, T, D), (B, T)
+
+
+class WordPieceTower(Tower):
+    """Splits texts with the packaged MiniLM WordPiece vocabulary; the cache holds token ids and masks."""
+
+    kind = "text"
+    feature_names = ("text_ids", "text_mask")
+
+    def __init__(self, config: CustomConfig):
+        from transformers import AutoTokenizer
+
+        from .text import packaged_minilm_path
+
+        self.tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+        self.max_length = config.max_length
+        super().__init__(TransformerTextEncoder(config, len(self.tokenizer), self.tokenizer.pad_token_id))
+
+    def cache_id(self):
+        return json.dumps({"text": "minilm-wordpiece", "vocab": len(self.tokenizer), "max_length": self.max_length,
+                           "format": 1})
+
+    def expected_shapes(self, n):
+        return {"text_ids": (n, self.max_length), "text_mask": (n, self.max_length)}
+
+    def precompute(self, split, text_prep, batch_size, workers):
+        return self.encode_items(split.texts(text_prep))
+
+    def encode_items(self, items, batch_size=None):
+        """Cleaned texts -> text_ids (N, L) int64 and text_mask (N, L) bool, zero-padded to L = max_length."""
+        if not items:
+            return {"text_ids": torch.zeros(0, self.max_length, dtype=torch.long),
+                    "text_mask": torch.zeros(0, self.max_length, dtype=torch.bool)}
+        encoded = self.tokenizer(list(items), truncation=True, max_length=self.max_length, padding="max_length",
+                                 return_tensors="pt")
+        return {"text_ids": encoded["input_ids"].long(), "text_mask": encoded["attention_mask"].bool()}

@@ -1,0 +1,176 @@
+"""Grids of cross-validated runs: ablation (modalities), comparison (model family x fusion), sweeps (any keys).
+
+An experiment folder holds one run folder per cell plus the tables::
+
+    OUT/cells/<cell>/        a complete run folder (config.json, metrics.json, folds/...), as ``mmsent train`` writes
+    OUT/<kind>.json          {"rows": [...]} (one row per cell: its settings, CV mean accuracy / F1, accuracy std)
+    OUT/<kind>.md            the same as a Markdown table
+
+Every cell is the base configuration plus its overrides, trained with :func:`mmsent.cv.train_cv` on the same
+folds (same ``train.folds`` and ``train.seed``). Running the command again keeps finished cells, continues an
+unfinished one from its checkpoint, and trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten
+from .cv import RunError, config_differences, format_summary, train_cv
+from .io import atomic_write_json, atomic_write_text
+from .model import MODALITIES
+from .registry import FUSIONS, MODEL_FAMILIES
+
+METRIC_COLUMNS = ("accuracy", "weighted_f1", "macro_f1", "accuracy_std")
+FOLD_KEYS = ("train.folds", "train.seed")  # a grid over these would not share folds between cells
+
+
+@dataclass
+class Cell:
+    """One configuration of a grid: its settings (column -> value) and the config overrides they mean."""
+
+    settings: dict[str, Any]
+    overrides: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """A folder name that says what the cell is: ``fusion.heads=4,fusion.ffn_dim=256``."""
+        text = ",".join(f"{key}={_format_value(value)}" for key, value in self.overrides.items()) or "base"
+        return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+
+
+def _format_value(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def ablation_cells() -> list[Cell]:
+    """The same configuration on both modalities and on each alone."""
+    return [Cell({"modality": m}, {"modality": m}) for m in MODALITIES]
+
+
+def comparison_cells() -> list[Cell]:
+    """Every registered model family x every registered fusion."""
+    return [Cell({"model": model, "fusion": fusion}, {"model": model, "fusion.name": fusion})
+            for model in MODEL_FAMILIES.names() for fusion in FUSIONS.names()]
+
+
+def resolve_key(name: str) -> str:
+    """A grid key: a config key (``fusion.heads``), or a flag's name (``heads``, ``ffn-dim`` / ``ffn_dim``, ``lr``)."""
+    keys = {key: spec for key, spec, _ in config_fields()}
+    if name in keys:
+        return name
+    by_flag = {spec.metadata["flag"].lstrip("-").replace("-", "_"): key
+               for key, spec in keys.items() if spec.metadata.get("flag")}
+    flag_name = name.lstrip("-").replace("-", "_")
+    if flag_name in by_flag:
+        return by_flag[flag_name]
+    raise ConfigError(f"unknown grid key {name!r}: use a config key (see 'mmsent config') or a flag name such as "
+                      f"{', '.join(sorted(by_flag)[:6])}, ...")
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["heads=4,8", "lr=1e-3,3e-4"]`` -> {"fusion.heads": ["4", "8"], "train.lr": ["1e-3", "3e-4"]}.
+
+    List-valued keys (``custom.widths``) take values separated by ``;``: ``custom.widths=8,16;16,32``.
+    """
+    if not items:
+        raise ConfigError("--grid needs at least one KEY=V1,V2,... (e.g. --grid heads=4,8 ffn_dim=256,512)")
+    defaults = {key: default for key, _, default in config_fields()}
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid expects KEY=V1,V2,..., got {item!r}")
+        name, raw = item.split("=", 1)
+        key = resolve_key(name.strip())
+        if key in FOLD_KEYS:
+            raise ConfigError(f"{key} cannot be swept: every cell of a grid is evaluated on the same folds")
+        if key in grid:
+            raise ConfigError(f"{key} is given twice in --grid")
+        separator = ";" if isinstance(defaults[key], list) else ","
+        values = [v.strip() for v in raw.split(separator) if v.strip()]
+        if not values:
+            raise ConfigError(f"--grid {name}: no values given")
+        grid[key] = values
+    return grid
+
+
+def sweep_cells(grid: dict[str, list[str]]) -> list[Cell]:
+    """The cartesian product of the grid's values, in the order given (values checked against their types)."""
+    cells = []
+    for combination in itertools.product(*grid.values()):
+        overrides = dict(zip(grid, combination))
+        typed = flatten(apply_overrides(RunConfig(), overrides).to_dict())  # raises ConfigError on a bad value
+        overrides = {key: typed[key] for key in overrides}
+        cells.append(Cell(dict(overrides), overrides))
+    return cells
+
+
+def _cell_config(base: RunConfig, cell: Cell) -> RunConfig:
+    config = RunConfig.from_dict(base.to_dict())
+    return apply_overrides(config, cell.overrides)
+
+
+def _cell_state(cell_dir: Path, config: RunConfig) -> str:
+    """'new', 'finished' or 'started'; refuses a cell folder trained with other settings."""
+    from .predict import read_run_config
+
+    if not (cell_dir / "config.json").is_file():
+        return "new"
+    changed = config_differences(read_run_config(cell_dir), config)
+    if changed:
+        raise RunError(f"{cell_dir} was trained with other settings ({'; '.join(changed)}); use another --out for "
+                       "a different base configuration, or pass --overwrite to retrain every cell")
+    return "finished" if (cell_dir / "metrics.json").is_file() else "started"
+
+
+def run_grid(kind: str, base: RunConfig, cells: list[Cell], split, out_dir: Path, log=print,
+             overwrite: bool = False) -> list[dict]:
+    """Train every cell (skipping finished ones, resuming started ones); write ``OUT/<kind>.json`` and ``.md``."""
+    out_dir = Path(out_dir)
+    rows = []
+    for index, cell in enumerate(cells, 1):
+        config = _cell_config(base, cell)
+        cell_dir = out_dir / "cells" / cell.name
+        state = "new" if overwrite else _cell_state(cell_dir, config)
+        label = f"[{index}/{len(cells)}] {cell.name}"
+        if state == "finished":
+            log(f"{label}: finished earlier; kept")
+            metrics = json.loads((cell_dir / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            log(f"{label}: {'continuing' if state == 'started' else 'training'}")
+            metrics = train_cv(config, split, cell_dir, log=log, resume=state == "started", overwrite=overwrite)
+            log(format_summary(metrics).splitlines()[0])
+        cv = metrics["cv"]
+        rows.append({**cell.settings, "accuracy": cv["accuracy_mean"], "weighted_f1": cv["weighted_f1_mean"],
+                     "macro_f1": cv["macro_f1_mean"], "accuracy_std": cv["accuracy_std"],
+                     "run": f"cells/{cell.name}"})
+        write_tables(out_dir, kind, rows, base)  # after every cell: a partial table is there while it runs
+    return rows
+
+
+def write_tables(out_dir: Path, kind: str, rows: list[dict], base: RunConfig) -> None:
+    atomic_write_json(out_dir / f"{kind}.json", {"rows": rows, "base_config": base.to_dict()})
+    atomic_write_text(out_dir / f"{kind}.md", markdown_table(rows) + "\n")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of a grid as a Markdown table: settings columns, then the metrics (accuracy as mean ± std)."""
+    if not rows:
+        return "(no rows)"
+    settings = [k for k in rows[0] if k not in METRIC_COLUMNS and k != "run"]
+    header = settings + ["accuracy (mean ± std)", "weighted F1", "macro F1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = max(r["accuracy"] for r in rows)
+    for row in rows:
+        accuracy = f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}"
+        if row["accuracy"] == best and len(rows) > 1:
+            accuracy = f"**{accuracy}**"
+        cells = [_format_value(row[k]) for k in settings] + [accuracy, f"{row['weighted_f1']:.4f}",
+                                                               f"{row['macro_f1']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""``mmsent report``: one self-contained HTML page (and a Markdown twin) over run and experiment folders.
+
+A run folder (``mmsent train``) gives the label distribution, per-epoch loss/accuracy curves of every fold, the
+out-of-fold confusion matrix and per-class precision / recall / F1. An experiment folder (``ablate``, ``compare``,
+``sweep``) gives its table, and a sweep its validation-loss curves per value of each swept key. Figures are drawn
+with matplotlib (Agg), embedded in the HTML as PNG data and written to ``OUT/figures/`` for the Markdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import LABELS
+from .experiments import markdown_table
+from .io import atomic_write_bytes, atomic_write_text
+
+EXPERIMENT_KINDS = ("ablation", "comparison", "sweep")
+
+
+@dataclass
+class Section:
+    """A titled part of the report: Markdown-ish text blocks, tables and figures, in order."""
+
+    title: str
+    items: list[tuple[str, object]] = field(default_factory=list)  # (kind, payload); a figure: (fig, caption)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() and (folder / "config.json").is_file()
+
+
+def experiment_kinds(folder: Path) -> list[str]:
+    return [kind for kind in EXPERIMENT_KINDS if (folder / f"{kind}.json").is_file()]
+
+
+def _histories(run: Path) -> list[list[dict]]:
+    return [_read_json(fold / "history.json") for fold in sorted((run / "folds").glob("fold_*"))
+            if (fold / "history.json").is_file()]
+
+
+def _integer_epochs(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def label_distribution_figure(counts: dict[str, int]):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    names = [n for n in LABELS if n in counts]
+    values = [counts[n] for n in names]
+    bars = ax.bar(names, values, color=["#c0392b", "#7f8c8d", "#27ae60"][: len(names)])
+    total = max(sum(values), 1)
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value} ({value / total:.0%})", (bar.get_x() + bar.get_width() / 2, value), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylabel("posts")
+    ax.set_title("label distribution")
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(histories: list[list[dict]], title: str):
+    """Train/validation loss and accuracy per epoch, one colour per fold (train dashed)."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, history in enumerate(histories):
+        colour = colours[index % len(colours)]
+        epochs = [h["epoch"] for h in history]
+        loss_ax.plot(epochs, [h["train_loss"] for h in history], "--", color=colour, alpha=0.7)
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-", color=colour, label=f"fold {index + 1}")
+        if all("train_accuracy" in h for h in history):
+            acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "--", color=colour, alpha=0.7)
+        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-", color=colour)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (dashed: train, solid: validation)")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy (dashed: train, solid: validation)")
+    loss_ax.legend(fontsize=7)
+    _integer_epochs(loss_ax, acc_ax)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: list[list[int]], title: str):
+    plt = _pyplot()
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black", fontsize=9)
+    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_curves_figure(folder: Path, rows: list[dict], key: str):
+    """Mean validation loss per epoch (over folds and the other keys' values), one line per value of ``key``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    by_value: dict[str, list[list[float]]] = {}
+    for row in rows:
+        for history in _histories(folder / row["run"]):
+            by_value.setdefault(str(row[key]), []).append([h["val_loss"] for h in history])
+    for value, curves in by_value.items():
+        length = max(len(c) for c in curves)
+        mean = [np.mean([c[e] for c in curves if len(c) > e]) for e in range(length)]
+        ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=f"{key.split('.')[-1]}={value}")
+    ax.set(xlabel="epoch", ylabel="validation loss", title=f"validation loss by {key} (mean over folds)")
+    ax.legend(fontsize=7)
+    _integer_epochs(ax)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_table(out_of_fold: dict) -> list[dict]:
+    return [{"class": name, "precision": f"{v['precision']:.4f}", "recall": f"{v['recall']:.4f}",
+             "F1": f"{v['f1']:.4f}", "support": v["support"]} for name, v in out_of_fold["per_class"].items()]
+
+
+def run_section(run: Path, title: str) -> Section:
+    metrics, config = _read_json(run / "metrics.json"), _read_json(run / "config.json")
+    cv = metrics["cv"]
+    section = Section(title)
+    section.items.append(("text", (
+        f"{config['model']} / fusion {config['fusion']['name']} / modality {config['modality']}: "
+        f"{len(metrics['folds'])}-fold CV accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, "
+        f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}, "
+        f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}; "
+        f"wall time {metrics['wall_seconds']:.0f} s on {metrics.get('device', '?')}.")))
+    section.items.append(("table", [{"fold": r["fold"] + 1, "accuracy": f"{r['accuracy']:.4f}",
+                                     "weighted F1": f"{r['weighted_f1']:.4f}", "macro F1": f"{r['macro_f1']:.4f}",
+                                     "best epoch": r["best_epoch"], "epochs run": r["epochs_run"]}
+                                    for r in metrics["folds"]]))
+    histories = _histories(run)
+    if histories:
+        section.items.append(("figure", (curves_figure(histories, f"{title}: per-epoch curves"),
+                                         "per-epoch train/validation loss and accuracy, every fold")))
+    if "out_of_fold" in metrics:
+        confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
+        section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
+        section.items.append(("table", per_class_table(metrics["out_of_fold"])))
+    return section
+
+
+def experiment_section(folder: Path, kind: str) -> Section:
+    data = _read_json(folder / f"{kind}.json")
+    rows = data["rows"]
+    section = Section(f"{kind} ({folder})")
+    section.items.append(("markdown", markdown_table(rows)))
+    if kind == "sweep" and rows:
+        swept = [k for k in rows[0] if k not in ("accuracy", "weighted_f1", "macro_f1", "accuracy_std", "run")]
+        for key in swept:
+            section.items.append(("figure", (sweep_curves_figure(folder, rows, key), f"validation loss by {key}")))
+    return section
+
+
+def _label_counts(folders: list[Path]) -> dict | None:
+    for folder in folders:
+        candidates = [folder] if is_run(folder) else sorted((folder / "cells").glob("*"))
+        for candidate in candidates:
+            if is_run(candidate):
+                return _read_json(candidate / "metrics.json")["data"]["label_counts"]
+    return None
+
+
+def build_sections(folders: list[Path]) -> list[Section]:
+    """Sections for every folder; a folder that is neither a run nor an experiment is an error."""
+    sections = []
+    counts = _label_counts(folders)
+    if counts:
+        overview = Section("data")
+        overview.items.append(("text", f"{sum(counts.values())} labelled posts: "
+                                       + ", ".join(f"{k} {v}" for k, v in counts.items())))
+        overview.items.append(("figure", (label_distribution_figure(counts), "label distribution")))
+        sections.append(overview)
+    for folder in folders:
+        kinds = experiment_kinds(folder)
+        if is_run(folder):
+            sections.append(run_section(folder, f"run {folder.name}"))
+        elif kinds:
+            for kind in kinds:
+                sections.append(experiment_section(folder, kind))
+        else:
+            raise ValueError(f"{folder} is neither a run folder (metrics.json + config.json) nor an experiment "
+                             f"folder ({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
+    return sections
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _dict_table_markdown(rows: list[dict]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _dict_table_html(rows: list[dict]) -> str:
+    header = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_table_html(markdown: str) -> str:
+    """A Markdown table as written by :func:`markdown_table` -> HTML (bold cells kept)."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return f"<p>{html.escape(markdown)}</p>"
+    header, body = lines[0], lines[2:]
+
+    def cell(text: str, tag: str) -> str:
+        text = html.escape(text.strip())
+        if text.startswith("**") and text.endswith("**"):
+            text = f"<b>{text[2:-2]}</b>"
+        return f"<{tag}>{text}</{tag}>"
+
+    rows = "".join("<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{''.join(cell(c, 'th') for c in header)}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.6em 0}"""
+
+
+def write_report(out_dir: Path, folders: list[Path]) -> tuple[Path, Path]:
+    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md`` (+ ``OUT/figures/*.png``)."""
+    out_dir = Path(out_dir)
+    sections = build_sections([Path(f) for f in folders])
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    sources = ", ".join(str(f) for f in folders)
+    md = ["# mmsent report", "", f"Sources: {sources}", ""]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmsent report</title><style>{STYLE}</style>"
+            "</head><body><h1>mmsent report</h1>", f"<p>Sources: {html.escape(sources)}</p>"]
+    figure_count = 0
+    for section in sections:
+        md += [f"## {section.title}", ""]
+        page.append(f"<h2>{html.escape(section.title)}</h2>")
+        for kind, payload in section.items:
+            if kind == "text":
+                md += [str(payload), ""]
+                page.append(f"<p>{html.escape(str(payload))}</p>")
+            elif kind == "table":
+                md += [_dict_table_markdown(payload), ""]
+                page.append(_dict_table_html(payload))
+            elif kind == "markdown":
+                md += [str(payload), ""]
+                page.append(_markdown_table_html(str(payload)))
+            else:
+                figure_count += 1
+                fig, caption = payload
+                png = _png(fig)
+                name = f"figures/figure_{figure_count:02d}.png"
+                atomic_write_bytes(out_dir / name, png)
+                md += [f"![{caption}]({name})", ""]
+                page.append(f"<figure><img alt='{html.escape(caption, quote=True)}' src='data:image/png;base64,"
+                            f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(caption)}</figcaption>"
+                            "</figure>")
+    page.append("</body></html>")
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    atomic_write_text(html_path, "\n".join(page))
+    atomic_write_text(md_path, "\n".join(md))
+    return html_path, md_path
