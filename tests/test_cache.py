@@ -153,3 +153,14 @@ def test_leftover_temporary_files_are_never_read_and_are_cleared_from_run_folder
         path.write_bytes(b"partial")  # what a SIGKILL during an atomic write leaves behind
     assert main(["train", "--data", str(dataset), "--out", str(run), "--resume"]) == 0
     assert not any(path.exists() for path in leftovers)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    from mmsent.io import atomic_write_text
+
+    import mmsent.io
+
+    atomic_write_text(tmp_path / "report.html", "x")
+    expected = 0o666 & ~mmsent.io._UMASK
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == expected  # as open() would make it, not 0600
+    assert expected & 0o044  # under the usual umask (022): readable by others

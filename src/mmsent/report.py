@@ -131,7 +131,8 @@ def sweep_curves_figure(folder: Path, rows: list[dict], key: str):
         length = max(len(c) for c in curves)
         mean = [np.mean([c[e] for c in curves if len(c) > e]) for e in range(length)]
         ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=f"{key.split('.')[-1]}={value}")
-    ax.set(xlabel="epoch", ylabel="validation loss", title=f"validation loss by {key} (mean over folds)")
+    ax.set(xlabel="epoch", ylabel="validation loss",
+           title=f"validation loss by {key}\n(mean over the folds that ran that epoch)")
     ax.legend(fontsize=7)
     _integer_epochs(ax)
     fig.tight_layout()
