@@ -84,7 +84,7 @@ class ResNet(TrainableEncoder):
         self.stages = nn.Sequential(*stages)
         self.project = nn.Conv2d(channels, config.dim, 1)
         self.out_dim = config.dim
-        self.to(memory_format=torch.channels_last)  # measured: 20% faster convolutions on this CPU
+        self.to(memory_format=torch.channels_last)  # measured: 14-22 % faster on this CPU
 
     def forward(self, features):
         pixels = features["image_input"]  # (B, 3, S, S) uint8
