@@ -158,19 +158,35 @@ def write_tables(out_dir: Path, kind: str, rows: list[dict], base: RunConfig) ->
     atomic_write_text(out_dir / f"{kind}.md", markdown_table(rows) + "\n")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows of a grid as a Markdown table: settings columns, then the metrics (accuracy as mean ± std)."""
-    if not rows:
-        return "(no rows)"
-    settings = [k for k in rows[0] if k not in METRIC_COLUMNS and k != "run"]
-    header = settings + ["accuracy (mean ± std)", "weighted F1", "macro F1"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = max(r["accuracy"] for r in rows)
+def setting_columns(rows: list[dict]) -> list[str]:
+    """The columns of a grid's rows that say what a cell is (not its metrics or its run folder)."""
+    return [k for k in rows[0] if k not in METRIC_COLUMNS and k != "run"] if rows else []
+
+
+def display_rows(rows: list[dict]) -> list[dict[str, str]]:
+    """Rows of a grid as text cells: settings, then accuracy as mean ± std (bold ``**`` on the best), F1s."""
+    best = max((r["accuracy"] for r in rows), default=None)
+    shown = []
     for row in rows:
         accuracy = f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}"
         if row["accuracy"] == best and len(rows) > 1:
             accuracy = f"**{accuracy}**"
-        cells = [_format_value(row[k]) for k in settings] + [accuracy, f"{row['weighted_f1']:.4f}",
-                                                               f"{row['macro_f1']:.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        shown.append({**{k: _format_value(row[k]) for k in setting_columns(rows)},
+                      "accuracy (mean ± std)": accuracy, "weighted F1": f"{row['weighted_f1']:.4f}",
+                      "macro F1": f"{row['macro_f1']:.4f}"})
+    return shown
+
+
+def dict_table_markdown(rows: list[dict]) -> str:
+    """Rows of equal keys as a Markdown table (the keys are the header)."""
+    if not rows:
+        return "(no rows)"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of a grid as a Markdown table: settings columns, then the metrics (accuracy as mean ± std)."""
+    return dict_table_markdown(display_rows(rows))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
-from .experiments import markdown_table
+from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
 
 EXPERIMENT_KINDS = ("ablation", "comparison", "sweep")
@@ -173,10 +173,9 @@ def experiment_section(folder: Path, kind: str) -> Section:
     data = _read_json(folder / f"{kind}.json")
     rows = data["rows"]
     section = Section(f"{kind} ({folder})")
-    section.items.append(("markdown", markdown_table(rows)))
+    section.items.append(("table", display_rows(rows)))
     if kind == "sweep" and rows:
-        swept = [k for k in rows[0] if k not in ("accuracy", "weighted_f1", "macro_f1", "accuracy_std", "run")]
-        for key in swept:
+        for key in setting_columns(rows):
             section.items.append(("figure", (sweep_curves_figure(folder, rows, key), f"validation loss by {key}")))
     return section
 
@@ -220,34 +219,19 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _dict_table_markdown(rows: list[dict]) -> str:
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
-    return "\n".join(lines)
+def _html_cell(value, tag: str) -> str:
+    text = html.escape(str(value))
+    if text.startswith("**") and text.endswith("**"):  # the best row of a grid, marked as in its Markdown
+        text = f"<b>{text[2:-2]}</b>"
+    return f"<{tag}>{text}</{tag}>"
 
 
 def _dict_table_html(rows: list[dict]) -> str:
-    header = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    if not rows:
+        return "<p>(no rows)</p>"
+    header = "".join(_html_cell(k, "th") for k in rows[0])
+    body = "".join("<tr>" + "".join(_html_cell(v, "td") for v in r.values()) + "</tr>" for r in rows)
     return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _markdown_table_html(markdown: str) -> str:
-    """A Markdown table as written by :func:`markdown_table` -> HTML (bold cells kept)."""
-    lines = [line.strip().strip("|").split("|") for line in markdown.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return f"<p>{html.escape(markdown)}</p>"
-    header, body = lines[0], lines[2:]
-
-    def cell(text: str, tag: str) -> str:
-        text = html.escape(text.strip())
-        if text.startswith("**") and text.endswith("**"):
-            text = f"<b>{text[2:-2]}</b>"
-        return f"<{tag}>{text}</{tag}>"
-
-    rows = "".join("<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in body)
-    return f"<table><thead><tr>{''.join(cell(c, 'th') for c in header)}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -275,11 +259,8 @@ def write_report(out_dir: Path, folders: list[Path]) -> tuple[Path, Path]:
                 md += [str(payload), ""]
                 page.append(f"<p>{html.escape(str(payload))}</p>")
             elif kind == "table":
-                md += [_dict_table_markdown(payload), ""]
+                md += [dict_table_markdown(payload), ""]
                 page.append(_dict_table_html(payload))
-            elif kind == "markdown":
-                md += [str(payload), ""]
-                page.append(_markdown_table_html(str(payload)))
             else:
                 figure_count += 1
                 fig, caption = payload
