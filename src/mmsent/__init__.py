@@ -1,6 +1,11 @@
 """mmsent: image+text sentiment classification (positive / neutral / negative)."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+if _os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun only process 0 draws progress bars
+    _os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def load_plugins() -> None:

@@ -174,6 +174,7 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
 def cmd_train(args) -> int:
     from .cv import format_summary, train_cv
     from .data.dataset import open_split
+    from .distributed import current_shard
     from .predict import read_run_config
 
     if args.resume:
@@ -183,12 +184,16 @@ def cmd_train(args) -> int:
     else:
         config = config_from_args(args)
     split = open_split(args.data, _label_files(args)[0], labelled=True)
-    print(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
-          f"{config.modality} on {len(split.records)} posts, {config.train.folds} folds -> {args.out}")
+    shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
+    say = print if shard.is_main else (lambda *a, **k: None)
+    processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
+    say(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
+        f"{config.modality} on {len(split.records)} posts, {config.train.folds} folds{processes} -> {args.out}")
     metrics = train_cv(config, split, args.out, resume=args.resume, overwrite=args.overwrite)
-    _print_problems(split)
-    print(format_summary(metrics))
-    print(f"run saved to {args.out}")
+    if shard.is_main:
+        _print_problems(split)
+    say(format_summary(metrics))
+    say(f"run saved to {args.out}")
     return 0
 
 

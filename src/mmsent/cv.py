@@ -27,6 +27,7 @@ from .checkpoint import read_info
 from .config import LABELS, RunConfig
 from .data.dataset import Split
 from .data.folds import stratified_folds
+from .distributed import current_shard
 from .features import load_or_compute
 from .io import atomic_write_json, atomic_write_text, save_tensors
 from .metrics import classification_metrics
@@ -149,21 +150,33 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     """Cross-validate ``config`` on ``split``; writes the run folder and returns its metrics.
 
     ``resume``: continue the interrupted run in ``out_dir`` (same config); ``overwrite``: replace a run there.
+    Under ``torchrun`` each process trains its share of the folds (see :mod:`mmsent.distributed`).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    prepare_run_dir(out_dir, config, resume, overwrite)
-    device = resolve_device(config.train.device)
+    shard = current_shard()
+    if not shard.is_main:
+        log = _silent
+    if shard.is_main:
+        prepare_run_dir(out_dir, config, resume, overwrite)
+    shard.barrier()
+    device = shard.device(resolve_device(config.train.device))
     seed_everything(config.train.seed)
-    towers = build_towers(config)
+    towers = build_towers(config).to(device)
     fingerprint = split.fingerprint()
+    if not shard.is_main:
+        shard.barrier()  # the main process fills the feature cache first; the others then read it
     features = compute_features(towers, split, config, log, fingerprint)
+    if shard.is_main:
+        shard.barrier()
     feature_seconds = time.perf_counter() - start
     labels = torch.tensor(split.labels, dtype=torch.long)
     folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
     oof = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
-    fold_rows = []
+    fold_rows = [None] * len(folds)
     for fold, (train_idx, val_idx) in enumerate(folds):
+        if not shard.owns(fold):
+            continue
         fold_dir = out_dir / "folds" / f"fold_{fold}"
         checkpoint = fold_dir / CHECKPOINT
         finished = _finished_fold(fold_dir, fingerprint, len(val_idx)) if resume else None
@@ -193,9 +206,18 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
                               {"row": row, "val_probs": val_probs.tolist(), "data": fingerprint})
             checkpoint.unlink(missing_ok=True)
         oof[val_idx] = val_probs
-        fold_rows.append(row)
-        log(f"fold {fold + 1}/{len(folds)}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
-            f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']})")
+        fold_rows[fold] = row
+        _log_fold(log, row, len(folds))
+    shard.barrier()  # every process has written its folds
+    for fold, (_, val_idx) in enumerate(folds):
+        if fold_rows[fold] is None:  # trained by another process: read its result back from the run folder
+            finished = _finished_fold(out_dir / "folds" / f"fold_{fold}", fingerprint, len(val_idx))
+            if finished is None:
+                raise RunError(f"fold {fold + 1} was assigned to process {fold % shard.world_size}, which did not "
+                               "write its result; run again with --resume")
+            fold_rows[fold] = finished["row"]
+            oof[val_idx] = np.asarray(finished["val_probs"], dtype=np.float32)
+            _log_fold(log, fold_rows[fold], len(folds), f" (process {fold % shard.world_size})")
 
     def mean_std(key):
         values = np.array([r[key] for r in fold_rows])
@@ -226,12 +248,24 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         "device": str(device),
         "mmsent_version": __version__,
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    rows = ["guid,label," + ",".join(f"p_{name}" for name in LABELS)]
-    for guid, label, p in zip(split.guids, split.labels, oof):
-        rows.append(f"{guid},{LABELS[label]}," + ",".join(f"{v:.5f}" for v in p))
-    atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(rows) + "\n")
+    if shard.world_size > 1:
+        metrics["processes"] = shard.world_size
+    if shard.is_main:
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        rows = ["guid,label," + ",".join(f"p_{name}" for name in LABELS)]
+        for guid, label, p in zip(split.guids, split.labels, oof):
+            rows.append(f"{guid},{LABELS[label]}," + ",".join(f"{v:.5f}" for v in p))
+        atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(rows) + "\n")
     return metrics
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of processes other than the main one: the main process reports every fold."""
+
+
+def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:
+    log(f"fold {row['fold'] + 1}/{folds}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
+        f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']}){suffix}")
 
 
 def format_summary(metrics: dict) -> str:

@@ -25,6 +25,12 @@ class Towers:
     def present(self) -> list[Tower]:
         return [t for t in (self.text, self.image) if t is not None]
 
+    def to(self, device: torch.device) -> "Towers":
+        """Run the frozen parts of both encoders on ``device``."""
+        for tower in self.present():
+            tower.to(device)
+        return self
+
 
 @MODEL_FAMILIES.register("pretrained")
 def pretrained_family(config: RunConfig) -> Towers:

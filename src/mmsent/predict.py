@@ -110,7 +110,7 @@ class LoadedRun:
 
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
-        batches = FeatureBatches(features, None, np.arange(n), 64)
+        batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
         probs = [predict_probs(model, batches, self.config.train.loss, self.device)[0] for model in self.models]
         return np.mean(probs, axis=0)
 
@@ -199,7 +199,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
 
 def _build_models(config: RunConfig, weight_files: list[Path], target: torch.device):
     """The run's encoders and one model per fold file (on the run's inference thread)."""
-    towers = build_towers(config)
+    towers = build_towers(config).to(target)
     models = []
     for path in weight_files:
         model = MultimodalClassifier(config, towers)

@@ -43,9 +43,16 @@ class Tower:
     kind: str  # "text" or "image"
     feature_names: tuple[str, ...]
     precompute_batch_size: int = 32
+    lower: nn.Module | None = None  # the frozen part (None when the cache holds only preprocessed inputs)
 
     def __init__(self, trainable_template: TrainableEncoder):
         self._template = trainable_template
+
+    def to(self, device: torch.device) -> "Tower":
+        """Run the frozen part on ``device`` (features still come back to the CPU, where the cache keeps them)."""
+        if self.lower is not None:
+            self.lower.to(device)
+        return self
 
     @property
     def out_dim(self) -> int:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import ImageEncoderConfig
 from ..data.images import ImageError, load_image, load_square_rgb
 from ..registry import IMAGE_ENCODERS
-from .base import Tower, TrainableEncoder, resolve_split
+from .base import Tower, TrainableEncoder, module_device, resolve_split
 from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, load_pretrained
 from .text import _fingerprint_dir
 
@@ -186,11 +186,12 @@ class EfficientNetLiteTower(ImageTower):
     def encode_pixels(self, pixels):
         if self.lower is None:
             return pixels  # everything trains: the cache holds the pixels
+        pixels = pixels.to(module_device(self.lower), non_blocking=True)
         x = normalise(pixels, LITE_MEAN, LITE_STD).contiguous(memory_format=torch.channels_last)
         out = self.lower(x)  # (B, C, h, w)
         if self.split_at == len(self._input_channels) - 1:
             out = feature_map_to_tokens(out)  # (B, h*w, C)
-        return out.to(torch.float16).contiguous()
+        return out.to("cpu", torch.float16).contiguous()
 
 
 class HFImageTower(ImageTower):
@@ -228,8 +229,9 @@ class HFImageTower(ImageTower):
     def encode_pixels(self, pixels):
         if self.trains_all:
             return pixels
+        pixels = pixels.to(module_device(self.lower))
         out = self.lower(pixel_values=normalise(pixels, self.mean, self.std)).last_hidden_state  # (B, T, D)
-        return out.to(torch.float16)
+        return out.to("cpu", torch.float16)
 
 
 class _HFImageUpper(TrainableEncoder):
