@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mmsent import load_plugins
 from mmsent.config import (
     CONFIG_VERSION,
     ConfigError,
@@ -16,6 +17,9 @@ from mmsent.config import (
     flatten,
     load_config_file,
 )
+from mmsent.registry import MODEL_FAMILIES
+
+load_plugins()
 
 
 def without_version(data: dict) -> dict:
@@ -211,3 +215,28 @@ def test_config_fields_defaults_and_metadata():
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}
+
+
+def test_model_family_defaults_sit_under_the_users_settings(monkeypatch):
+    from mmsent.config import resolve_config
+    from mmsent.experiments import Cell, cell_config
+    from mmsent.registry import MODEL_FAMILIES
+
+    monkeypatch.setitem(MODEL_FAMILIES._metadata, "custom", {"defaults": {"train.patience": 7, "fusion.heads": 2}})
+    assert resolve_config({"model": "custom"}).train.patience == 7
+    assert resolve_config({"model": "custom", "train.patience": 4}).train.patience == 4  # the user wins
+    assert resolve_config({}).train.patience == RunConfig().train.patience  # other families: untouched
+    saved = resolve_config({"model": "custom", "train.patience": 5})
+    assert resolve_config({"train.device": "cpu"}, base=saved).train.patience == 5  # a saved run keeps its values
+    # in a grid, each cell gets the defaults of its own family, under the user's and the cell's settings
+    cell = Cell({"model": "custom"}, {"model": "custom"})
+    assert cell_config({}, cell).train.patience == 7
+    assert cell_config({"fusion.heads": 8}, cell).fusion.heads == 8
+    assert cell_config({}, Cell({"model": "pretrained"}, {"model": "pretrained"})).train.patience == 3
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES.names())
+def test_every_family_default_is_a_valid_key(family):
+    from mmsent.config import apply_overrides, family_defaults
+
+    apply_overrides(RunConfig(), family_defaults(family))

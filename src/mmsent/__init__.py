@@ -10,7 +10,7 @@ if _os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun only process
 
 def load_plugins() -> None:
     """Import the modules that register encoders, fusions, losses and model families."""
-    from . import fusion, losses, model  # noqa: F401
+    from . import fusion, losses, model, profiles  # noqa: F401
     from .encoders import image, text  # noqa: F401
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, RunConfig, apply_overrides, config_fields, load_config_file
+from .config import ConfigError, RunConfig, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
-from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, TEXT_ENCODERS
+from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TEXT_ENCODERS
 
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
@@ -50,26 +50,36 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         elif key == "modality":
             kwargs["choices"] = ["all", "image", "text"]
         group.add_argument(flag, **kwargs)
+    group.add_argument("--profile", choices=PROFILES.names(),
+                       help="a named preset applied over the defaults (flags, --set and --config override it): "
+                            + "; ".join(f"{name}: {(PROFILES.get(name).__doc__ or '').split(':')[0]}"
+                                        for name in PROFILES.names()))
     group.add_argument("--config", type=Path, help="JSON file of config keys (nested as in config.json, or dotted)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set fusion.heads=8 (repeatable); see 'mmsent config'")
 
 
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Defaults (or ``base``) <- --config file <- --set <- short flags."""
-    config = RunConfig.from_dict(base.to_dict()) if base is not None else RunConfig()
+def user_overrides(args: argparse.Namespace) -> dict:
+    """What the user asked for, as dotted config keys: --profile <- --config file <- --set <- short flags."""
+    from .profiles import profile_overrides
+
+    overrides = {}
+    if getattr(args, "profile", None):
+        overrides.update(profile_overrides(args.profile))
     if args.config:
-        apply_overrides(config, load_config_file(args.config))
-    sets = {}
+        overrides.update(load_config_file(args.config))
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        sets[key.strip()] = value.strip()
-    apply_overrides(config, sets)
-    flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
-    apply_overrides(config, flags)
-    return config
+        overrides[key.strip()] = value.strip()
+    overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None})
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Defaults and the model family's defaults (or ``base``) <- what the user asked for (:func:`user_overrides`)."""
+    return resolve_config(user_overrides(args), base)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +211,8 @@ def cmd_experiment(args) -> int:
     from .data.dataset import open_split
     from .experiments import ablation_cells, comparison_cells, parse_grid, run_grid, sweep_cells
 
-    base = config_from_args(args)
+    overrides = user_overrides(args)
+    base = resolve_config(overrides)
     if args.command == "ablate":
         kind, cells = "ablation", ablation_cells()
     elif args.command == "compare":
@@ -211,7 +222,7 @@ def cmd_experiment(args) -> int:
     split = open_split(args.data, _label_files(args)[0], labelled=True)
     print(f"{kind}: {len(cells)} cells x {base.train.folds} folds on {len(split.records)} posts -> {args.out}")
     start = time.perf_counter()
-    run_grid(kind, base, cells, split, args.out, overwrite=args.overwrite)
+    run_grid(kind, overrides, cells, split, args.out, overwrite=args.overwrite)
     print((args.out / f"{kind}.md").read_text(encoding="utf-8"), end="")
     print(f"{kind} written to {args.out / (kind + '.json')} and .md in {time.perf_counter() - start:.1f} s")
     return 0
@@ -288,11 +299,17 @@ def cmd_serve(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from .profiles import profile_overrides
+
     for key, spec, default in config_fields():
         flag = spec.metadata.get("flag")
         print(f"{key:28s} {default!r:24s} {flag or '':22s} {spec.metadata.get('help', '')}")
     print()
-    for name, registry in (("model families", MODEL_FAMILIES), ("text encoders", TEXT_ENCODERS),
+    for name in PROFILES.names():
+        settings = ", ".join(f"{key}={value}" for key, value in profile_overrides(name).items())
+        print(f"--profile {name}: {settings}")
+    print()
+    for name, registry in (("profiles", PROFILES), ("model families", MODEL_FAMILIES), ("text encoders", TEXT_ENCODERS),
                            ("image encoders", IMAGE_ENCODERS), ("fusions", FUSIONS), ("losses", LOSSES)):
         print(f"{name}: {', '.join(registry.names())}")
     return 0

@@ -45,6 +45,8 @@ class TextEncoderConfig:
     max_length: int = _opt(64, help="tokens per text (longer texts are cut)")
     train_layers: int = _opt(0, flag="--text-train-layers",
                              help="top transformer layers fine-tuned; the frozen ones below are cached on disk")
+    pooled: bool = _opt(False, help="cache one mean-pooled vector per text instead of its tokens (frozen encoder "
+                                    "only): a much smaller cache and much faster training")
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ImageEncoderConfig:
     image_size: int = _opt(224, help="side of the square input image (0 = the encoder's native size)")
     train_layers: int = _opt(0, flag="--image-train-layers",
                              help="top stages fine-tuned; the frozen ones below are cached on disk")
+    pooled: bool = _opt(False, help="cache one mean-pooled vector per image instead of its tokens (frozen encoder "
+                                    "only)")
 
 
 @dataclass
@@ -221,6 +225,29 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             owner = getattr(owner, part)
         setattr(owner, leaf, _coerce(key, value, known[key]))
     return config
+
+
+def family_defaults(model: str) -> dict[str, Any]:
+    """The config defaults a model family registered with (``MODEL_FAMILIES.register(name, defaults=...)``)."""
+    from .registry import MODEL_FAMILIES
+
+    if model not in MODEL_FAMILIES:
+        return {}  # unknown names are reported where the family is built
+    return dict(MODEL_FAMILIES.metadata(model).get("defaults", {}))
+
+
+def resolve_config(overrides: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """The run config for the user's dotted ``overrides``.
+
+    Layers, later ones winning: the dataclass defaults, then the defaults of the chosen model family (``model``
+    from ``overrides``), then ``overrides``. With ``base`` (a saved run's config) the layers are ``base`` and
+    ``overrides`` only.
+    """
+    if base is not None:
+        return apply_overrides(RunConfig.from_dict(base.to_dict()), overrides)
+    config = RunConfig()
+    apply_overrides(config, family_defaults(str(overrides.get("model", config.model))))
+    return apply_overrides(config, overrides)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

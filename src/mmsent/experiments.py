@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten
+from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
 from .cv import RunError, config_differences, format_summary, train_cv
 from .io import atomic_write_json, atomic_write_text
 from .model import MODALITIES
@@ -110,9 +110,9 @@ def sweep_cells(grid: dict[str, list[str]]) -> list[Cell]:
     return cells
 
 
-def _cell_config(base: RunConfig, cell: Cell) -> RunConfig:
-    config = RunConfig.from_dict(base.to_dict())
-    return apply_overrides(config, cell.overrides)
+def cell_config(overrides: dict[str, Any], cell: Cell) -> RunConfig:
+    """The user's overrides, then the cell's, over the defaults of the cell's model family."""
+    return resolve_config({**overrides, **cell.overrides})
 
 
 def _cell_state(cell_dir: Path, config: RunConfig) -> str:
@@ -128,13 +128,18 @@ def _cell_state(cell_dir: Path, config: RunConfig) -> str:
     return "finished" if (cell_dir / "metrics.json").is_file() else "started"
 
 
-def run_grid(kind: str, base: RunConfig, cells: list[Cell], split, out_dir: Path, log=print,
+def run_grid(kind: str, overrides: dict[str, Any], cells: list[Cell], split, out_dir: Path, log=print,
              overwrite: bool = False) -> list[dict]:
-    """Train every cell (skipping finished ones, resuming started ones); write ``OUT/<kind>.json`` and ``.md``."""
+    """Train every cell (skipping finished ones, resuming started ones); write ``OUT/<kind>.json`` and ``.md``.
+
+    ``overrides``: the user's dotted config keys shared by every cell (each cell's model family adds its defaults
+    under them, see :func:`mmsent.config.resolve_config`).
+    """
     out_dir = Path(out_dir)
+    base = resolve_config(overrides)
     rows = []
     for index, cell in enumerate(cells, 1):
-        config = _cell_config(base, cell)
+        config = cell_config(overrides, cell)
         cell_dir = out_dir / "cells" / cell.name
         state = "new" if overwrite else _cell_state(cell_dir, config)
         label = f"[{index}/{len(cells)}] {cell.name}"

@@ -11,15 +11,23 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Callable] = {}
+        self._metadata: dict[str, dict] = {}
 
-    def register(self, name: str):
+    def register(self, name: str, **metadata):
+        """Register a factory under ``name``; keyword arguments are kept as its metadata (see :meth:`metadata`)."""
         def decorate(factory: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = factory
+            self._metadata[name] = dict(metadata)
             return factory
 
         return decorate
+
+    def metadata(self, name: str) -> dict:
+        """What ``name`` was registered with besides its factory (e.g. a model family's config defaults)."""
+        self.get(name)
+        return self._metadata[name]
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -42,3 +50,4 @@ IMAGE_ENCODERS = Registry("image encoder")
 FUSIONS = Registry("fusion")
 LOSSES = Registry("loss")
 MODEL_FAMILIES = Registry("model family")
+PROFILES = Registry("profile")

@@ -89,6 +89,20 @@ def resolve_split(total_layers: int, train_layers: int, what: str) -> int:
     return total_layers - train_layers
 
 
+def check_poolable(pooled: bool, frozen: bool, what: str) -> None:
+    """Pooled features are the frozen encoder's output averaged over tokens: nothing above them can train."""
+    if pooled and not frozen:
+        raise ValueError(f"{what}.pooled caches mean-pooled outputs of a frozen encoder; it needs "
+                         f"{what}.train_layers=0")
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, D), (N, T) -> the mean over real tokens as one token (N, 1, D), and its mask (N, 1)."""
+    weights = mask.unsqueeze(-1).to(torch.float32)  # (N, T, 1)
+    pooled = (tokens.float() * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+    return pooled.to(tokens.dtype), torch.ones(tokens.shape[0], 1, dtype=torch.bool)
+
+
 def module_device(module: nn.Module) -> torch.device:
     for parameter in module.parameters():
         return parameter.device

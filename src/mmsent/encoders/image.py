@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import ImageEncoderConfig
 from ..data.images import ImageError, load_image, load_square_rgb
 from ..registry import IMAGE_ENCODERS
-from .base import Tower, TrainableEncoder, module_device, resolve_split
+from .base import Tower, TrainableEncoder, check_poolable, module_device, pool_tokens, resolve_split
 from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, load_pretrained
 from .text import _fingerprint_dir
 
@@ -162,6 +162,7 @@ class EfficientNetLiteTower(ImageTower):
         self.size = config.image_size or LITE_VARIANTS[variant].image_size
         stages = lite_stages(net)
         self.split_at = resolve_split(len(stages), config.train_layers, "image encoder")
+        check_poolable(config.pooled, self.split_at == len(stages), "image")
         fused = copy.deepcopy(net).fuse_batchnorm_()  # frozen part: BN folded into convs (faster)
         fused_stages = lite_stages(fused)
         self.lower = nn.Sequential(*fused_stages[: self.split_at]).eval() if self.split_at else None
@@ -172,13 +173,16 @@ class EfficientNetLiteTower(ImageTower):
         super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features))
 
     def cache_id(self):
-        return json.dumps({"image": self.variant, "size": self.size, "split": self.split_at, "format": 1})
+        parts = {"image": self.variant, "size": self.size, "split": self.split_at, "format": 1}
+        if self.config.pooled:
+            parts["pooled"] = True
+        return json.dumps(parts)
 
     def expected_shapes(self, n):
         if self.split_at == 0:
             shape = (n, 3, self.size, self.size)
         elif self.split_at == len(self._input_channels) - 1:
-            shape = (n, self.grid * self.grid, self._input_channels[-1])
+            shape = (n, 1 if self.config.pooled else self.grid * self.grid, self._input_channels[-1])
         else:
             shape = (n, self._input_channels[self.split_at], -1, -1)
         return {"image_input": shape, "image_present": (n,)}
@@ -191,6 +195,8 @@ class EfficientNetLiteTower(ImageTower):
         out = self.lower(x)  # (B, C, h, w)
         if self.split_at == len(self._input_channels) - 1:
             out = feature_map_to_tokens(out)  # (B, h*w, C)
+            if self.config.pooled:
+                out = out.mean(1, keepdim=True)  # (B, 1, C)
         return out.to("cpu", torch.float16).contiguous()
 
 
@@ -215,22 +221,28 @@ class HFImageTower(ImageTower):
         if config.train_layers not in (0, -1):
             raise ValueError("Hugging Face image encoders support train_layers 0 (frozen) or -1 (whole model)")
         self.trains_all = config.train_layers == -1
+        check_poolable(config.pooled, not self.trains_all, "image")
         self.lower = None if self.trains_all else model
         super().__init__(_HFImageUpper(model if self.trains_all else None, self.mean, self.std, hidden))
 
     def cache_id(self):
-        return json.dumps({"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1})
+        parts = {"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1}
+        if self.config.pooled:
+            parts["pooled"] = True
+        return json.dumps(parts)
 
     def expected_shapes(self, n):
         if self.trains_all:
             return {"image_input": (n, 3, self.size, self.size), "image_present": (n,)}
-        return {"image_input": (n, -1, self.out_dim), "image_present": (n,)}
+        return {"image_input": (n, 1 if self.config.pooled else -1, self.out_dim), "image_present": (n,)}
 
     def encode_pixels(self, pixels):
         if self.trains_all:
             return pixels
         pixels = pixels.to(module_device(self.lower))
         out = self.lower(pixel_values=normalise(pixels, self.mean, self.std)).last_hidden_state  # (B, T, D)
+        if self.config.pooled:
+            out = out.mean(1, keepdim=True)  # (B, 1, D)
         return out.to("cpu", torch.float16)
 
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..config import TextEncoderConfig
 from ..registry import TEXT_ENCODERS
-from .base import Tower, TrainableEncoder, resolve_split
+from .base import Tower, TrainableEncoder, check_poolable, pool_tokens, resolve_split
 
 
 def _layer_stack(model: nn.Module) -> nn.ModuleList:
@@ -76,6 +76,7 @@ class HFTextTower(Tower):
         except OSError as error:
             raise ValueError(f"cannot load text encoder {source!r}: {error}") from None
         model.eval()
+        check_poolable(config.pooled, config.train_layers == 0, "text")
         self.config = config
         self.source_id = _fingerprint_dir(source)
         hidden_size = model.config.hidden_size
@@ -92,18 +93,23 @@ class HFTextTower(Tower):
         super().__init__(TransformerUpper(upper_layers, hidden_size))
 
     def cache_id(self) -> str:
-        return json.dumps({"text": self.source_id, "max_length": self.config.max_length,
-                           "train_layers": self.config.train_layers, "format": 1})
+        parts = {"text": self.source_id, "max_length": self.config.max_length,
+                 "train_layers": self.config.train_layers, "format": 1}
+        if self.config.pooled:
+            parts["pooled"] = True
+        return json.dumps(parts)
 
     def expected_shapes(self, n):
-        return {"text_hidden": (n, self.config.max_length, self.out_dim), "text_mask": (n, self.config.max_length)}
+        length = 1 if self.config.pooled else self.config.max_length
+        return {"text_hidden": (n, length, self.out_dim), "text_mask": (n, length)}
 
     def precompute(self, split, text_prep, batch_size, workers):
         return self.encode_items(split.texts(text_prep), batch_size)
 
     @torch.inference_mode()
     def encode_items(self, items, batch_size=None):
-        """Cleaned texts -> text_hidden (N, L, D) float16 and text_mask (N, L), zero-padded to L = max_length."""
+        """Cleaned texts -> text_hidden (N, L, D) float16 and text_mask (N, L), zero-padded to L = max_length
+        (L = 1 with ``pooled``: the mean over each text's tokens)."""
         batch_size = batch_size or self.precompute_batch_size
         n, length = len(items), self.config.max_length
         hidden = torch.zeros(n, length, self.out_dim, dtype=torch.float16)
@@ -120,6 +126,8 @@ class HFTextTower(Tower):
             t = out.shape[1]
             hidden[index, :t] = out.to("cpu", torch.float16)
             mask[index, :t] = batch["attention_mask"].bool().cpu()
+        if self.config.pooled:
+            hidden, mask = pool_tokens(hidden, mask)  # (N, 1, D), (N, 1)
         return {"text_hidden": hidden, "text_mask": mask}
 
 def packaged_minilm_path() -> str:
