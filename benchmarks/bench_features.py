@@ -14,6 +14,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")))
     parser.add_argument("--config", type=Path, help="run config JSON (default: the default RunConfig)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config key to change, e.g. --set train.workers=2 (repeatable)")
     args = parser.parse_args()
     os.environ["MMSENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmsent-bench-cache-")  # cold cache
 
@@ -27,6 +29,7 @@ def main() -> None:
     config = RunConfig()
     if args.config:
         apply_overrides(config, load_config_file(args.config))
+    apply_overrides(config, dict(item.split("=", 1) for item in args.set))
     start = time.perf_counter()
     towers = build_towers(config)
     load_seconds = time.perf_counter() - start
@@ -36,7 +39,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
     n = len(split.records)
     print(f"encoders loaded in {load_seconds:.1f} s")
-    print(f"feature extraction (cold cache, {n} pairs, text.train_layers={config.text.train_layers}): "
+    changed = f", {' '.join(args.set)}" if args.set else ""
+    print(f"feature extraction (cold cache, {n} pairs, text.train_layers={config.text.train_layers}{changed}): "
           f"{seconds:.1f} s = {n / seconds:.1f} pairs/s")
 
 

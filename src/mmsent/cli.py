@@ -299,6 +299,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from .config import family_defaults
     from .profiles import profile_overrides
 
     for key, spec, default in config_fields():
@@ -308,6 +309,10 @@ def cmd_config(args) -> int:
     for name in PROFILES.names():
         settings = ", ".join(f"{key}={value}" for key, value in profile_overrides(name).items())
         print(f"--profile {name}: {settings}")
+    for name in MODEL_FAMILIES.names():
+        settings = ", ".join(f"{key}={value}" for key, value in family_defaults(name).items())
+        if settings:
+            print(f"--model {name} changes these defaults: {settings}")
     print()
     for name, registry in (("profiles", PROFILES), ("model families", MODEL_FAMILIES), ("text encoders", TEXT_ENCODERS),
                            ("image encoders", IMAGE_ENCODERS), ("fusions", FUSIONS), ("losses", LOSSES)):
