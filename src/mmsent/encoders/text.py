@@ -118,7 +118,8 @@ class HFTextTower(Tower):
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         device = next(self.lower.parameters()).device
         starts = range(0, n, batch_size)
-        for start in tqdm(starts, desc="text features", unit="batch", leave=False, disable=len(starts) < 2):
+        quiet = {"disable": True} if len(starts) < 2 else {}  # passed only when set: TQDM_DISABLE still applies
+        for start in tqdm(starts, desc="text features", unit="batch", leave=False, **quiet):
             index = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
