@@ -64,7 +64,7 @@ def user_overrides(args: argparse.Namespace) -> dict:
     from .profiles import profile_overrides
 
     overrides = {}
-    if getattr(args, "profile", None):
+    if args.profile:
         overrides.update(profile_overrides(args.profile))
     if args.config:
         overrides.update(load_config_file(args.config))
@@ -195,7 +195,7 @@ def cmd_train(args) -> int:
         config = config_from_args(args)
     split = open_split(args.data, _label_files(args)[0], labelled=True)
     shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
-    say = print if shard.is_main else (lambda *a, **k: None)
+    say = shard.report(print)
     processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
     say(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
         f"{config.modality} on {len(split.records)} posts, {config.train.folds} folds{processes} -> {args.out}")
@@ -306,13 +306,14 @@ def cmd_config(args) -> int:
         flag = spec.metadata.get("flag")
         print(f"{key:28s} {default!r:24s} {flag or '':22s} {spec.metadata.get('help', '')}")
     print()
+    def settings(overrides: dict) -> str:
+        return ", ".join(f"{key}={value}" for key, value in overrides.items())
+
     for name in PROFILES.names():
-        settings = ", ".join(f"{key}={value}" for key, value in profile_overrides(name).items())
-        print(f"--profile {name}: {settings}")
+        print(f"--profile {name}: {settings(profile_overrides(name))}")
     for name in MODEL_FAMILIES.names():
-        settings = ", ".join(f"{key}={value}" for key, value in family_defaults(name).items())
-        if settings:
-            print(f"--model {name} changes these defaults: {settings}")
+        if family_defaults(name):
+            print(f"--model {name} changes these defaults: {settings(family_defaults(name))}")
     print()
     for name, registry in (("profiles", PROFILES), ("model families", MODEL_FAMILIES), ("text encoders", TEXT_ENCODERS),
                            ("image encoders", IMAGE_ENCODERS), ("fusions", FUSIONS), ("losses", LOSSES)):

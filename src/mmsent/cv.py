@@ -155,8 +155,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     shard = current_shard()
-    if not shard.is_main:
-        log = _silent
+    log = shard.report(log)
     if shard.is_main:
         prepare_run_dir(out_dir, config, resume, overwrite)
     shard.barrier()
@@ -257,10 +256,6 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
             rows.append(f"{guid},{LABELS[label]}," + ",".join(f"{v:.5f}" for v in p))
         atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(rows) + "\n")
     return metrics
-
-
-def _silent(*args, **kwargs) -> None:
-    """The log of processes other than the main one: the main process reports every fold."""
 
 
 def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 
@@ -40,9 +41,17 @@ class Shard:
             return torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
         return device
 
+    def report(self, log: Callable[..., None]) -> Callable[..., None]:
+        """``log`` in the main process; elsewhere a no-op (the main process reports every fold)."""
+        return log if self.is_main else _silent
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of processes other than the main one."""
 
 
 def _env_int(name: str, default: int) -> int:

@@ -98,8 +98,9 @@ def check_poolable(pooled: bool, frozen: bool, what: str) -> None:
 
 def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T, D), (N, T) -> the mean over real tokens as one token (N, 1, D), and its mask (N, 1)."""
-    weights = mask.unsqueeze(-1).to(torch.float32)  # (N, T, 1)
-    pooled = (tokens.float() * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+    from ..fusion import masked_mean
+
+    pooled = masked_mean(tokens.float(), mask).unsqueeze(1)  # (N, 1, D), summed in float32
     return pooled.to(tokens.dtype), torch.ones(tokens.shape[0], 1, dtype=torch.bool)
 
 
