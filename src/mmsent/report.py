@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
+from .ensemble import is_ensemble
 from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
 
@@ -169,6 +170,22 @@ def run_section(run: Path, title: str) -> Section:
     return section
 
 
+def ensemble_section(folder: Path) -> Section:
+    """An ensemble folder (``mmsent ensemble``): each member's CV and the ensemble's, its confusion matrix."""
+    metrics = _read_json(folder / "metrics.json")
+    section = Section(f"ensemble {folder.name}")
+    rows = [{"run": m["run"], **m["cv"]} for m in metrics["members"]]
+    rows.append({"run": f"ensemble of {len(metrics['members'])} (mean probabilities)", **metrics["cv"]})
+    section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
+                                                                  f"{r['accuracy_std']:.4f}",
+                                     "weighted F1": f"{r['weighted_f1_mean']:.4f}",
+                                     "macro F1": f"{r['macro_f1_mean']:.4f}"} for r in rows]))
+    confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
+    section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
+    section.items.append(("table", per_class_table(metrics["out_of_fold"])))
+    return section
+
+
 def experiment_section(folder: Path, kind: str) -> Section:
     data = _read_json(folder / f"{kind}.json")
     rows = data["rows"]
@@ -203,12 +220,15 @@ def build_sections(folders: list[Path]) -> list[Section]:
         kinds = experiment_kinds(folder)
         if is_run(folder):
             sections.append(run_section(folder, f"run {folder.name}"))
+        elif is_ensemble(folder):
+            sections.append(ensemble_section(folder))
         elif kinds:
             for kind in kinds:
                 sections.append(experiment_section(folder, kind))
         else:
-            raise ValueError(f"{folder} is neither a run folder (metrics.json + config.json) nor an experiment "
-                             f"folder ({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
+            raise ValueError(f"{folder} is neither a run folder (metrics.json + config.json), an ensemble folder "
+                             f"(ensemble.json) nor an experiment folder "
+                             f"({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
     return sections
 
 

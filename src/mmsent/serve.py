@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .config import LABELS, ConfigError
 from .data.images import MAX_IMAGE_PIXELS, ImageError, ImageTooLarge, open_image
-from .predict import LoadedRun
+from .predict import Predictor
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # An oversize body is still read (and dropped) up to this much past the limit, so that the client, still sending,
@@ -101,7 +101,7 @@ async def _read_post(request: Request, limit: int, max_pixels: int) -> tuple[str
     return text, raw or None
 
 
-def create_app(run: LoadedRun, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_image_pixels: int | None = None) -> Starlette:
     """The ASGI app serving ``run`` (already loaded: one model for every request).
 
@@ -156,6 +156,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
     run = load_run(run_dir, device=device)
     run.warm_up()
     app = create_app(run, max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels)
-    print(f"serving {run_dir} ({len(run.models)}-fold ensemble, {' + '.join(run.modalities)}) on "
+    print(f"serving {run_dir} ({run.description}, {' + '.join(run.modalities)}) on "
           f"http://{host}:{port}/  (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -15,6 +15,8 @@ MENTION = re.compile(r"@\w+:?")
 RT = re.compile(r"\bRT\b:?")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 SPACES = re.compile(r"\s+")
+HASHTAG = re.compile(r"#(\w+)")
+CAMEL_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+|[^\W\d]+")  # "WeDemandSafety4Bapu" -> We Demand Safety 4 Bapu
 
 # A short English stop-word list without negations and intensifiers, which carry sentiment.
 STOPWORDS = frozenset(
@@ -55,9 +57,11 @@ def clean_text(text: str, prep: TextPrepConfig) -> str:
     """Apply the configured cleaning steps; control characters are always removed."""
     text = CONTROL.sub(" ", text)[: prep.max_chars]
     if prep.strip_urls:
-        text = URL.sub(" ", text)
+        text = URL.sub(" url " if prep.placeholders else " ", text)
     if prep.strip_mentions:
-        text = MENTION.sub(" ", text)
+        text = MENTION.sub(" user " if prep.placeholders else " ", text)
+    if prep.split_hashtags:
+        text = HASHTAG.sub(lambda match: " " + " ".join(CAMEL_WORD.findall(match.group(1))) + " ", text)
     if prep.strip_rt:
         text = RT.sub(" ", text)
     if prep.lowercase:

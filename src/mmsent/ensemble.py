@@ -1,0 +1,154 @@
+"""Ensembles of finished runs: average the class probabilities of runs cross-validated on the same folds.
+
+Runs with different encoders make different mistakes: on MVSA-Single the default run (MiniLM + EfficientNet-Lite0,
+0.7305 CV accuracy) averaged with an all-mpnet-base-v2 run (0.7265) scores 0.7385 (benchmarks/README.md). Because
+every member predicted each training post out of fold, with the same folds, the averaged out-of-fold probabilities
+are an honest cross-validation estimate of the ensemble too.
+
+ENS/
+  ensemble.json          {"members": [paths relative to ENS], "folds", "seed", "data"}
+  metrics.json           the ensemble's cross-validation metrics (same layout as a run's) + each member's
+  oof_predictions.csv    the averaged out-of-fold probabilities
+
+``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import LABELS
+from .cv import RunError
+from .data.folds import stratified_folds
+from .io import atomic_write_json, atomic_write_text
+from .metrics import classification_metrics
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def is_ensemble(folder: Path) -> bool:
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
+def read_oof(run_dir: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(guids, label names, probabilities (N, C)) from a run's oof_predictions.csv."""
+    path = Path(run_dir) / "oof_predictions.csv"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a finished run (no oof_predictions.csv); finish it with 'mmsent train'")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    expected = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
+    if not lines or lines[0] != expected:
+        raise RunError(f"{path} does not start with the header {expected!r}")
+    rows = [line.split(",") for line in lines[1:] if line]
+    try:
+        probs = np.array([[float(v) for v in row[2:]] for row in rows], dtype=np.float64)
+    except ValueError:
+        raise RunError(f"{path} holds a row that is not 'guid,label,p,p,p'") from None
+    if probs.shape != (len(rows), len(LABELS)):
+        raise RunError(f"{path} holds a row that is not 'guid,label,p,p,p'")
+    return [row[0] for row in rows], [row[1] for row in rows], probs
+
+
+def _run_identity(run_dir: Path) -> dict:
+    """What must agree between members: the data they were trained on and their folds."""
+    from .predict import read_run_config
+
+    if is_ensemble(run_dir):
+        raise RunError(f"{run_dir} is an ensemble; give its member runs instead")
+    config = read_run_config(run_dir)
+    result = Path(run_dir) / "folds" / "fold_0" / "result.json"
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))["data"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise RunError(f"{run_dir} is not a finished run ({result} missing or unreadable)") from None
+    return {"folds": config.train.folds, "seed": config.train.seed, "data": data}
+
+
+def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
+    """Average the out-of-fold probabilities of ``run_dirs`` into the ensemble folder ``out_dir``; its metrics."""
+    start = time.perf_counter()
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise RunError("an ensemble needs at least two runs")
+    if len({r.resolve() for r in run_dirs}) != len(run_dirs):
+        raise RunError("a run is given twice; give each member once")
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        raise RunError(f"{out_dir} holds a run (config.json); write the ensemble to another folder")
+    identities = [_run_identity(r) for r in run_dirs]
+    for run_dir, identity in zip(run_dirs[1:], identities[1:]):
+        if identity != identities[0]:
+            what = [k for k in identity if identity[k] != identities[0][k]]
+            raise RunError(f"{run_dir} differs from {run_dirs[0]} in {', '.join(what)} (data fingerprint, number "
+                           "of folds or seed): members must be cross-validated on the same data and folds")
+    guids, names, _ = read_oof(run_dirs[0])
+    member_probs = []
+    for run_dir in run_dirs:
+        member_guids, member_names, probs = read_oof(run_dir)
+        if member_guids != guids or member_names != names:
+            raise RunError(f"{run_dir}: its out-of-fold rows differ from those of {run_dirs[0]}")
+        member_probs.append(probs)
+    probs = np.mean(member_probs, axis=0)  # (N, C)
+    labels = np.array([LABELS.index(name) for name in names])
+    folds = stratified_folds(labels.tolist(), identities[0]["folds"], identities[0]["seed"])
+
+    def cv_of(p: np.ndarray) -> tuple[dict, list[dict]]:
+        rows = []
+        for fold, (_, val_idx) in enumerate(folds):
+            scores = classification_metrics(labels[val_idx], p[val_idx].argmax(1))
+            rows.append({"fold": fold, **{k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
+                         "val_size": int(len(val_idx))})
+        summary = {}
+        for key in ("accuracy", "weighted_f1", "macro_f1"):
+            values = np.array([row[key] for row in rows])
+            summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std())
+        return summary, rows
+
+    cv, rows = cv_of(probs)
+    if is_ensemble(out_dir):
+        log(f"replacing the ensemble in {out_dir} (an ensemble is recomputed from its members in seconds)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    members = [os.path.relpath(r.resolve(), out_dir.resolve()) for r in run_dirs]
+    metrics = {
+        "cv": cv, "folds": rows, "out_of_fold": classification_metrics(labels, probs.argmax(1)),
+        "members": [{"run": member, "cv": cv_of(p)[0]} for member, p in zip(members, member_probs)],
+        "wall_seconds": time.perf_counter() - start,
+    }
+    atomic_write_json(out_dir / ENSEMBLE_FILE, {"members": members, **identities[0]})
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    lines = ["guid,label," + ",".join(f"p_{name}" for name in LABELS)]
+    lines += [f"{guid},{name}," + ",".join(f"{v:.5f}" for v in row) for guid, name, row in zip(guids, names, probs)]
+    atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(lines) + "\n")
+    return metrics
+
+
+def member_dirs(ensemble_dir: Path) -> list[Path]:
+    """The member run folders of an ensemble folder (paths in ensemble.json are relative to it)."""
+    path = Path(ensemble_dir) / ENSEMBLE_FILE
+    try:
+        members = json.loads(path.read_text(encoding="utf-8"))["members"]
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members) or not members:
+            raise TypeError
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise RunError(f"{path} does not list its member runs ('members': [paths])") from None
+    dirs = [Path(ensemble_dir) / member for member in members]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise RunError(f"{ensemble_dir}: member runs not found: {', '.join(missing)} (ensemble.json names them "
+                       "relative to the ensemble folder: move them together)")
+    return dirs
+
+
+def format_ensemble(metrics: dict) -> str:
+    """A table of each member's and the ensemble's CV metrics."""
+    def line(name, cv):
+        return (f"{name:40s} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  weighted F1 "
+                f"{cv['weighted_f1_mean']:.4f}  macro F1 {cv['macro_f1_mean']:.4f}")
+
+    lines = [line(member["run"], member["cv"]) for member in metrics["members"]]
+    return "\n".join(lines + [line(f"ensemble of {len(lines)} (mean probabilities)", metrics["cv"])])
