@@ -37,7 +37,9 @@ from .training import fit, resolve_device
 
 CHECKPOINT = "checkpoint.safetensors"
 FOLD_FILES = ("model.safetensors", "history.json", "result.json", CHECKPOINT)
-RUN_FILES = ("metrics.json", "oof_predictions.csv")
+OOF_FILE = "oof_predictions.csv"
+OOF_HEADER = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
+RUN_FILES = ("metrics.json", OOF_FILE)
 RESUMABLE_KEYS = ("train.device", "train.workers")  # how to run, not what is trained: --resume may change them
 
 
@@ -218,19 +220,11 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
             oof[val_idx] = np.asarray(finished["val_probs"], dtype=np.float32)
             _log_fold(log, fold_rows[fold], len(folds), f" (process {fold % shard.world_size})")
 
-    def mean_std(key):
-        values = np.array([r[key] for r in fold_rows])
-        return float(values.mean()), float(values.std())
-
     pooled = classification_metrics(labels.numpy(), oof.argmax(1))
     image_missing = int((~features["image_present"]).sum()) if "image_present" in features else 0
     repairs = split.summary()
     metrics = {
-        "cv": {
-            "accuracy_mean": mean_std("accuracy")[0], "accuracy_std": mean_std("accuracy")[1],
-            "weighted_f1_mean": mean_std("weighted_f1")[0], "weighted_f1_std": mean_std("weighted_f1")[1],
-            "macro_f1_mean": mean_std("macro_f1")[0], "macro_f1_std": mean_std("macro_f1")[1],
-        },
+        "cv": cv_summary(fold_rows),
         "folds": fold_rows,
         "out_of_fold": pooled,
         "data": {
@@ -251,11 +245,24 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         metrics["processes"] = shard.world_size
     if shard.is_main:
         atomic_write_json(out_dir / "metrics.json", metrics)
-        rows = ["guid,label," + ",".join(f"p_{name}" for name in LABELS)]
-        for guid, label, p in zip(split.guids, split.labels, oof):
-            rows.append(f"{guid},{LABELS[label]}," + ",".join(f"{v:.5f}" for v in p))
-        atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(rows) + "\n")
+        write_oof(out_dir / OOF_FILE, split.guids, [LABELS[label] for label in split.labels], oof)
     return metrics
+
+
+def cv_summary(fold_rows: list[dict]) -> dict:
+    """Mean and standard deviation over folds of accuracy, weighted F1 and macro F1 (``accuracy_mean`` ...)."""
+    summary = {}
+    for key in ("accuracy", "weighted_f1", "macro_f1"):
+        values = np.array([row[key] for row in fold_rows])
+        summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std())
+    return summary
+
+
+def write_oof(path: Path, guids: list[str], label_names: list[str], probs: np.ndarray) -> None:
+    """``guid,label,p_negative,p_neutral,p_positive`` rows (OOF_HEADER) of out-of-fold probabilities, atomically."""
+    rows = [OOF_HEADER] + [f"{guid},{name}," + ",".join(f"{v:.5f}" for v in p)
+                           for guid, name, p in zip(guids, label_names, probs)]
+    atomic_write_text(Path(path), "\n".join(rows) + "\n")
 
 
 def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
-from .cv import RunError
+from .cv import OOF_FILE, OOF_HEADER, RunError, cv_summary, write_oof
 from .data.folds import stratified_folds
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json
 from .metrics import classification_metrics
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -37,13 +37,12 @@ def is_ensemble(folder: Path) -> bool:
 
 def read_oof(run_dir: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(guids, label names, probabilities (N, C)) from a run's oof_predictions.csv."""
-    path = Path(run_dir) / "oof_predictions.csv"
+    path = Path(run_dir) / OOF_FILE
     if not path.is_file():
-        raise RunError(f"{run_dir} is not a finished run (no oof_predictions.csv); finish it with 'mmsent train'")
+        raise RunError(f"{run_dir} is not a finished run (no {OOF_FILE}); finish it with 'mmsent train'")
     lines = path.read_text(encoding="utf-8").splitlines()
-    expected = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
-    if not lines or lines[0] != expected:
-        raise RunError(f"{path} does not start with the header {expected!r}")
+    if not lines or lines[0] != OOF_HEADER:
+        raise RunError(f"{path} does not start with the header {OOF_HEADER!r}")
     rows = [line.split(",") for line in lines[1:] if line]
     try:
         probs = np.array([[float(v) for v in row[2:]] for row in rows], dtype=np.float64)
@@ -103,11 +102,7 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
             scores = classification_metrics(labels[val_idx], p[val_idx].argmax(1))
             rows.append({"fold": fold, **{k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
                          "val_size": int(len(val_idx))})
-        summary = {}
-        for key in ("accuracy", "weighted_f1", "macro_f1"):
-            values = np.array([row[key] for row in rows])
-            summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std())
-        return summary, rows
+        return cv_summary(rows), rows
 
     cv, rows = cv_of(probs)
     if is_ensemble(out_dir):
@@ -121,9 +116,7 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
     }
     atomic_write_json(out_dir / ENSEMBLE_FILE, {"members": members, **identities[0]})
     atomic_write_json(out_dir / "metrics.json", metrics)
-    lines = ["guid,label," + ",".join(f"p_{name}" for name in LABELS)]
-    lines += [f"{guid},{name}," + ",".join(f"{v:.5f}" for v in row) for guid, name, row in zip(guids, names, probs)]
-    atomic_write_text(out_dir / "oof_predictions.csv", "\n".join(lines) + "\n")
+    write_oof(out_dir / OOF_FILE, guids, names, probs)
     return metrics
 
 
