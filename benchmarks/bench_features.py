@@ -23,7 +23,8 @@ def main() -> None:
     from mmsent.config import RunConfig, apply_overrides, load_config_file
     from mmsent.cv import compute_features
     from mmsent.data.dataset import open_split
-    from mmsent.model import build_towers
+    from mmsent.model import load_towers
+    from mmsent.training import resolve_device
 
     load_plugins()
     config = RunConfig()
@@ -31,14 +32,14 @@ def main() -> None:
         apply_overrides(config, load_config_file(args.config))
     apply_overrides(config, dict(item.split("=", 1) for item in args.set))
     start = time.perf_counter()
-    towers = build_towers(config)
+    towers = load_towers(config, resolve_device(config.train.device))  # with --backend onnx: exported here
     load_seconds = time.perf_counter() - start
     split = open_split(args.data, args.data / "train.txt", labelled=True)
     start = time.perf_counter()
     compute_features(towers, split, config)
     seconds = time.perf_counter() - start
     n = len(split.records)
-    print(f"encoders loaded in {load_seconds:.1f} s")
+    print(f"encoders loaded in {load_seconds:.1f} s (backend {config.train.backend}; an ONNX export happens here)")
     changed = f", {' '.join(args.set)}" if args.set else ""
     print(f"feature extraction (cold cache, {n} pairs, text.train_layers={config.text.train_layers}{changed}): "
           f"{seconds:.1f} s = {n / seconds:.1f} pairs/s")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, RunConfig, config_fields, load_config_file, resolve_config
+from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
 from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TEXT_ENCODERS
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out from its last finished epoch, with its saved "
-                            "config.json (only --device and --workers may change)")
+                            "config.json (only --device, --workers and --backend may change)")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
     predict.add_argument("--json", action="store_true", help="one post: print the result as JSON")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
+                                                             "train.backend)")
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="a local web page and JSON API (POST /predict) over a trained run")
@@ -152,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest image accepted, in pixels (default and upper bound: the data loader's limit, "
                             f"{MAX_IMAGE_PIXELS:,})")
     serve.add_argument("--device", default="auto")
+    serve.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
+                                                           "train.backend)")
     serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="print every config key with its default and the registered names")
@@ -268,7 +272,7 @@ def cmd_predict(args) -> int:
 
     start = time.perf_counter()
     split = open_split(args.data, _label_files(args)[1], labelled=False)  # cheap checks first
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, backend=args.backend)
     probs = run.predict_split(split)
     write_predictions(args.out, split.guids, probs)
     _print_problems(split)
@@ -293,7 +297,7 @@ def _predict_one(args) -> int:
             raise ConfigError(f"image file not found: {args.image}")
         image = args.image.read_bytes()
         open_image(image)  # refuse a non-image before loading the run
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, backend=args.backend)
     result = run.predict(text=args.text, image=image)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -309,7 +313,7 @@ def cmd_serve(args) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    serve(args.run, host=args.host, port=args.port, device=args.device,
+    serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any
 
 CONFIG_VERSION = 1
 LABELS = ("negative", "neutral", "positive")
+BACKENDS = ("auto", "torch", "onnx")  # what runs the frozen encoders (train.backend; see encoders/runtime.py)
 
 
 def _opt(default, flag: str | None = None, help: str = "", **kw):
@@ -118,6 +119,9 @@ class TrainConfig:
     seed: int = _opt(42, flag="--seed")
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
+    backend: str = _opt("auto", flag="--backend",
+                        help="what runs the frozen encoders: torch, onnx (ONNX Runtime, CPU only) or auto (onnx on "
+                             "the CPU when onnxruntime is installed, else torch)")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from .distributed import current_shard
 from .features import load_or_compute
 from .io import atomic_write_json, atomic_write_text, save_tensors
 from .metrics import classification_metrics
-from .model import MultimodalClassifier, Towers, build_towers
+from .model import MultimodalClassifier, Towers, load_towers
 from .training import fit, resolve_device
 
 
@@ -40,7 +40,7 @@ FOLD_FILES = ("model.safetensors", "history.json", "result.json", CHECKPOINT)
 OOF_FILE = "oof_predictions.csv"
 OOF_HEADER = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
 RUN_FILES = ("metrics.json", OOF_FILE)
-RESUMABLE_KEYS = ("train.device", "train.workers")  # how to run, not what is trained: --resume may change them
+RESUMABLE_KEYS = ("train.device", "train.workers", "train.backend")  # how to run, not what is trained: --resume may change them
 
 
 class RunError(Exception):
@@ -163,7 +163,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     shard.barrier()
     device = shard.device(resolve_device(config.train.device))
     seed_everything(config.train.seed)
-    towers = build_towers(config).to(device)
+    towers = load_towers(config, device, log)
     fingerprint = split.fingerprint()
     if not shard.is_main:
         shard.barrier()  # the main process fills the feature cache first; the others then read it

@@ -31,6 +31,26 @@ class Towers:
             tower.to(device)
         return self
 
+    def use_backend(self, requested: str, device: torch.device, log=print) -> "Towers":
+        """Run the frozen parts with ``train.backend`` (auto, torch or onnx; see :mod:`.encoders.runtime`).
+
+        ``auto`` falls back to torch, with a message, for an encoder that cannot be exported; ``onnx`` raises.
+        """
+        from .encoders.runtime import BackendError, resolve_backend
+
+        backend = resolve_backend(requested, device)
+        for tower in self.present():
+            try:
+                tower.use_backend(backend, log)
+            except Exception as error:  # the exporter fails in many ways on models it cannot trace
+                if requested == "onnx":
+                    raise BackendError(f"cannot run the frozen {tower.kind} encoder with ONNX Runtime "
+                                       f"({type(error).__name__}: {error}); use --backend torch") from None
+                log(f"{tower.kind} encoder: ONNX export failed ({type(error).__name__}: {error}); running it "
+                    "with torch")
+                tower.use_backend("torch", log)
+        return self
+
 
 @MODEL_FAMILIES.register("pretrained")
 def pretrained_family(config: RunConfig) -> Towers:
@@ -64,6 +84,11 @@ def custom_family(config: RunConfig) -> Towers:
         text=WordPieceTower(config.custom) if config.modality in ("all", "text") else None,
         image=PixelTower(config.custom) if config.modality in ("all", "image") else None,
     )
+
+
+def load_towers(config: RunConfig, device: torch.device, log=print) -> Towers:
+    """The run's encoders, their frozen parts on ``device`` and run by ``config.train.backend``."""
+    return build_towers(config).to(device).use_backend(config.train.backend, device, log)
 
 
 def build_towers(config: RunConfig) -> Towers:

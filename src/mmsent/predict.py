@@ -17,7 +17,7 @@ from .cv import RunError, compute_features
 from .data.dataset import Split, open_split
 from .data.text import clean_text
 from .io import atomic_write_text
-from .model import MultimodalClassifier, Towers, build_towers
+from .model import MultimodalClassifier, Towers, load_towers
 from .training import FeatureBatches, predict_probs, resolve_device
 
 
@@ -239,17 +239,21 @@ class LoadedEnsemble(Predictor):
         return np.mean([member._batch_probs(texts, images, n) for member in self.members], axis=0)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Predictor:
+def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
     """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
-    :class:`LoadedEnsemble` of its member runs)."""
+    :class:`LoadedEnsemble` of its member runs).
+
+    ``backend``: what runs the frozen encoders (auto, torch, onnx); None = the run's ``train.backend``."""
     from .ensemble import is_ensemble, member_dirs
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
     if is_ensemble(run_dir):
-        return LoadedEnsemble([load_run(member, device) for member in member_dirs(run_dir)], run_dir)
+        return LoadedEnsemble([load_run(member, device, backend) for member in member_dirs(run_dir)], run_dir)
     config = read_run_config(run_dir)
+    if backend is not None:
+        config.train.backend = backend
     weight_files = sorted((run_dir / "folds").glob("fold_*/model.safetensors"))
     if not weight_files:
         raise RunError(f"{run_dir} holds no fold weights (folds/fold_K/model.safetensors); did training finish?")
@@ -264,7 +268,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Predictor:
 
 def _build_models(config: RunConfig, weight_files: list[Path], target: torch.device):
     """The run's encoders and one model per fold file (on the run's inference thread)."""
-    towers = build_towers(config).to(target)
+    towers = load_towers(config, target, log=lambda message: None)
     models = []
     for path in weight_files:
         model = MultimodalClassifier(config, towers)

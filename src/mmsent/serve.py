@@ -146,14 +146,14 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_image_pixels: int | None = None) -> None:
+          backend: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_image_pixels: int | None = None) -> None:
     """Load the run once, then serve it until interrupted."""
     import uvicorn
 
     from . import load_run
 
     check_port(host, port)
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, backend=backend)
     run.warm_up()
     app = create_app(run, max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels)
     print(f"serving {run_dir} ({run.description}, {' + '.join(run.modalities)}) on "

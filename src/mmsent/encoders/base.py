@@ -11,6 +11,9 @@ An encoder is split in two at ``train_layers`` from the top:
 
 With ``train_layers = 0`` the whole encoder is frozen and its outputs are cached; with all layers trainable the
 cache holds only the preprocessed inputs (pixels or token ids) and the encoder trains end to end.
+
+The frozen part runs with torch, or with ONNX Runtime after ``use_backend("onnx")`` (:mod:`.runtime`): a tower
+that can be exported names its inputs in ``frozen_inputs`` and describes itself in ``frozen_graph()``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import copy
 
 import torch
 from torch import nn
+
+from .runtime import FrozenGraph, load_runner
 
 
 class TrainableEncoder(nn.Module):
@@ -44,9 +49,31 @@ class Tower:
     feature_names: tuple[str, ...]
     precompute_batch_size: int = 32
     lower: nn.Module | None = None  # the frozen part (None when the cache holds only preprocessed inputs)
+    frozen_inputs: tuple[str, ...] = ()  # input names of the exportable frozen part; () = none to export
+    graph_format: int = 1  # bump when the code of frozen_graph() changes what is exported (stale exports are redone)
+    _runner = None  # the ONNX Runtime session of the frozen part, once use_backend("onnx") was called
 
     def __init__(self, trainable_template: TrainableEncoder):
         self._template = trainable_template
+
+    def frozen_graph(self) -> FrozenGraph:
+        """The frozen part as a module from tensors (named ``frozen_inputs``) to one tensor, for export."""
+        raise NotImplementedError
+
+    def use_backend(self, backend: str, log=print) -> str:
+        """Run the frozen part with ``"torch"`` or ``"onnx"`` (exported once into the cache); returns the one used."""
+        self._runner = None
+        if backend == "onnx" and self.frozen_inputs:
+            graph_id = f"{type(self).__name__} {self.graph_format} {self.cache_id()}"
+            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, log)
+            return "onnx"
+        return "torch"
+
+    def run_frozen(self, torch_forward, *inputs: torch.Tensor) -> torch.Tensor:
+        """``torch_forward(*inputs)``, or the same graph on ONNX Runtime when that backend is in use."""
+        if self._runner is not None:
+            return self._runner(*inputs)
+        return torch_forward(*inputs)
 
     def to(self, device: torch.device) -> "Tower":
         """Run the frozen part on ``device`` (features still come back to the CPU, where the cache keeps them)."""

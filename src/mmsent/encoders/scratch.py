@@ -112,7 +112,7 @@ class PixelTower(ImageTower):
         return {"image_input": (n, 3, self.size, self.size), "image_present": (n,)}
 
     def encode_pixels(self, pixels):
-        return pixels  # (B, 3, S, S) uint8
+        return pixels.contiguous()  # (B, 3, S, S) uint8
 
 
 # ---------------------------------------------------------------- texts: Transformer encoder

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..config import TextEncoderConfig
 from ..registry import TEXT_ENCODERS
 from .base import Tower, TrainableEncoder, check_poolable, pool_tokens, resolve_split
+from .runtime import FrozenGraph, LastHiddenState
 
 
 def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -72,29 +73,60 @@ class HFTextTower(Tower):
     feature_names = ("text_hidden", "text_mask")
 
     def __init__(self, config: TextEncoderConfig, source: str):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source)
-        except OSError as error:
+            hidden_size = AutoConfig.from_pretrained(source).hidden_size
+        except (OSError, ValueError) as error:
             raise ValueError(f"cannot load text encoder {source!r}: {error}") from None
-        model.eval()
         check_poolable(config.pooled, config.train_layers == 0, "text")
-        self.config = config
+        self.config, self.source = config, source
         self.source_id = _fingerprint_dir(source)
-        hidden_size = model.config.hidden_size
+        self.frozen_inputs = ("input_ids", "attention_mask")  # (B, T) int64 each
+        self._model: nn.Module | None = None  # the frozen lower model, loaded on first use (see ``lower``)
+        self._device = torch.device("cpu")
         upper = None
         if config.train_layers > 0:
+            model = self._load_model()
             stack_name, stack = _layer_stack(model)
             split = resolve_split(len(stack), config.train_layers, "text encoder")
             setattr(model.encoder, stack_name, nn.ModuleList(stack[split:]))
             upper = copy.deepcopy(model.encoder)  # the encoder module with the top layers only
             setattr(model.encoder, stack_name, nn.ModuleList(stack[:split]))  # the lower model stops below the split
-        self.lower = model
-        for parameter in self.lower.parameters():
-            parameter.requires_grad_(False)
+            self._model = model.requires_grad_(False)
         super().__init__(TransformerUpper(upper, hidden_size))
+
+    def _load_model(self) -> nn.Module:
+        from transformers import AutoModel
+
+        try:
+            return AutoModel.from_pretrained(self.source).eval()
+        except OSError as error:
+            raise ValueError(f"cannot load text encoder {self.source!r}: {error}") from None
+
+    @property
+    def lower(self) -> nn.Module:
+        """The frozen lower model. Loaded on first use: predicting from a cached ONNX export never needs it (nor
+        the seconds that importing its modelling code takes)."""
+        if self._model is None:
+            self._model = self._load_model().requires_grad_(False).to(self._device)
+        return self._model
+
+    def to(self, device: torch.device) -> "HFTextTower":
+        self._device = device
+        if self._model is not None:
+            self._model.to(device)
+        return self
+
+    def frozen_graph(self):
+        example = torch.ones(2, 8, dtype=torch.long)  # (B, T)
+        axes = {name: {0: "batch", 1: "length"} for name in (*self.frozen_inputs, "output")}
+        return FrozenGraph(LastHiddenState(self.lower, *self.frozen_inputs), (example, example.clone()),
+                           self.frozen_inputs, axes)
+
+    def _lower_hidden(self, input_ids, attention_mask):
+        return self.lower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
 
     def cache_id(self) -> str:
         parts = {"text": self.source_id, "max_length": self.config.max_length,
@@ -120,14 +152,13 @@ class HFTextTower(Tower):
         mask = torch.zeros(n, length, dtype=torch.bool)
         ids = self.tokenizer(list(items), truncation=True, max_length=length)["input_ids"]
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
-        device = next(self.lower.parameters()).device
         starts = range(0, n, batch_size)
         quiet = {"disable": True} if len(starts) < 2 else {}  # passed only when set: TQDM_DISABLE still applies
         for start in tqdm(starts, desc="text features", unit="batch", leave=False, **quiet):
             index = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = self.lower(**batch).last_hidden_state  # (b, t, D)
+            batch = {k: v.to(self._device) for k, v in batch.items()}
+            out = self.run_frozen(self._lower_hidden, batch["input_ids"], batch["attention_mask"])  # (b, t, D)
             t = out.shape[1]
             hidden[index, :t] = out.to("cpu", torch.float16)
             mask[index, :t] = batch["attention_mask"].bool().cpu()

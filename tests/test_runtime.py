@@ -1,0 +1,134 @@
+"""The ONNX Runtime backend of the frozen encoders: the same features as torch, exported once, chosen by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig
+from mmsent.data.dataset import open_split
+from mmsent.encoders.image import create_image_tower
+from mmsent.encoders.runtime import BACKENDS, BackendError, onnx_available, onnx_path, resolve_backend
+from mmsent.encoders.text import create_text_tower
+from mmsent.model import load_towers
+
+pytestmark = pytest.mark.skipif(not onnx_available(), reason="needs onnxruntime and onnx")
+
+TEXTS = ["a happy day at the beach", "not good", "", "the the the the the the the the the the the the the"]
+
+
+def _image_tower(request, train_layers=0):
+    if request == "efficientnet_lite0":
+        return create_image_tower(ImageEncoderConfig(image_size=64, train_layers=train_layers))
+    return create_image_tower(ImageEncoderConfig(name=request, image_size=0))
+
+
+def _text_tower(source, train_layers=0):
+    return create_text_tower(TextEncoderConfig(name=source, max_length=16, train_layers=train_layers))
+
+
+def _towers(tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
+    return {
+        "efficientnet_lite0": lambda: _image_tower("efficientnet_lite0"),
+        "efficientnet_lite0 (top 3 stages trained)": lambda: _image_tower("efficientnet_lite0", train_layers=3),
+        "tiny vit": lambda: _image_tower(tiny_vit_dir),
+        "tiny bert": lambda: _text_tower(tiny_bert_dir),
+        "tiny bert (top layer trained)": lambda: _text_tower(tiny_bert_dir, train_layers=1),
+        "tiny bert (all layers trained)": lambda: _text_tower(tiny_bert_dir, train_layers=2),  # embeddings only
+        "tiny mpnet": lambda: _text_tower(tiny_mpnet_dir),
+    }
+
+
+def _features(tower, dataset):
+    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    if tower.kind == "text":
+        return tower.encode_items(TEXTS, batch_size=3)
+    return tower.precompute(split, None, 4, 0)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0 (top 3 stages trained)", "tiny vit",
+                                  "tiny bert", "tiny bert (top layer trained)", "tiny bert (all layers trained)",
+                                  "tiny mpnet"])
+def test_onnx_gives_the_torch_features(name, dataset, tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
+    tower = _towers(tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir)[name]()
+    expected = _features(tower, dataset)
+    assert tower.use_backend("onnx", log=lambda message: None) == "onnx"
+    got = _features(tower, dataset)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert got[key].shape == expected[key].shape and got[key].dtype == expected[key].dtype, key
+        if key.endswith(("mask", "present")):
+            assert torch.equal(got[key], expected[key]), key
+        else:  # float16 features: equal to rounding
+            assert torch.allclose(got[key].float(), expected[key].float(), atol=2e-2, rtol=1e-2), key
+
+
+def test_export_happens_once_and_a_corrupt_export_is_redone(tiny_bert_dir):
+    messages = []
+    first = _text_tower(tiny_bert_dir)
+    first.use_backend("onnx", log=messages.append)
+    assert sum("exporting" in m for m in messages) == 1
+    path = first._runner.path
+    second = _text_tower(tiny_bert_dir)
+    second.use_backend("onnx", log=messages.append)
+    assert sum("exporting" in m for m in messages) == 1  # loaded from the cache
+    assert second._model is None  # the torch model was never needed
+    expected = first.encode_items(TEXTS)["text_hidden"]
+    assert torch.equal(second.encode_items(TEXTS)["text_hidden"], expected)
+    assert second._model is None
+
+    path.write_bytes(b"not an onnx graph")
+    third = _text_tower(tiny_bert_dir)
+    third.use_backend("onnx", log=messages.append)
+    assert torch.equal(third.encode_items(TEXTS)["text_hidden"], expected)
+
+
+def test_the_export_key_follows_the_weights_and_the_graph_code(tiny_bert_dir, tiny_mpnet_dir):
+    bert, mpnet = _text_tower(tiny_bert_dir), _text_tower(tiny_mpnet_dir)
+    assert onnx_path(bert.cache_id()) != onnx_path(mpnet.cache_id())
+    assert onnx_path("EfficientNetLiteTower 1 x") != onnx_path("EfficientNetLiteTower 2 x")
+
+
+def test_torch_backend_uses_no_runner(tiny_bert_dir):
+    tower = _text_tower(tiny_bert_dir)
+    assert tower.use_backend("torch") == "torch" and tower._runner is None
+
+
+def test_resolve_backend():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", cpu) == "onnx"
+    assert resolve_backend("auto", cuda) == "torch"
+    assert resolve_backend("torch", cpu) == "torch"
+    with pytest.raises(BackendError, match="CPU"):
+        resolve_backend("onnx", cuda)
+    with pytest.raises(BackendError, match="one of"):
+        resolve_backend("tensorrt", cpu)
+    assert set(BACKENDS) == {"auto", "torch", "onnx"}
+
+
+def test_auto_falls_back_to_torch_when_the_export_fails(monkeypatch, tiny_bert_dir):
+    from mmsent.encoders import text
+
+    def broken(self):
+        raise RuntimeError("cannot trace this model")
+
+    monkeypatch.setattr(text.HFTextTower, "frozen_graph", broken)
+    config = RunConfig(modality="text")
+    config.text.name = tiny_bert_dir
+    messages = []
+    towers = load_towers(config, torch.device("cpu"), log=messages.append)
+    assert towers.text._runner is None and any("running it with torch" in m for m in messages)
+    config.train.backend = "onnx"
+    with pytest.raises(BackendError, match="--backend torch"):
+        load_towers(config, torch.device("cpu"))
+
+
+def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
+    from mmsent.encoders.image import decode_split_images
+
+    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    _, pixels, present = next(decode_split_images(split, 32, 4, 0))
+    assert pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    assert np.asarray(pixels.permute(0, 2, 3, 1)).flags["C_CONTIGUOUS"]  # what ONNX Runtime reads, without a copy
