@@ -1,8 +1,8 @@
 """Frozen EfficientNet-Lite0 (batch norm folded, channels-last, 224 px) on this CPU: torch eager vs ONNX Runtime.
 
 Prints images per second for each (10 s of batches each) and the largest difference between their outputs.
-onnxruntime and onnx are not mmsent dependencies: install them (``pip install onnxruntime onnx``), or set
-``ORT_PATH`` to a folder holding them (appended to ``sys.path``, after the environment's own packages).
+This is the measurement that led to mmsent's ONNX Runtime backend (``--backend``, src/mmsent/encoders/runtime.py);
+``ORT_PATH`` may name a folder holding other onnxruntime/onnx versions (appended to ``sys.path``).
 """
 
 from __future__ import annotations

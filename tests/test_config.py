@@ -241,3 +241,11 @@ def test_every_family_default_is_a_valid_key(family):
     from mmsent.config import apply_overrides, family_defaults
 
     apply_overrides(RunConfig(), family_defaults(family))
+
+
+@pytest.mark.parametrize("key,bad", [("train.backend", "tensorrt"), ("modality", "audio")])
+def test_fields_with_choices_refuse_other_values(key, bad):
+    from mmsent.config import RunConfig, apply_overrides
+
+    with pytest.raises(ConfigError, match="expected one of"):
+        apply_overrides(RunConfig(), {key: bad})

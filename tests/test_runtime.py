@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,28 @@ def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
     assert pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
     assert pixels.is_contiguous(memory_format=torch.channels_last)
     assert np.asarray(pixels.permute(0, 2, 3, 1)).flags["C_CONTIGUOUS"]  # what ONNX Runtime reads, without a copy
+
+
+def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path, monkeypatch):
+    from test_cli import _train
+
+    from mmsent.cli import main
+
+    runs = {}
+    for backend in ("torch", "onnx"):
+        monkeypatch.setenv("MMSENT_CACHE_DIR", str(tmp_path / f"cache-{backend}"))  # features computed each time
+        runs[backend] = tmp_path / backend
+        metrics = _train(dataset, runs[backend], "--backend", backend)
+        assert json.loads((runs[backend] / "config.json").read_text())["train"]["backend"] == backend
+        runs[backend, "cv"] = metrics["cv"]["accuracy_mean"]
+    assert runs["torch", "cv"] == runs["onnx", "cv"]
+    outputs = []
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"pred-{backend}.txt"
+        assert main(["predict", "--run", str(runs["torch"]), "--data", str(dataset), "--out", str(out),
+                     "--backend", backend]) == 0
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
+    with pytest.raises(SystemExit):  # argparse refuses an unknown backend with a usage line
+        main(["predict", "--run", str(runs["torch"]), "--data", str(dataset), "--out", str(tmp_path / "x"),
+              "--backend", "tensorrt"])

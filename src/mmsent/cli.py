@@ -48,8 +48,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         kwargs = {"dest": f"cfg:{key}", "default": None, "metavar": key.rsplit(".", 1)[-1].upper(), "help": f"{spec.metadata.get('help', '')} (default: {default})"}
         if key in _REGISTRY_CHOICES:
             kwargs["choices"] = _REGISTRY_CHOICES[key].names()
-        elif key == "modality":
-            kwargs["choices"] = ["all", "image", "text"]
+        elif spec.metadata.get("choices"):
+            kwargs["choices"] = list(spec.metadata["choices"])
         group.add_argument(flag, **kwargs)
     group.add_argument("--profile", choices=PROFILES.names(),
                        help="a named preset applied over the defaults (flags, --set and --config override it): "

@@ -16,11 +16,13 @@ from typing import Any
 CONFIG_VERSION = 1
 LABELS = ("negative", "neutral", "positive")
 BACKENDS = ("auto", "torch", "onnx")  # what runs the frozen encoders (train.backend; see encoders/runtime.py)
+MODALITIES = ("all", "image", "text")
 
 
-def _opt(default, flag: str | None = None, help: str = "", **kw):
-    """A dataclass field with CLI metadata (``flag``: the short option, ``help``: its text)."""
-    metadata = {"flag": flag, "help": help}
+def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
+    """A dataclass field with CLI metadata (``flag``: the short option, ``help``: its text, ``choices``: the only
+    values allowed)."""
+    metadata = {"flag": flag, "help": help, "choices": choices}
     if callable(default):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
@@ -119,7 +121,7 @@ class TrainConfig:
     seed: int = _opt(42, flag="--seed")
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
-    backend: str = _opt("auto", flag="--backend",
+    backend: str = _opt("auto", flag="--backend", choices=BACKENDS,
                         help="what runs the frozen encoders: torch, onnx (ONNX Runtime, CPU only) or auto (onnx on "
                              "the CPU when onnxruntime is installed, else torch)")
 
@@ -129,7 +131,7 @@ class RunConfig:
     """Everything needed to rebuild and retrain a model; saved as ``RUN/config.json``."""
 
     model: str = _opt("pretrained", flag="--model", help="model family registered by name")
-    modality: str = _opt("all", flag="--modality", help="all, image or text")
+    modality: str = _opt("all", flag="--modality", help="all, image or text", choices=MODALITIES)
     text_prep: TextPrepConfig = field(default_factory=TextPrepConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -222,15 +224,20 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Set dotted keys (``train.lr``) on ``config`` in place, with type checks."""
-    known = {key: default for key, _, default in config_fields()}
+    known = {key: (spec, default) for key, spec, default in config_fields()}
     for key, value in overrides.items():
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}")
+        spec, default = known[key]
+        value = _coerce(key, value, default)
+        choices = spec.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
         owner = config
         *parents, leaf = key.split(".")
         for part in parents:
             owner = getattr(owner, part)
-        setattr(owner, leaf, _coerce(key, value, known[key]))
+        setattr(owner, leaf, value)
     return config
 
 

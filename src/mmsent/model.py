@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import LABELS, RunConfig
+from .config import LABELS, MODALITIES, RunConfig
 from .encoders.base import Tower, TrainableEncoder
 from .fusion import create_fusion, masked_mean
 from .registry import MODEL_FAMILIES
 
-MODALITIES = ("all", "image", "text")
 
 
 @dataclass
