@@ -130,7 +130,7 @@ def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
     from mmsent.encoders.image import decode_split_images
 
     split = open_split(dataset, dataset / "train.txt", labelled=True)
-    _, pixels, present = next(decode_split_images(split, 32, 4, 0))
+    _, pixels, _ = next(decode_split_images(split, 32, 4, 0))
     assert pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
     assert pixels.is_contiguous(memory_format=torch.channels_last)
     assert np.asarray(pixels.permute(0, 2, 3, 1)).flags["C_CONTIGUOUS"]  # what ONNX Runtime reads, without a copy

@@ -13,7 +13,6 @@ from .fusion import create_fusion, masked_mean
 from .registry import MODEL_FAMILIES
 
 
-
 @dataclass
 class Towers:
     """The loaded encoders a run uses (None where the modality leaves one out)."""
