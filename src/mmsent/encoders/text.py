@@ -66,6 +66,62 @@ class TransformerUpper(TrainableEncoder):
         return hidden, mask
 
 
+def _model_config(source: str) -> dict:
+    """The model's config.json as a dict (read directly from a local folder; AutoConfig for a hub id)."""
+    path = Path(source) / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot load text encoder {source!r}: {path} is not JSON ({error})") from None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source).to_dict()
+
+
+class TokenIds:
+    """Texts -> token ids as the model's Hugging Face tokenizer gives them (special tokens added, cut to
+    ``max_length``), and right-padded batches of them.
+
+    A local model folder with a tokenizer.json is read with the ``tokenizers`` library directly: importing
+    transformers for AutoTokenizer costs about 1.7 s, a tenth of ``mmsent predict`` (tests/test_encoders.py checks
+    that both give the same ids). Anything else goes through AutoTokenizer.
+    """
+
+    def __init__(self, source: str, max_length: int, pad_id: int | None):
+        self.max_length = max_length
+        self._fast = self._hf = None
+        path = Path(source) / "tokenizer.json"
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            self._fast = Tokenizer.from_file(str(path))
+            self._fast.no_padding()
+            self._fast.enable_truncation(max_length)
+        else:
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(source)
+            pad_id = self._hf.pad_token_id if pad_id is None else pad_id
+        # Right padding under an attention mask: the pad id cannot change the real tokens' outputs.
+        self.pad_id = 0 if pad_id is None else int(pad_id)
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:
+            return [encoding.ids for encoding in self._fast.encode_batch(list(texts))]
+        return self._hf(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad to the longest row -> input_ids (B, T) and attention_mask (B, T), int64."""
+        width = max(1, max(len(row) for row in rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = 1
+        return ids, mask
+
+
 class HFTextTower(Tower):
     """A Hugging Face text encoder (BERT, RoBERTa, MiniLM, ...) loaded from an id or a local folder."""
 
@@ -73,12 +129,11 @@ class HFTextTower(Tower):
     feature_names = ("text_hidden", "text_mask")
 
     def __init__(self, config: TextEncoderConfig, source: str):
-        from transformers import AutoConfig, AutoTokenizer
-
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            hidden_size = AutoConfig.from_pretrained(source).hidden_size
-        except (OSError, ValueError) as error:
+            model_config = _model_config(source)
+            self.tokenizer = TokenIds(source, config.max_length, model_config.get("pad_token_id"))
+            hidden_size = int(model_config["hidden_size"])
+        except Exception as error:  # OSError, ValueError, KeyError (no hidden_size); tokenizers raises plain Exception
             raise ValueError(f"cannot load text encoder {source!r}: {error}") from None
         check_poolable(config.pooled, config.train_layers == 0, "text")
         self.config, self.source = config, source
@@ -150,18 +205,18 @@ class HFTextTower(Tower):
         n, length = len(items), self.config.max_length
         hidden = torch.zeros(n, length, self.out_dim, dtype=torch.float16)
         mask = torch.zeros(n, length, dtype=torch.bool)
-        ids = self.tokenizer(list(items), truncation=True, max_length=length)["input_ids"]
+        ids = self.tokenizer(list(items))
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         starts = range(0, n, batch_size)
         quiet = {"disable": True} if len(starts) < 2 else {}  # passed only when set: TQDM_DISABLE still applies
         for start in tqdm(starts, desc="text features", unit="batch", leave=False, **quiet):
             index = order[start:start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
-            batch = {k: v.to(self._device) for k, v in batch.items()}
-            out = self.run_frozen(self._lower_hidden, batch["input_ids"], batch["attention_mask"])  # (b, t, D)
+            input_ids, attention_mask = self.tokenizer.pad([ids[i] for i in index])  # (b, t) each
+            input_ids, attention_mask = input_ids.to(self._device), attention_mask.to(self._device)
+            out = self.run_frozen(self._lower_hidden, input_ids, attention_mask)  # (b, t, D)
             t = out.shape[1]
             hidden[index, :t] = out.to("cpu", torch.float16)
-            mask[index, :t] = batch["attention_mask"].bool().cpu()
+            mask[index, :t] = attention_mask.bool().cpu()
         if self.config.pooled:
             hidden, mask = pool_tokens(hidden, mask)  # (N, 1, D), (N, 1)
         return {"text_hidden": hidden, "text_mask": mask}
