@@ -1,9 +1,10 @@
 """Running a tower's frozen part with ONNX Runtime instead of torch.
 
 On this project's 2-core CPU, ONNX Runtime runs the frozen EfficientNet-Lite0 about 1.5 times as fast as torch
-eager and MiniLM about 1.7 times (``benchmarks/README.md``), with outputs equal to float32 rounding. A tower's
-frozen part is exported once to ``<cache>/onnx/`` (keyed by the tower's ``cache_id``) and loaded from there
-afterwards; a run's feature cache does not depend on the backend.
+eager, and MiniLM as fast as a warmed-up torch but without torch's slow first batches (``benchmarks/README.md``),
+with outputs equal to float32 rounding. A tower's frozen part is exported once to ``<cache>/onnx/`` (keyed by the
+tower's class, graph format and ``cache_id``) and loaded from there afterwards; a run's feature cache does not
+depend on the backend.
 """
 
 from __future__ import annotations
