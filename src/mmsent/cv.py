@@ -40,7 +40,8 @@ FOLD_FILES = ("model.safetensors", "history.json", "result.json", CHECKPOINT)
 OOF_FILE = "oof_predictions.csv"
 OOF_HEADER = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
 RUN_FILES = ("metrics.json", OOF_FILE)
-RESUMABLE_KEYS = ("train.device", "train.workers", "train.backend")  # how to run, not what is trained: --resume may change them
+# How to run, not what is trained: --resume may change them.
+RESUMABLE_KEYS = ("train.device", "train.workers", "train.backend")
 
 
 class RunError(Exception):

@@ -146,7 +146,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          backend: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_image_pixels: int | None = None) -> None:
+          backend: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+          max_image_pixels: int | None = None) -> None:
     """Load the run once, then serve it until interrupted."""
     import uvicorn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ def predict_probs(model: nn.Module, batches: FeatureBatches, loss_name: str, dev
     model.eval()
     probs = np.zeros((len(batches.indices), len(LABELS)), dtype=np.float32)
     total, count = 0.0, 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = autocast_for(device)
     for batch, labels, positions in batches:
         with autocast:
             logits = model(to_device(batch, device)).float()
@@ -131,7 +132,7 @@ def ensemble_probs(models: list[nn.Module], batches: FeatureBatches, loss_name: 
     for model in models:
         model.eval()
     probs = np.zeros((len(batches.indices), len(LABELS)), dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = autocast_for(device)
     for batch, _, positions in batches:
         batch = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in to_device(batch, device).items()}
         total = 0.0
@@ -142,12 +143,9 @@ def ensemble_probs(models: list[nn.Module], batches: FeatureBatches, loss_name: 
     return probs
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def autocast_for(device: torch.device):
+    """A reusable context for forward passes: bf16 autocast on a GPU, nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _save_state(path: Path, epoch: int, model: nn.Module, optimizer, scheduler, batches: FeatureBatches,
@@ -242,7 +240,7 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
     val_batches = FeatureBatches(features, labels, val_idx, max(config.batch_size, 64), pin_memory=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else _null()
+    autocast = autocast_for(device)
     ema = _make_ema(model, config.ema_decay)
     evaluated = ema.module if ema is not None else model  # what is validated and kept
 

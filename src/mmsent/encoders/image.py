@@ -172,13 +172,11 @@ class _NormalisedLower(nn.Module):
 
     def __init__(self, stages: nn.Module, mean, std):
         super().__init__()
-        self.stages = stages
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.stages, self.mean, self.std = stages, mean, std
 
     def forward(self, pixels):  # (B, S, S, 3) uint8
-        x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, S, S), channels-last strides
-        return self.stages((x / 255.0 - self.mean) / self.std)  # (B, C, h, w)
+        x = normalise(pixels.permute(0, 3, 1, 2), self.mean, self.std)  # (B, 3, S, S), channels-last strides
+        return self.stages(x)  # (B, C, h, w)
 
 
 class EfficientNetLiteTower(ImageTower):
