@@ -27,6 +27,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
+	$(BIN)/python benchmarks/bench_backends.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_features.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_cv.py --data $(DATA)
 

@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend of the frozen encoders: the same features as torch, exported once, chosen by name."""
+"""The graph-runtime backends of the frozen encoders (OpenVINO, ONNX Runtime): the same features as torch, exported
+once, chosen by name."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import torch
 from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig
 from mmsent.data.dataset import open_split
 from mmsent.encoders.image import create_image_tower
-from mmsent.encoders.runtime import BACKENDS, BackendError, onnx_available, onnx_path, resolve_backend
+from mmsent.encoders.runtime import (BACKENDS, BackendError, backend_candidates, onnx_available, onnx_path,
+                                     resolve_backend, runtime_available)
 from mmsent.encoders.text import create_text_tower
 from mmsent.model import load_towers
+from mmsent.registry import GRAPH_RUNTIMES
 
 pytestmark = pytest.mark.skipif(not onnx_available(), reason="needs onnxruntime and onnx")
+RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime_available(name), reason=f"{name} not installed"))
+            for name in GRAPH_RUNTIMES.names()]
 
 TEXTS = ["a happy day at the beach", "not good", "", "the the the the the the the the the the the the the"]
 
@@ -49,13 +54,14 @@ def _features(tower, dataset):
     return tower.precompute(split, None, 4, 0)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0 (top 3 stages trained)", "tiny vit",
                                   "tiny bert", "tiny bert (top layer trained)", "tiny bert (all layers trained)",
                                   "tiny mpnet"])
-def test_onnx_gives_the_torch_features(name, dataset, tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
+def test_graph_runtimes_give_the_torch_features(runtime, name, dataset, tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
     tower = _towers(tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir)[name]()
     expected = _features(tower, dataset)
-    assert tower.use_backend("onnx", log=lambda message: None) == "onnx"
+    assert tower.use_backend(runtime, log=lambda message: None) == runtime
     got = _features(tower, dataset)
     assert set(got) == set(expected)
     for key in expected:
@@ -66,14 +72,15 @@ def test_onnx_gives_the_torch_features(name, dataset, tiny_bert_dir, tiny_mpnet_
             assert torch.allclose(got[key].float(), expected[key].float(), atol=2e-2, rtol=1e-2), key
 
 
-def test_export_happens_once_and_a_corrupt_export_is_redone(tiny_bert_dir):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_export_happens_once_and_a_corrupt_export_is_redone(runtime, tiny_bert_dir):
     messages = []
     first = _text_tower(tiny_bert_dir)
-    first.use_backend("onnx", log=messages.append)
+    first.use_backend(runtime, log=messages.append)
     assert sum("exporting" in m for m in messages) == 1
     path = first._runner.path
     second = _text_tower(tiny_bert_dir)
-    second.use_backend("onnx", log=messages.append)
+    second.use_backend(runtime, log=messages.append)
     assert sum("exporting" in m for m in messages) == 1  # loaded from the cache
     assert second._model is None  # the torch model was never needed
     expected = first.encode_items(TEXTS)["text_hidden"]
@@ -82,7 +89,7 @@ def test_export_happens_once_and_a_corrupt_export_is_redone(tiny_bert_dir):
 
     path.write_bytes(b"not an onnx graph")
     third = _text_tower(tiny_bert_dir)
-    third.use_backend("onnx", log=messages.append)
+    third.use_backend(runtime, log=messages.append)
     assert torch.equal(third.encode_items(TEXTS)["text_hidden"], expected)
 
 
@@ -97,16 +104,38 @@ def test_torch_backend_uses_no_runner(tiny_bert_dir):
     assert tower.use_backend("torch") == "torch" and tower._runner is None
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_runner_returns_arrays_it_does_not_reuse(runtime, tiny_bert_dir):
+    tower = _text_tower(tiny_bert_dir)
+    tower.use_backend(runtime, log=lambda message: None)
+    first = tower.encode_items(TEXTS[:2])["text_hidden"]
+    kept = first.clone()
+    tower.encode_items(TEXTS[2:])
+    assert torch.equal(first, kept)  # the second call did not write into the first call's result
+
+
 def test_resolve_backend():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_backend("auto", cpu) == "onnx"
+    installed = [name for name in GRAPH_RUNTIMES.names() if runtime_available(name)]
+    assert backend_candidates("auto", cpu) == installed + ["torch"]
+    assert resolve_backend("auto", cpu) == installed[0]  # onnx at least: the module is skipped without it
     assert resolve_backend("auto", cuda) == "torch"
     assert resolve_backend("torch", cpu) == "torch"
-    with pytest.raises(BackendError, match="CPU"):
-        resolve_backend("onnx", cuda)
+    for name in GRAPH_RUNTIMES.names():
+        with pytest.raises(BackendError, match="CPU"):
+            resolve_backend(name, cuda)
     with pytest.raises(BackendError, match="one of"):
         resolve_backend("tensorrt", cpu)
-    assert set(BACKENDS) == {"auto", "torch", "onnx"}
+    assert set(BACKENDS) == {"auto", "torch", *GRAPH_RUNTIMES.names()}  # the config's choices and the registry
+
+
+def test_a_missing_runtime_is_named_with_its_packages(monkeypatch):
+    from mmsent.encoders import runtime
+
+    monkeypatch.setattr(runtime, "runtime_available", lambda name: name != "openvino")
+    with pytest.raises(BackendError, match="pip install onnx openvino"):
+        resolve_backend("openvino", torch.device("cpu"))
+    assert backend_candidates("auto", torch.device("cpu")) == ["onnx", "torch"]
 
 
 def test_auto_falls_back_to_torch_when_the_export_fails(monkeypatch, tiny_bert_dir):
@@ -120,7 +149,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails(monkeypatch, tiny_bert_d
     config.text.name = tiny_bert_dir
     messages = []
     towers = load_towers(config, torch.device("cpu"), log=messages.append)
-    assert towers.text._runner is None and any("running it with torch" in m for m in messages)
+    assert towers.text._runner is None and any(m.endswith("trying torch") for m in messages)
     config.train.backend = "onnx"
     with pytest.raises(BackendError, match="--backend torch"):
         load_towers(config, torch.device("cpu"))
@@ -141,21 +170,22 @@ def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path,
 
     from mmsent.cli import main
 
+    backends = ["torch"] + [name for name in GRAPH_RUNTIMES.names() if runtime_available(name)]
     runs = {}
-    for backend in ("torch", "onnx"):
+    for backend in backends:
         monkeypatch.setenv("MMSENT_CACHE_DIR", str(tmp_path / f"cache-{backend}"))  # features computed each time
         runs[backend] = tmp_path / backend
         metrics = _train(dataset, runs[backend], "--backend", backend)
         assert json.loads((runs[backend] / "config.json").read_text())["train"]["backend"] == backend
         runs[backend, "cv"] = metrics["cv"]["accuracy_mean"]
-    assert runs["torch", "cv"] == runs["onnx", "cv"]
+    assert len({runs[backend, "cv"] for backend in backends}) == 1
     outputs = []
-    for backend in ("torch", "onnx"):
+    for backend in backends:
         out = tmp_path / f"pred-{backend}.txt"
         assert main(["predict", "--run", str(runs["torch"]), "--data", str(dataset), "--out", str(out),
                      "--backend", backend]) == 0
         outputs.append(out.read_text())
-    assert outputs[0] == outputs[1]
+    assert all(output == outputs[0] for output in outputs)
     with pytest.raises(SystemExit):  # argparse refuses an unknown backend with a usage line
         main(["predict", "--run", str(runs["torch"]), "--data", str(dataset), "--out", str(tmp_path / "x"),
               "--backend", "tensorrt"])

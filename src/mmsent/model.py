@@ -30,23 +30,25 @@ class Towers:
         return self
 
     def use_backend(self, requested: str, device: torch.device, log=print) -> "Towers":
-        """Run the frozen parts with ``train.backend`` (auto, torch or onnx; see :mod:`.encoders.runtime`).
+        """Run the frozen parts with ``train.backend`` (auto, torch or a graph runtime; see :mod:`.encoders.runtime`).
 
-        ``auto`` falls back to torch, with a message, for an encoder that cannot be exported; ``onnx`` raises.
+        ``auto`` tries the installed graph runtimes in order of preference, then torch, telling which one failed for
+        an encoder that cannot be exported or loaded; an explicit graph runtime that fails raises instead.
         """
-        from .encoders.runtime import BackendError, resolve_backend
+        from .encoders.runtime import BackendError, backend_candidates
 
-        backend = resolve_backend(requested, device)
+        candidates = backend_candidates(requested, device)
         for tower in self.present():
-            try:
-                tower.use_backend(backend, log)
-            except Exception as error:  # the exporter fails in many ways on models it cannot trace
-                if requested == "onnx":
-                    raise BackendError(f"cannot run the frozen {tower.kind} encoder with ONNX Runtime "
-                                       f"({type(error).__name__}: {error}); use --backend torch") from None
-                log(f"{tower.kind} encoder: ONNX export failed ({type(error).__name__}: {error}); running it "
-                    "with torch")
-                tower.use_backend("torch", log)
+            for backend in candidates:
+                try:
+                    tower.use_backend(backend, log)
+                    break
+                except Exception as error:  # exporters and runtimes fail in many ways on models they cannot handle
+                    if requested != "auto":
+                        raise BackendError(f"cannot run the frozen {tower.kind} encoder with {backend} "
+                                           f"({type(error).__name__}: {error}); use --backend torch") from None
+                    log(f"{tower.kind} encoder: {backend} failed ({type(error).__name__}: {error}); trying "
+                        f"{candidates[candidates.index(backend) + 1]}")
         return self
 
 

@@ -242,7 +242,7 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
     :class:`LoadedEnsemble` of its member runs).
 
-    ``backend``: what runs the frozen encoders (auto, torch, onnx); None = the run's ``train.backend``."""
+    ``backend``: what runs the frozen encoders (one of ``config.BACKENDS``); None = the run's ``train.backend``."""
     from .ensemble import is_ensemble, member_dirs
 
     run_dir = Path(run_dir)

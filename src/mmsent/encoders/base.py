@@ -12,8 +12,9 @@ An encoder is split in two at ``train_layers`` from the top:
 With ``train_layers = 0`` the whole encoder is frozen and its outputs are cached; with all layers trainable the
 cache holds only the preprocessed inputs (pixels or token ids) and the encoder trains end to end.
 
-The frozen part runs with torch, or with ONNX Runtime after ``use_backend("onnx")`` (:mod:`.runtime`): a tower
-that can be exported names its inputs in ``frozen_inputs`` and describes itself in ``frozen_graph()``.
+The frozen part runs with torch, or with a graph runtime after ``use_backend("openvino")`` or ``use_backend("onnx")``
+(:mod:`.runtime`): a tower that can be exported names its inputs in ``frozen_inputs`` and describes itself in
+``frozen_graph()``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from ..registry import GRAPH_RUNTIMES
 from .runtime import FrozenGraph, load_runner
 
 
@@ -51,7 +53,7 @@ class Tower:
     lower: nn.Module | None = None  # the frozen part (None when the cache holds only preprocessed inputs)
     frozen_inputs: tuple[str, ...] = ()  # input names of the exportable frozen part; () = none to export
     graph_format: int = 1  # bump when the code of frozen_graph() changes what is exported (stale exports are redone)
-    _runner = None  # the ONNX Runtime session of the frozen part, once use_backend("onnx") was called
+    _runner = None  # the graph runtime's session of the frozen part, once use_backend(<a graph runtime>) was called
 
     def __init__(self, trainable_template: TrainableEncoder):
         self._template = trainable_template
@@ -61,16 +63,17 @@ class Tower:
         raise NotImplementedError
 
     def use_backend(self, backend: str, log=print) -> str:
-        """Run the frozen part with ``"torch"`` or ``"onnx"`` (exported once into the cache); returns the one used."""
+        """Run the frozen part with ``"torch"`` or a graph runtime (exported once into the cache): returns the backend
+        used, which is torch for a tower with nothing to export."""
         self._runner = None
-        if backend == "onnx" and self.frozen_inputs:
+        if backend in GRAPH_RUNTIMES and self.frozen_inputs:
             graph_id = f"{type(self).__name__} {self.graph_format} {self.cache_id()}"
-            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, log)
-            return "onnx"
+            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, backend, log)
+            return backend
         return "torch"
 
     def run_frozen(self, torch_forward, *inputs: torch.Tensor) -> torch.Tensor:
-        """``torch_forward(*inputs)``, or the same graph on ONNX Runtime when that backend is in use."""
+        """``torch_forward(*inputs)``, or the same graph on the graph runtime in use."""
         if self._runner is not None:
             return self._runner(*inputs)
         return torch_forward(*inputs)

@@ -168,7 +168,7 @@ class ImageTower(Tower):
 class _NormalisedLower(nn.Module):
     """uint8 pixels (B, S, S, 3) -> normalised (B, 3, S, S) in channels-last memory -> the frozen CNN stages.
 
-    Exported as one graph, so ONNX Runtime also does the conversion and normalisation."""
+    Exported as one graph, so the graph runtime also does the conversion and normalisation."""
 
     def __init__(self, stages: nn.Module, mean, std):
         super().__init__()
