@@ -114,6 +114,19 @@ def test_a_runner_returns_arrays_it_does_not_reuse(runtime, tiny_bert_dir):
     assert torch.equal(first, kept)  # the second call did not write into the first call's result
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_runner_serves_concurrent_threads(runtime, tiny_bert_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tower = _text_tower(tiny_bert_dir)
+    tower.use_backend(runtime, log=lambda message: None)
+    inputs = [[text] * (1 + i % 3) for i in range(24) for text in TEXTS[i % 2: i % 2 + 1]]
+    expected = [tower.encode_items(items)["text_hidden"] for items in inputs]
+    with ThreadPoolExecutor(6) as pool:  # what `mmsent serve` does with simultaneous requests
+        got = list(pool.map(lambda items: tower.encode_items(items)["text_hidden"], inputs))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 def test_resolve_backend():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     installed = [name for name in GRAPH_RUNTIMES.names() if runtime_available(name)]

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ class GraphRunner:
 class OpenVinoRunner(GraphRunner):
     """OpenVINO on the CPU. Threads are not pinned to cores: the image-decoding worker process shares them
     (measured on EfficientNet-Lite0: 8.1-8.3 ms an image unpinned, 8.7-9.7 ms pinned). Compiled models are cached
-    beside the exports (compiling MiniLM: 0.6 s the first time, 0.1 s from the cache)."""
+    beside the exports (compiling MiniLM: 0.6 s the first time, 0.1 s from the cache). An infer request is not
+    thread-safe (``mmsent serve`` predicts in a thread pool), so calls take turns on it."""
 
     def __init__(self, path: Path, input_names: tuple[str, ...], threads: int):
         import openvino
@@ -121,13 +123,15 @@ class OpenVinoRunner(GraphRunner):
         self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                "ENABLE_CPU_PINNING": False})
         self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()
         self.output = self.compiled.output(0)
         self.path, self.input_names = path, input_names
         self.used = {name for port in self.compiled.inputs for name in port.get_names()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        result = self.request.infer(feeds)[self.output]
-        return np.array(result, copy=True)  # the request reuses its output buffer on the next call
+        with self.lock:
+            result = self.request.infer(feeds)[self.output]
+            return np.array(result, copy=True)  # the request reuses its output buffer on the next call
 
 
 @GRAPH_RUNTIMES.register("onnx", packages=("onnxruntime",))
