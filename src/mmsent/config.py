@@ -15,7 +15,7 @@ from typing import Any
 
 CONFIG_VERSION = 1
 LABELS = ("negative", "neutral", "positive")
-BACKENDS = ("auto", "torch", "openvino", "onnx")  # what runs the frozen encoders (train.backend): torch, or one of
+BACKENDS = ("auto", "torch", "onnx", "openvino")  # what runs the frozen encoders (train.backend): torch, or one of
 # the graph runtimes of encoders/runtime.py (tests/test_runtime.py checks that the two lists agree)
 MODALITIES = ("all", "image", "text")
 
@@ -123,8 +123,9 @@ class TrainConfig:
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
     backend: str = _opt("auto", flag="--backend", choices=BACKENDS,
-                        help="what runs the frozen encoders: torch, openvino (OpenVINO) or onnx (ONNX Runtime), both "
-                             "CPU only, or auto (on the CPU the first of openvino, onnx that is installed; else torch)")
+                        help="what runs the frozen encoders: torch, onnx (ONNX Runtime) or openvino (OpenVINO: faster, "
+                             "opt-in), both CPU only, or auto (on the CPU the first installed of onnx, openvino; else "
+                             "torch)")
 
 
 @dataclass
