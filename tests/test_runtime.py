@@ -13,7 +13,7 @@ from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig
 from mmsent.data.dataset import open_split
 from mmsent.encoders.image import create_image_tower
 from mmsent.encoders.runtime import (BACKENDS, BackendError, backend_candidates, onnx_available, onnx_path,
-                                     resolve_backend, runtime_available)
+                                     runtime_available)
 from mmsent.encoders.text import create_text_tower
 from mmsent.model import load_towers
 from mmsent.registry import GRAPH_RUNTIMES
@@ -127,18 +127,18 @@ def test_a_runner_serves_concurrent_threads(runtime, tiny_bert_dir):
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-def test_resolve_backend():
+def test_backend_candidates():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     installed = [name for name in GRAPH_RUNTIMES.names() if runtime_available(name)]
     assert backend_candidates("auto", cpu) == installed + ["torch"]
-    assert resolve_backend("auto", cpu) == installed[0]  # onnx at least: the module is skipped without it
-    assert resolve_backend("auto", cuda) == "torch"
-    assert resolve_backend("torch", cpu) == "torch"
+    assert backend_candidates("auto", cpu)[0] == installed[0]  # onnx at least: the module is skipped without it
+    assert backend_candidates("auto", cuda) == ["torch"]
+    assert backend_candidates("torch", cpu) == ["torch"]
     for name in GRAPH_RUNTIMES.names():
         with pytest.raises(BackendError, match="CPU"):
-            resolve_backend(name, cuda)
+            backend_candidates(name, cuda)
     with pytest.raises(BackendError, match="one of"):
-        resolve_backend("tensorrt", cpu)
+        backend_candidates("tensorrt", cpu)
     assert set(BACKENDS) == {"auto", "torch", *GRAPH_RUNTIMES.names()}  # the config's choices and the registry
 
 
@@ -147,7 +147,7 @@ def test_a_missing_runtime_is_named_with_its_packages(monkeypatch):
 
     monkeypatch.setattr(runtime, "runtime_available", lambda name: name != "openvino")
     with pytest.raises(BackendError, match="pip install onnx openvino"):
-        resolve_backend("openvino", torch.device("cpu"))
+        backend_candidates("openvino", torch.device("cpu"))
     assert backend_candidates("auto", torch.device("cpu")) == ["onnx", "torch"]
 
 

@@ -68,10 +68,6 @@ def backend_candidates(backend: str, device: torch.device) -> list[str]:
     return [backend]
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The first of :func:`backend_candidates`: what ``backend`` means here when nothing fails to export."""
-    return backend_candidates(backend, device)[0]
-
 
 @dataclass
 class FrozenGraph:
@@ -97,9 +93,11 @@ class LastHiddenState(nn.Module):
 class GraphRunner:
     """A runtime's session over an exported frozen part: call it with torch tensors, get a torch tensor."""
 
-    path: Path
-    input_names: tuple[str, ...]  # the frozen part's inputs, in call order
-    used: set[str]  # those the graph kept (the exporter drops unused inputs)
+    used: set[str]  # the inputs the graph kept (the exporter drops unused ones); set by each runtime
+
+    def __init__(self, path: Path, input_names: tuple[str, ...]):
+        self.path = path
+        self.input_names = input_names  # the frozen part's inputs, in call order
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -125,7 +123,7 @@ class OnnxRunner(GraphRunner):
         # 67 against 56 images/s on the 2-core CPU).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names, self.path = input_names, path
+        super().__init__(path, input_names)
         self.used = {item.name for item in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,7 +147,7 @@ class OpenVinoRunner(GraphRunner):
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()
         self.output = self.compiled.output(0)
-        self.path, self.input_names = path, input_names
+        super().__init__(path, input_names)
         self.used = {name for port in self.compiled.inputs for name in port.get_names()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
