@@ -30,6 +30,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_backends.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_features.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_cv.py --data $(DATA)
+	@if [ -f $(RUN)/config.json ]; then $(BIN)/python benchmarks/bench_predict.py --run $(RUN) --data $(DATA); \
+	else echo "bench_predict.py skipped: no run in $(RUN) (make run trains one)"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
