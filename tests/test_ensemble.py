@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from mmsent.cli import main
+from mmsent.config import LABELS
+from mmsent.cv import RunError
 from mmsent.data.dataset import open_split
+from mmsent.data.folds import stratified_folds
+from mmsent.data.text import decode_text
 from mmsent.ensemble import read_oof
 from mmsent.predict import LoadedEnsemble, load_run
+from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilities, fit_stacker, lexicon_scores,
+                             lexicon_scores_of_raw, stack_inputs)
 
+from conftest import write_dataset
 from test_cli import _train  # tests/ is on sys.path (pytest rootdir import mode)
 
 
@@ -80,3 +87,86 @@ def test_moved_ensemble_without_its_members_is_a_clear_error(two_runs, tmp_path,
     capsys.readouterr()
     assert main(["predict", "--run", str(moved), "--text", "hello"]) == 2
     assert "member runs not found" in capsys.readouterr().err
+
+
+# ---- --stack: a logistic regression over the members' probabilities and VADER's lexicon scores ------------------
+
+def test_fit_stacker_recovers_a_linear_rule_and_round_trips():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(300, 5))
+    labels = (inputs @ rng.normal(size=(5, 3))).argmax(1)  # a rule the regression can express exactly
+    stacker = fit_stacker(inputs, labels, c=100.0)
+    probs = stacker.probabilities(inputs)
+    assert probs.shape == (300, 3) and np.allclose(probs.sum(1), 1.0)
+    assert (probs.argmax(1) == labels).mean() >= 0.95
+    weak = fit_stacker(inputs, labels, c=1e-4)  # a strong penalty pulls the weights towards zero
+    assert np.abs(weak.weights).sum() < 0.1 * np.abs(stacker.weights).sum()
+    np.testing.assert_allclose(Stacker.from_dict(json.loads(json.dumps(stacker.to_dict()))).probabilities(inputs),
+                               probs)
+    for broken in ({}, {"weights": [[1.0]], "bias": [0.0], "c": 1.0}):
+        with pytest.raises(RunError, match="malformed"):
+            Stacker.from_dict(broken)
+    with pytest.raises(RunError, match="takes 5 inputs"):
+        stacker.probabilities(inputs[:, :4])
+
+
+def test_lexicon_scores_read_sentiment_words():
+    neg, neu, pos, compound = lexicon_scores_of_raw(["What a wonderful, happy day! http://t.co/x", None]).T
+    assert pos[0] > 0.3 and compound[0] > 0.5 and neg[0] == 0.0
+    assert (neg[1], neu[1], pos[1], compound[1]) == (0.0, 0.0, 0.0, 0.0)  # no text: VADER's scores of ""
+
+
+def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_runs, dataset, tmp_path, capsys):
+    first, second = two_runs
+    ens = tmp_path / "stacked"
+    assert main(["ensemble", "--out", str(ens), "--stack", "--data", str(dataset), str(first), str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2 (mean probabilities)" in out and "ensemble of 2 (stacked, cross-fitted)" in out
+    saved = json.loads((ens / "ensemble.json").read_text())
+    assert np.array(saved["stacker"]["weights"]).shape == (3, 2 * 3 + 4)  # two members' 3 log-probs + VADER's 4
+    metrics = json.loads((ens / "metrics.json").read_text())
+    assert metrics["combine"] == "stack" and "averaged_cv" in metrics
+
+    guids, names, probs = read_oof(ens)
+    labels = np.array([LABELS.index(n) for n in names])
+    member_probs = [read_oof(run)[2] for run in (first, second)]
+    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
+    inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))
+    folds = stratified_folds(labels.tolist(), 2, 42)
+    np.testing.assert_allclose(probs, cross_fitted_probabilities(inputs, labels, folds, 1.0), atol=2e-5)
+    assert metrics["out_of_fold"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+    loaded = load_run(ens)
+    assert isinstance(loaded, LoadedEnsemble) and loaded.stacker is not None
+    test = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
+    members = [load_run(run).predict_split(test, log=lambda *a: None) for run in (first, second)]
+    raw = [decode_text(test.read_text_bytes(g)).text for g in test.guids]
+    expected = loaded.stacker.probabilities(stack_inputs(members, lexicon_scores_of_raw(raw)))
+    np.testing.assert_allclose(loaded.predict_split(test, log=lambda *a: None), expected, atol=1e-6)
+    batch = loaded.predict_batch(texts=raw, images=[dataset / "data" / f"{g}.jpg" for g in test.guids])
+    np.testing.assert_allclose([[p.probabilities[n] for n in LABELS] for p in batch], expected, atol=1e-4)
+
+    predictions = tmp_path / "pred.txt"
+    assert main(["predict", "--run", str(ens), "--data", str(dataset), "--out", str(predictions)]) == 0
+    assert "stacked with VADER" in capsys.readouterr().out
+    rows = predictions.read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == [LABELS[i] for i in expected.argmax(1)]
+
+    assert main(["report", "--out", str(tmp_path / "report"), str(ens)]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    stacked_accuracy = f"{metrics['cv']['accuracy_mean']:.4f}"
+    assert any("(stacked, cross-fitted)" in line and stacked_accuracy in line for line in report.splitlines())
+
+
+def test_stack_user_errors_are_one_line(two_runs, dataset, tmp_path, capsys):
+    first, second = two_runs
+    runs = [str(first), str(second)]
+    other = write_dataset(tmp_path / "other", seed=1)  # other posts: not what the runs were trained on
+    for args, message in ((["--stack"], "give --data"), (["--data", str(dataset)], "only read with --stack"),
+                          (["--stack", "--data", str(dataset), "--stack-c", "0"], "must be positive"),
+                          (["--stack", "--data", str(other)], "not the data the members were trained on")):
+        capsys.readouterr()
+        assert main(["ensemble", "--out", str(tmp_path / "ens"), *args, *runs]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

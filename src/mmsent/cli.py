@@ -126,10 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
     report.set_defaults(func=cmd_report)
 
-    ensemble = sub.add_parser("ensemble", help="average the probabilities of finished runs cross-validated on the "
-                                               "same folds -> an ensemble folder that predict and serve take")
+    ensemble = sub.add_parser("ensemble", help="average (or --stack) the probabilities of finished runs "
+                                               "cross-validated on the same folds -> an ensemble folder that predict "
+                                               "and serve take")
     ensemble.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
     ensemble.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders written by 'mmsent train'")
+    ensemble.add_argument("--stack", action="store_true",
+                          help="combine the runs with a logistic regression over their probabilities and VADER's "
+                               "lexicon scores of the text, fitted on their out-of-fold predictions, instead of "
+                               "averaging them (needs --data)")
+    ensemble.add_argument("--data", type=Path, help="with --stack: the data folder the runs were trained on")
+    ensemble.add_argument("--stack-c", type=float, default=1.0, help="with --stack: inverse L2 strength (default 1)")
     ensemble.set_defaults(func=cmd_ensemble)
 
     predict = sub.add_parser("predict", help="one post (--text/--image), or 'guid,tag' for every post of the test "
@@ -252,8 +259,16 @@ def cmd_report(args) -> int:
 
 def cmd_ensemble(args) -> int:
     from .ensemble import build_ensemble, format_ensemble
+    from .predict import RunError
 
-    metrics = build_ensemble(args.runs, args.out)
+    if args.stack and args.data is None:
+        raise RunError("--stack fits on the runs' training texts: give --data, the folder they were trained on")
+    if args.data is not None and not args.stack:
+        raise RunError("--data is only read with --stack")
+    if args.stack_c <= 0:
+        raise RunError(f"--stack-c must be positive, got {args.stack_c}")
+    metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
+                             stack_c=args.stack_c)
     print(format_ensemble(metrics))
     print(f"ensemble saved to {args.out}")
     return 0

@@ -10,7 +10,9 @@ ENS/
   metrics.json           the ensemble's cross-validation metrics (same layout as a run's) + each member's
   oof_predictions.csv    the averaged out-of-fold probabilities
 
-``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles.
+``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles. With ``--stack``
+(:mod:`.stacking`), a logistic regression over the members' probabilities and VADER's lexicon scores combines them
+instead; ensemble.json then also holds the fitted stacker.
 """
 
 from __future__ import annotations
@@ -68,8 +70,28 @@ def _run_identity(run_dir: Path) -> dict:
     return {"folds": config.train.folds, "seed": config.train.seed, "data": data}
 
 
-def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
-    """Average the out-of-fold probabilities of ``run_dirs`` into the ensemble folder ``out_dir``; its metrics."""
+def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray, folds, data_dir: Path,
+           fingerprint: str, c: float, log) -> tuple[np.ndarray, dict]:
+    """Cross-fitted stacked probabilities (N, C) of the training posts, and the stacker fitted on all of them."""
+    from .data.dataset import open_split
+    from .stacking import LEXICON_TEXT_PREP, cross_fitted_probabilities, fit_stacker, lexicon_scores, stack_inputs
+
+    split = open_split(Path(data_dir), Path(data_dir) / "train.txt", labelled=True)
+    if split.fingerprint() != fingerprint:
+        raise RunError(f"{data_dir} is not the data the members were trained on (its train.txt, texts or images "
+                       "differ): give --data the folder they were trained on")
+    texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
+    log(f"stacking: VADER lexicon scores of {len(guids)} training texts, a logistic regression per fold")
+    inputs = stack_inputs(member_probs, lexicon_scores([texts[guid] for guid in guids]))
+    return cross_fitted_probabilities(inputs, labels, folds, c), fit_stacker(inputs, labels, c).to_dict()
+
+
+def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: Path | None = None,
+                   stack_c: float = 1.0) -> dict:
+    """Combine the out-of-fold probabilities of ``run_dirs`` into the ensemble folder ``out_dir``; its metrics.
+
+    The members' probabilities are averaged, or with ``stack_data`` (the data folder they were trained on) stacked
+    (:mod:`.stacking`, inverse L2 strength ``stack_c``)."""
     start = time.perf_counter()
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
@@ -92,9 +114,12 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
         if member_guids != guids or member_names != names:
             raise RunError(f"{run_dir}: its out-of-fold rows differ from those of {run_dirs[0]}")
         member_probs.append(probs)
-    probs = np.mean(member_probs, axis=0)  # (N, C)
+    averaged = np.mean(member_probs, axis=0)  # (N, C)
     labels = np.array([LABELS.index(name) for name in names])
     folds = stratified_folds(labels.tolist(), identities[0]["folds"], identities[0]["seed"])
+    probs, stacker = averaged, None
+    if stack_data is not None:
+        probs, stacker = _stack(member_probs, guids, labels, folds, stack_data, identities[0]["data"], stack_c, log)
 
     def cv_of(p: np.ndarray) -> tuple[dict, list[dict]]:
         rows = []
@@ -110,14 +135,26 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     members = [os.path.relpath(r.resolve(), out_dir.resolve()) for r in run_dirs]
     metrics = {
+        "combine": "stack" if stacker else "mean",
         "cv": cv, "folds": rows, "out_of_fold": classification_metrics(labels, probs.argmax(1)),
         "members": [{"run": member, "cv": cv_of(p)[0]} for member, p in zip(members, member_probs)],
         "wall_seconds": time.perf_counter() - start,
     }
-    atomic_write_json(out_dir / ENSEMBLE_FILE, {"members": members, **identities[0]})
+    if stacker:
+        metrics["averaged_cv"] = cv_of(averaged)[0]  # what the plain mean of the same members gives
+    extra = {"stacker": stacker} if stacker else {}
+    atomic_write_json(out_dir / ENSEMBLE_FILE, {"members": members, **identities[0], **extra})
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_oof(out_dir / OOF_FILE, guids, names, probs)
     return metrics
+
+
+def read_stacker(ensemble_dir: Path):
+    """The ensemble's fitted :class:`~.stacking.Stacker`, or None where its members are averaged."""
+    from .stacking import Stacker
+
+    data = json.loads((Path(ensemble_dir) / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+    return Stacker.from_dict(data["stacker"]) if isinstance(data, dict) and "stacker" in data else None
 
 
 def member_dirs(ensemble_dir: Path) -> list[Path]:
@@ -144,4 +181,9 @@ def format_ensemble(metrics: dict) -> str:
                 f"{cv['weighted_f1_mean']:.4f}  macro F1 {cv['macro_f1_mean']:.4f}")
 
     lines = [line(member["run"], member["cv"]) for member in metrics["members"]]
-    return "\n".join(lines + [line(f"ensemble of {len(lines)} (mean probabilities)", metrics["cv"])])
+    if metrics.get("combine") == "stack":
+        lines.append(line(f"ensemble of {len(lines)} (mean probabilities)", metrics["averaged_cv"]))
+        lines.append(line(f"ensemble of {len(metrics['members'])} (stacked, cross-fitted)", metrics["cv"]))
+    else:
+        lines.append(line(f"ensemble of {len(lines)} (mean probabilities)", metrics["cv"]))
+    return "\n".join(lines)

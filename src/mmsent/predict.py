@@ -15,9 +15,10 @@ from PIL import Image
 from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
 from .cv import RunError, compute_features
 from .data.dataset import Split, open_split
-from .data.text import clean_text
+from .data.text import clean_text, decode_text
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, load_towers
+from .stacking import Stacker
 from .training import FeatureBatches, ensemble_probs, resolve_device
 
 
@@ -213,10 +214,12 @@ class LoadedRun(Predictor):
 
 @dataclass
 class LoadedEnsemble(Predictor):
-    """Several runs (``mmsent ensemble``) whose class probabilities are averaged."""
+    """Several runs (``mmsent ensemble``) whose class probabilities are averaged, or combined by the ensemble's
+    stacker (:mod:`.stacking`) where it has one."""
 
     members: list[LoadedRun]
     run_dir: Path | None = None
+    stacker: Stacker | None = None
 
     @property
     def models(self) -> list[MultimodalClassifier]:
@@ -229,13 +232,24 @@ class LoadedEnsemble(Predictor):
 
     @property
     def description(self) -> str:
-        return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models"
+        stacked = ", stacked with VADER's lexicon scores" if self.stacker else ""
+        return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models{stacked}"
+
+    def _combine(self, member_probs: list[np.ndarray], texts) -> np.ndarray:
+        """Members' probabilities [(N, 3), ...] -> the ensemble's (N, 3); ``texts()`` gives the raw texts."""
+        if self.stacker is None:
+            return np.mean(member_probs, axis=0)
+        from .stacking import lexicon_scores_of_raw, stack_inputs
+
+        return self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(texts())))
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
-        return np.mean([member.predict_split(split, log) for member in self.members], axis=0)
+        return self._combine([member.predict_split(split, log) for member in self.members],
+                             lambda: [decode_text(raw).text if raw is not None else None
+                                      for raw in map(split.read_text_bytes, split.guids)])
 
     def _batch_probs(self, texts, images, n):
-        return np.mean([member._batch_probs(texts, images, n) for member in self.members], axis=0)
+        return self._combine([member._batch_probs(texts, images, n) for member in self.members], lambda: texts)
 
 
 def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
@@ -243,13 +257,14 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     :class:`LoadedEnsemble` of its member runs).
 
     ``backend``: what runs the frozen encoders (one of ``config.BACKENDS``); None = the run's ``train.backend``."""
-    from .ensemble import is_ensemble, member_dirs
+    from .ensemble import is_ensemble, member_dirs, read_stacker
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
     if is_ensemble(run_dir):
-        return LoadedEnsemble([load_run(member, device, backend) for member in member_dirs(run_dir)], run_dir)
+        return LoadedEnsemble([load_run(member, device, backend) for member in member_dirs(run_dir)], run_dir,
+                              read_stacker(run_dir))
     config = read_run_config(run_dir)
     if backend is not None:
         config.train.backend = backend

@@ -175,7 +175,12 @@ def ensemble_section(folder: Path) -> Section:
     metrics = _read_json(folder / "metrics.json")
     section = Section(f"ensemble {folder.name}")
     rows = [{"run": m["run"], **m["cv"]} for m in metrics["members"]]
-    rows.append({"run": f"ensemble of {len(metrics['members'])} (mean probabilities)", **metrics["cv"]})
+    n = len(metrics["members"])
+    if metrics.get("combine") == "stack":  # mmsent ensemble --stack: the plain mean for comparison, then the stack
+        rows.append({"run": f"ensemble of {n} (mean probabilities)", **metrics["averaged_cv"]})
+        rows.append({"run": f"ensemble of {n} (stacked, cross-fitted)", **metrics["cv"]})
+    else:
+        rows.append({"run": f"ensemble of {n} (mean probabilities)", **metrics["cv"]})
     section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
                                                                   f"{r['accuracy_std']:.4f}",
                                      "weighted F1": f"{r['weighted_f1_mean']:.4f}",
