@@ -18,7 +18,7 @@ from .data.dataset import Split, open_split
 from .data.text import clean_text, decode_text
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, load_towers
-from .stacking import Stacker
+from .stacking import Stacker, lexicon_scores_of_raw, stack_inputs
 from .training import FeatureBatches, ensemble_probs, resolve_device
 
 
@@ -235,13 +235,12 @@ class LoadedEnsemble(Predictor):
         stacked = ", stacked with VADER's lexicon scores" if self.stacker else ""
         return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models{stacked}"
 
-    def _combine(self, member_probs: list[np.ndarray], texts) -> np.ndarray:
-        """Members' probabilities [(N, 3), ...] -> the ensemble's (N, 3); ``texts()`` gives the raw texts."""
+    def _combine(self, member_probs: list[np.ndarray], read_raw_texts) -> np.ndarray:
+        """Members' probabilities [(N, 3), ...] -> the ensemble's (N, 3). ``read_raw_texts()`` gives the posts' raw
+        texts (None: no text), read only by a stacker."""
         if self.stacker is None:
             return np.mean(member_probs, axis=0)
-        from .stacking import lexicon_scores_of_raw, stack_inputs
-
-        return self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(texts())))
+        return self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(read_raw_texts())))
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
         return self._combine([member.predict_split(split, log) for member in self.members],
