@@ -174,16 +174,19 @@ def member_dirs(ensemble_dir: Path) -> list[Path]:
     return dirs
 
 
+def summary_rows(metrics: dict) -> list[tuple[str, dict]]:
+    """(name, CV summary) of each member, then of the ensemble: with ``--stack``, the plain mean of the same
+    members first, for comparison, then the stack."""
+    rows = [(member["run"], member["cv"]) for member in metrics["members"]]
+    n = len(metrics["members"])
+    if metrics.get("combine") == "stack":
+        return rows + [(f"ensemble of {n} (mean probabilities)", metrics["averaged_cv"]),
+                       (f"ensemble of {n} (stacked, cross-fitted)", metrics["cv"])]
+    return rows + [(f"ensemble of {n} (mean probabilities)", metrics["cv"])]
+
+
 def format_ensemble(metrics: dict) -> str:
     """A table of each member's and the ensemble's CV metrics."""
-    def line(name, cv):
-        return (f"{name:40s} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  weighted F1 "
-                f"{cv['weighted_f1_mean']:.4f}  macro F1 {cv['macro_f1_mean']:.4f}")
-
-    lines = [line(member["run"], member["cv"]) for member in metrics["members"]]
-    if metrics.get("combine") == "stack":
-        lines.append(line(f"ensemble of {len(lines)} (mean probabilities)", metrics["averaged_cv"]))
-        lines.append(line(f"ensemble of {len(metrics['members'])} (stacked, cross-fitted)", metrics["cv"]))
-    else:
-        lines.append(line(f"ensemble of {len(lines)} (mean probabilities)", metrics["cv"]))
-    return "\n".join(lines)
+    return "\n".join(f"{name:40s} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  weighted F1 "
+                     f"{cv['weighted_f1_mean']:.4f}  macro F1 {cv['macro_f1_mean']:.4f}"
+                     for name, cv in summary_rows(metrics))

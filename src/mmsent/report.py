@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
-from .ensemble import is_ensemble
+from .ensemble import is_ensemble, summary_rows
 from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
 
@@ -174,13 +174,7 @@ def ensemble_section(folder: Path) -> Section:
     """An ensemble folder (``mmsent ensemble``): each member's CV and the ensemble's, its confusion matrix."""
     metrics = _read_json(folder / "metrics.json")
     section = Section(f"ensemble {folder.name}")
-    rows = [{"run": m["run"], **m["cv"]} for m in metrics["members"]]
-    n = len(metrics["members"])
-    if metrics.get("combine") == "stack":  # mmsent ensemble --stack: the plain mean for comparison, then the stack
-        rows.append({"run": f"ensemble of {n} (mean probabilities)", **metrics["averaged_cv"]})
-        rows.append({"run": f"ensemble of {n} (stacked, cross-fitted)", **metrics["cv"]})
-    else:
-        rows.append({"run": f"ensemble of {n} (mean probabilities)", **metrics["cv"]})
+    rows = [{"run": name, **cv} for name, cv in summary_rows(metrics)]
     section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
                                                                   f"{r['accuracy_std']:.4f}",
                                      "weighted F1": f"{r['weighted_f1_mean']:.4f}",

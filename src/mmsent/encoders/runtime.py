@@ -68,7 +68,6 @@ def backend_candidates(backend: str, device: torch.device) -> list[str]:
     return [backend]
 
 
-
 @dataclass
 class FrozenGraph:
     """A tower's frozen part as a module from tensors to one tensor, with example inputs to trace it."""
