@@ -6,7 +6,7 @@ RUN    ?= runs/default
 ARGS   ?=
 BIN     = $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_cv.py --data $(DATA)
 	@if [ -f $(RUN)/config.json ]; then $(BIN)/python benchmarks/bench_predict.py --run $(RUN) --data $(DATA); \
 	else echo "bench_predict.py skipped: no run in $(RUN) (make run trains one)"; fi
+
+bench-gpu: setup  # on a machine with a CUDA GPU: pytest -m gpu, then the frozen default and --profile quality
+	PATH=$(BIN):$$PATH bash benchmarks/bench_gpu.sh all $(DATA)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
