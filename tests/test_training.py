@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmsent.config import TrainConfig
-from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, probabilities
+from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, create_loss, probabilities
 from mmsent.metrics import classification_metrics
 from mmsent.training import FeatureBatches, fit, predict_probs
 
@@ -91,6 +91,42 @@ def test_cross_entropy_and_probabilities():
     for name in ("focal", "cross_entropy"):
         p = probabilities(name, logits)
         assert torch.allclose(p.sum(1), torch.ones(4)) and (p >= 0).all()
+
+
+def test_class_weights_and_logit_adjustment_match_their_formulas():
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 2, 2])
+    counts = torch.tensor([10, 30, 60])  # the training fold's posts per class
+    balanced = create_loss(TrainConfig(class_weight_power=1.0), counts)
+    weight = 100 / (3 * counts.float())  # rarer classes weigh more
+    assert torch.allclose(balanced(logits, targets), F.cross_entropy(logits, targets, weight=weight))
+    half = create_loss(TrainConfig(class_weight_power=0.5), counts)
+    assert torch.allclose(half(logits, targets), F.cross_entropy(logits, targets, weight=weight.sqrt()))
+    adjusted = create_loss(TrainConfig(logit_adjustment=1.0), counts)
+    prior = counts.float() / 100
+    assert torch.allclose(adjusted(logits, targets), F.cross_entropy(logits + prior.log(), targets))
+    focal = create_loss(TrainConfig(loss="focal", logit_adjustment=2.0), counts)
+    plain_focal = SigmoidFocalLoss(TrainConfig())
+    assert torch.allclose(focal(logits, targets), plain_focal(logits + 2 * prior.log(), targets))
+    assert torch.allclose(create_loss(TrainConfig(), counts)(logits, targets), F.cross_entropy(logits, targets))
+    with pytest.raises(ValueError, match="focal_alpha"):
+        create_loss(TrainConfig(loss="focal", class_weight_power=1.0), counts)
+    with pytest.raises(ValueError, match="logit_adjustment must be >= 0"):
+        create_loss(TrainConfig(logit_adjustment=-1.0), counts)
+
+
+def test_logit_adjustment_moves_predictions_toward_the_rare_class():
+    """Trained with the prior's log added to its logits, a model's plain logits favour the rare class more."""
+    torch.manual_seed(0)
+    n = 300
+    labels = torch.tensor([0] * 30 + [2] * 270)  # class 0 rare, class 1 absent
+    x = torch.randn(n, 4)  # the features carry no signal: only the prior can be learnt
+    rare_share = []
+    for tau in (0.0, 1.0):
+        config = TrainConfig(epochs=5, patience=10, batch_size=32, lr=0.05, warmup_ratio=0.0, logit_adjustment=tau)
+        torch.manual_seed(0)
+        result = fit(_Linear(), {"x": x}, labels, np.arange(n), np.arange(n), config, torch.device("cpu"))
+        rare_share.append(float(result.val_probs[:, 0].mean()))
+    assert rare_share[0] < 0.2 < rare_share[1]  # about the prior 0.1 without, much more with the adjustment
 
 
 def test_metrics_on_a_known_confusion():

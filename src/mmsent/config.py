@@ -117,6 +117,11 @@ class TrainConfig:
     focal_gamma: float = _opt(2.0, help="focal loss focusing parameter")
     focal_alpha: list = _opt(list, help="per-class focal alpha in label order (empty = 0.25 for every class)")
     label_smoothing: float = _opt(0.0, help="cross-entropy label smoothing")
+    class_weight_power: float = _opt(0.0, help="cross-entropy weight of each class: (N / (classes * n_class)) ** power, "
+                                               "counted on the training fold; 0 = off, 1 = balanced")
+    logit_adjustment: float = _opt(0.0, help="train on logits + this * log(class prior of the training fold) "
+                                             "(logit-adjusted loss, Menon et al. 2021); predictions use the plain "
+                                             "logits; 0 = off")
     ema_decay: float = _opt(0.0, help="validate and keep an exponential moving average of the weights, updated every "
                                       "step with this decay (e.g. 0.99); 0 = off")
     seed: int = _opt(42, flag="--seed")

@@ -1,4 +1,5 @@
-"""Losses registered by name: sigmoid focal loss (per-class alpha) and cross-entropy."""
+"""Losses registered by name: sigmoid focal loss (per-class alpha) and cross-entropy (label smoothing, class
+weights); either can be logit-adjusted by the training fold's class prior."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ class SigmoidFocalLoss(nn.Module):
     ``alpha`` weights the positive term per class (default 0.25 for each), ``gamma`` down-weights easy examples.
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, class_counts: torch.Tensor | None = None):
         super().__init__()
+        if config.class_weight_power:
+            raise ValueError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
+                             "with train.focal_alpha")
         alpha = config.focal_alpha or [0.25] * len(LABELS)
         if len(alpha) != len(LABELS):
             raise ValueError(f"focal_alpha needs {len(LABELS)} values (one per label), got {len(alpha)}")
@@ -36,18 +40,44 @@ class SigmoidFocalLoss(nn.Module):
 
 @LOSSES.register("cross_entropy")
 class CrossEntropyLoss(nn.Module):
-    """Softmax cross-entropy with optional label smoothing."""
+    """Softmax cross-entropy with optional label smoothing and class weights (N / (C * n_c)) ** power."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, class_counts: torch.Tensor | None = None):
         super().__init__()
         self.smoothing = config.label_smoothing
+        weight = None
+        if config.class_weight_power and class_counts is not None:
+            counts = torch.as_tensor(class_counts).float().clamp_min(1)  # (C,)
+            weight = (counts.sum() / (len(counts) * counts)) ** config.class_weight_power
+        self.register_buffer("weight", weight)
 
     def forward(self, logits, targets):
-        return F.cross_entropy(logits, targets, label_smoothing=self.smoothing)
+        return F.cross_entropy(logits, targets, weight=self.weight, label_smoothing=self.smoothing)
 
 
-def create_loss(config: TrainConfig) -> nn.Module:
-    return LOSSES.create(config.loss, config)
+class LogitAdjusted(nn.Module):
+    """``loss(logits + tau * log(prior), targets)``: training pushes the rare classes' margins up, and the plain
+    logits, which predictions use, then favour them less than the prior would (Menon et al., ICLR 2021)."""
+
+    def __init__(self, loss: nn.Module, tau: float, class_counts: torch.Tensor):
+        super().__init__()
+        self.loss = loss
+        prior = class_counts.float().clamp_min(1) / class_counts.sum().clamp_min(1)  # (C,)
+        self.register_buffer("offset", tau * prior.log())
+
+    def forward(self, logits, targets):  # (B, C), (B,)
+        return self.loss(logits + self.offset, targets)
+
+
+def create_loss(config: TrainConfig, class_counts: torch.Tensor | None = None) -> nn.Module:
+    """The loss ``config.loss`` names; ``class_counts`` (C,): the training fold's posts per class (default: equal),
+    read by class weights and logit adjustment."""
+    for name in ("class_weight_power", "logit_adjustment"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"train.{name} must be >= 0, got {getattr(config, name)}")
+    counts = torch.ones(len(LABELS)) if class_counts is None else torch.as_tensor(class_counts)
+    loss = LOSSES.create(config.loss, config, counts)
+    return LogitAdjusted(loss, config.logit_adjustment, counts) if config.logit_adjustment else loss
 
 
 def probabilities(loss_name: str, logits: torch.Tensor) -> torch.Tensor:

@@ -224,7 +224,8 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
     ends exactly as an uninterrupted run would.
     """
     model.to(device)
-    loss_fn = create_loss(config).to(device)
+    train_labels = labels[torch.as_tensor(np.asarray(train_idx))]
+    loss_fn = create_loss(config, torch.bincount(train_labels, minlength=len(LABELS))).to(device)
     encoder_params = {id(p) for p in model.encoder_parameters()}
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_params], "lr": config.lr},
