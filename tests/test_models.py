@@ -149,3 +149,32 @@ def test_every_family_fusion_and_modality(family, modality, fusion, dataset, fam
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
     assert not missing, f"parameters without a gradient: {missing}"
+
+
+def test_layer_lr_decay_gives_each_encoder_layer_its_rate(tiny_bert_dir):
+    """train.layer_lr_decay: the top trained layer of each encoder learns at encoder_lr, each one below at a
+    further factor; the fusion and head keep train.lr; every trainable parameter is in exactly one group."""
+    from mmsent.training import _parameter_groups
+
+    config = RunConfig()
+    config.text.name, config.text.train_layers, config.text.max_length = tiny_bert_dir, 2, 16
+    config.image.train_layers, config.image.image_size = 3, 32  # the top 3 of Lite0's 18 stages
+    config.fusion.dim, config.fusion.ffn_dim = 16, 32
+    config.train.lr, config.train.encoder_lr, config.train.layer_lr_decay = 1e-3, 1e-4, 0.5
+    model = MultimodalClassifier(config, build_towers(config))
+    groups = _parameter_groups(model, config.train)
+    rates = sorted(g["lr"] for g in groups)
+    assert rates == pytest.approx([2.5e-5, 5e-5, 1e-4, 1e-3])  # depths 2 (image only), 1, 0; the head
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(by_id) == len(trainable) == sum(len(g["params"]) for g in groups)
+    text_layers = model.text_encoder.encoder.layer  # the 2 trained BERT layers, bottom first
+    assert by_id[id(next(text_layers[1].parameters()))] == pytest.approx(1e-4)
+    assert by_id[id(next(text_layers[0].parameters()))] == pytest.approx(5e-5)
+    assert by_id[id(next(model.image_encoder.stages[0].parameters()))] == pytest.approx(2.5e-5)
+    assert by_id[id(next(model.head.parameters()))] == pytest.approx(1e-3)
+    config.train.layer_lr_decay = 1.0  # off: one encoder group at encoder_lr, as before the option existed
+    assert sorted(g["lr"] for g in _parameter_groups(model, config.train)) == pytest.approx([1e-4, 1e-3])
+    config.train.layer_lr_decay = 0.0
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        _parameter_groups(model, config.train)

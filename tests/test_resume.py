@@ -194,7 +194,7 @@ class _Dropout(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))
 
-    def encoder_parameters(self):
+    def encoder_parameter_groups(self):
         return []
 
     def forward(self, batch):

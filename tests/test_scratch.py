@@ -143,5 +143,5 @@ def test_tiny_custom_model_overfits_a_handful_of_examples(dataset):
 
 def test_scratch_encoders_train_at_the_head_learning_rate():
     model = MultimodalClassifier(_tiny_run_config(), build_towers(_tiny_run_config()))
-    assert model.encoder_parameters() == []  # train.encoder_lr is for pretrained layers only
+    assert model.encoder_parameter_groups() == []  # train.encoder_lr is for pretrained layers only
     assert not model.text_encoder.pretrained and not model.image_encoder.pretrained

@@ -145,7 +145,7 @@ class _Linear(nn.Module):
         super().__init__()
         self.layer = nn.Linear(4, 3)
 
-    def encoder_parameters(self):
+    def encoder_parameter_groups(self):
         return []
 
     def forward(self, batch):
@@ -178,7 +178,7 @@ def test_ema_weights_are_validated_and_kept():
             super().__init__()
             self.net = torch.nn.Linear(4, 3)
 
-        def encoder_parameters(self):
+        def encoder_parameter_groups(self):
             return []
 
         def forward(self, batch):

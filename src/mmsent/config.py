@@ -110,6 +110,8 @@ class TrainConfig:
     batch_size: int = _opt(32, flag="--batch-size")
     lr: float = _opt(3e-4, flag="--lr", help="learning rate of the fusion and head")
     encoder_lr: float = _opt(5e-5, flag="--encoder-lr", help="learning rate of fine-tuned encoder layers")
+    layer_lr_decay: float = _opt(1.0, help="layer-wise learning-rate decay: a fine-tuned encoder layer d layers below "
+                                           "its encoder's top one learns at encoder_lr * this ** d; 1 = off")
     weight_decay: float = _opt(0.01, flag="--weight-decay")
     optimizer: str = _opt("adamw", flag="--optimizer", help="adam or adamw")
     warmup_ratio: float = _opt(0.1, help="share of steps with linear warm-up, then cosine decay")

@@ -127,10 +127,17 @@ class MultimodalClassifier(nn.Module):
             nn.Linear(dim, len(LABELS)),
         )
 
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters of pretrained encoders (they get ``train.encoder_lr``; the rest ``train.lr``)."""
+    def encoder_parameter_groups(self) -> list[tuple[int, list[nn.Parameter]]]:
+        """Trainable parameters of pretrained encoders, layer by layer: (depth below the encoder's top layer,
+        parameters). They learn at ``train.encoder_lr * train.layer_lr_decay ** depth``; the rest at ``train.lr``."""
         encoders = [e for e in (self.text_encoder, self.image_encoder) if e is not None and e.pretrained]
-        return [p for e in encoders for p in e.parameters() if p.requires_grad]
+        groups = []
+        for encoder in encoders:
+            for depth, layer in enumerate(encoder.layers_top_first()):
+                trainable = [p for p in layer if p.requires_grad]
+                if trainable:
+                    groups.append((depth, trainable))
+        return groups
 
     def _image_tokens(self, features):
         tokens, mask = self.image_encoder(features)

@@ -202,6 +202,20 @@ def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
         return OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay)
 
 
+def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Optimizer groups: the fusion and head at ``lr``; pretrained encoder layers at ``encoder_lr`` times
+    ``layer_lr_decay`` to the power of their depth below their encoder's top layer (one group per rate)."""
+    if not 0 < config.layer_lr_decay <= 1:
+        raise ValueError(f"train.layer_lr_decay must be in (0, 1], got {config.layer_lr_decay}")
+    by_rate: dict[float, list[nn.Parameter]] = {}
+    for depth, params in model.encoder_parameter_groups():
+        by_rate.setdefault(config.encoder_lr * config.layer_lr_decay ** depth, []).extend(params)
+    in_encoders = {id(p) for params in by_rate.values() for p in params}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoders]
+    groups = [{"params": head, "lr": config.lr}] + [{"params": p, "lr": lr} for lr, p in by_rate.items()]
+    return [g for g in groups if g["params"]]
+
+
 def _make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     """An exponential moving average of ``model``'s weights and buffers (None when ``decay`` is 0)."""
     if not decay:
@@ -226,12 +240,7 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
     model.to(device)
     train_labels = labels[torch.as_tensor(np.asarray(train_idx))]
     loss_fn = create_loss(config, torch.bincount(train_labels, minlength=len(LABELS))).to(device)
-    encoder_params = {id(p) for p in model.encoder_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_params], "lr": config.lr},
-        {"params": [p for p in model.parameters() if id(p) in encoder_params], "lr": config.encoder_lr},
-    ]
-    groups = [g for g in groups if g["params"]]
+    groups = _parameter_groups(model, config)
     optimizer = _make_optimizer(config, groups)
     on_gpu = device.type == "cuda"
     if on_gpu:

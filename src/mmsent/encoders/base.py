@@ -37,6 +37,11 @@ class TrainableEncoder(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def layers_top_first(self) -> list[list[nn.Parameter]]:
+        """The parameters layer by layer, the top layer first (for layer-wise learning rates); by default one
+        layer holding them all."""
+        return [list(self.parameters())]
+
     def freeze(self) -> "TrainableEncoder":
         """Stop training this part too (its parameters get no gradient)."""
         for parameter in self.parameters():

@@ -116,6 +116,9 @@ class StagesUpper(TrainableEncoder):
         self.takes_pixels = takes_pixels
         self.out_dim = out_dim
 
+    def layers_top_first(self):
+        return [list(stage.parameters()) for stage in reversed(self.stages)]
+
     def forward(self, features):
         x = features["image_input"]
         if self.takes_pixels:

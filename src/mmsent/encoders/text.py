@@ -55,6 +55,16 @@ class TransformerUpper(TrainableEncoder):
         self.encoder = encoder
         self.out_dim = hidden_size
 
+    def layers_top_first(self):
+        if self.encoder is None:
+            return []
+        _, layers = _layer_stack(self)  # self.encoder.layer
+        in_layers = {id(p) for layer in layers for p in layer.parameters()}
+        shared = [p for p in self.encoder.parameters() if id(p) not in in_layers]  # e.g. MPNet's position bias
+        groups = [list(layer.parameters()) for layer in reversed(layers)]
+        groups[-1] += shared  # with the lowest trained layer
+        return groups
+
     def forward(self, features):
         hidden = features["text_hidden"].float()  # (B, T, D)
         mask = features["text_mask"]  # (B, T) bool
