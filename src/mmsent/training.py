@@ -210,9 +210,10 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     by_rate: dict[float, list[nn.Parameter]] = {}
     for depth, params in model.encoder_parameter_groups():
         by_rate.setdefault(config.encoder_lr * config.layer_lr_decay ** depth, []).extend(params)
-    in_encoders = {id(p) for params in by_rate.values() for p in params}
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoders]
-    groups = [{"params": head, "lr": config.lr}] + [{"params": p, "lr": lr} for lr, p in by_rate.items()]
+    rate_of = {id(p): lr for lr, params in by_rate.items() for p in params}
+    trainable = [p for p in model.parameters() if p.requires_grad]  # each group keeps this order (checkpoints)
+    groups = [{"params": [p for p in trainable if id(p) not in rate_of], "lr": config.lr}]
+    groups += [{"params": [p for p in trainable if rate_of.get(id(p)) == lr], "lr": lr} for lr in by_rate]
     return [g for g in groups if g["params"]]
 
 
