@@ -47,12 +47,17 @@ class CrossEntropyLoss(nn.Module):
         self.smoothing = config.label_smoothing
         weight = None
         if config.class_weight_power and class_counts is not None:
-            counts = torch.as_tensor(class_counts).float().clamp_min(1)  # (C,)
+            counts = _nonzero_counts(class_counts)  # (C,)
             weight = (counts.sum() / (len(counts) * counts)) ** config.class_weight_power
         self.register_buffer("weight", weight)
 
     def forward(self, logits, targets):
         return F.cross_entropy(logits, targets, weight=self.weight, label_smoothing=self.smoothing)
+
+
+def _nonzero_counts(class_counts) -> torch.Tensor:
+    """Posts per class (C,) as floats, a class absent from the training fold counted once (no division by 0)."""
+    return torch.as_tensor(class_counts).float().clamp_min(1)
 
 
 class LogitAdjusted(nn.Module):
@@ -62,7 +67,8 @@ class LogitAdjusted(nn.Module):
     def __init__(self, loss: nn.Module, tau: float, class_counts: torch.Tensor):
         super().__init__()
         self.loss = loss
-        prior = class_counts.float().clamp_min(1) / class_counts.sum().clamp_min(1)  # (C,)
+        counts = _nonzero_counts(class_counts)
+        prior = counts / counts.sum()  # (C,)
         self.register_buffer("offset", tau * prior.log())
 
     def forward(self, logits, targets):  # (B, C), (B,)
