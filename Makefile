@@ -24,7 +24,7 @@ run: setup
 	$(BIN)/mmsent predict --run $(RUN) --data $(DATA) --out $(RUN)/predictions.txt
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs  # -rs: every skipped test (README blocks too) with its reason
 
 bench: setup
 	$(BIN)/python benchmarks/bench_backends.py --data $(DATA)

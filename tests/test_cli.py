@@ -97,6 +97,40 @@ def test_user_errors_are_one_line(tmp_path, capsys, dataset):
     assert "run folder not found" in capsys.readouterr().err
 
 
+def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, capsys, tmp_path):
+    """An exception that is not a UserError (here a ValueError from inside a command, as a bug would raise) shows
+    its traceback and exits 3; a user's error exits 2 with one line and no traceback."""
+    from mmsent import cli
+
+    def broken(args):
+        raise ValueError("an internal value went wrong")
+
+    monkeypatch.setattr(cli, "cmd_config", broken)
+    assert main(["config"]) == cli.INTERNAL_ERROR == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert "internal error (ValueError): this is a bug in mmsent" in err
+
+    assert main(["report", "--out", str(tmp_path / "r"), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "not a folder" in err
+
+
+def test_the_public_load_run_takes_what_serve_passes(dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
+    """``mmsent serve`` loads its run through the public ``mmsent.load_run`` with a device and a backend."""
+    import inspect
+
+    import mmsent
+    from mmsent import predict
+
+    assert inspect.signature(mmsent.load_run).parameters.keys() == inspect.signature(predict.load_run).parameters.keys()
+    run = tmp_path / "run"
+    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    model = mmsent.load_run(run, device="cpu", backend="torch")
+    assert model.config.train.backend == "torch"
+    assert model.towers.text._runner is None and model.towers.image._runner is None  # torch runs the encoders
+
+
 class _Boom:
     def __reduce__(self):
         return (Path.write_text, (Path("/tmp/mmsent-pwned-marker"), "pwned"))

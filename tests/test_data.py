@@ -419,12 +419,14 @@ def test_folds_reproducible_by_seed():
     assert as_lists(stratified_folds(FOLD_LABELS, 5, seed=3)) != as_lists(stratified_folds(FOLD_LABELS, 5, seed=4))
 
 
-@pytest.mark.parametrize("labels, k", [
-    ([0] * 10 + [1] * 4, 5), ([0, 1, 0, 1], 3), ([0] * 10, 1),
-    ([], 2),
+@pytest.mark.parametrize("labels, k, message", [
+    ([0] * 10 + [1] * 4, 5, "at least 5 examples"), ([0, 1, 0, 1], 3, "at least 3 examples"),
+    ([0] * 10, 1, "at least 2"), ([], 2, "no labelled posts"),
 ])
-def test_folds_refuse_too_few_examples(labels, k):
-    with pytest.raises(ValueError):
+def test_folds_refuse_too_few_examples(labels, k, message):
+    from mmsent.errors import UserError
+
+    with pytest.raises(UserError, match=message):  # the user's to fix: one line from the CLI, not a traceback
         stratified_folds(labels, k, seed=0)
 
 

@@ -19,8 +19,12 @@ from mmsent.model import load_towers
 from mmsent.registry import GRAPH_RUNTIMES
 
 pytestmark = pytest.mark.skipif(not onnx_available(), reason="needs onnxruntime and onnx")
-RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(not runtime_available(name), reason=f"{name} not installed"))
+# Each graph runtime as a parameter; OpenVINO's tests carry the ``openvino`` marker (an optional package).
+RUNTIMES = [pytest.param(name, marks=[pytest.mark.skipif(not runtime_available(name), reason=f"{name} not installed")]
+                         + ([pytest.mark.openvino] if name == "openvino" else []))
             for name in GRAPH_RUNTIMES.names()]
+needs_openvino = [pytest.mark.openvino,
+                  pytest.mark.skipif(not runtime_available("openvino"), reason="openvino not installed")]
 
 TEXTS = ["a happy day at the beach", "not good", "", "the the the the the the the the the the the the the"]
 
@@ -125,6 +129,65 @@ def test_a_runner_serves_concurrent_threads(runtime, tiny_bert_dir):
     with ThreadPoolExecutor(6) as pool:  # what `mmsent serve` does with simultaneous requests
         got = list(pool.map(lambda items: tower.encode_items(items)["text_hidden"], inputs))
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_runtime_computes_in_f32_unless_asked(runtime, tiny_bert_dir):
+    tower = _text_tower(tiny_bert_dir)
+    tower.use_backend(runtime, log=lambda message: None)
+    assert tower._runner.precision == "f32" and tower.inference_precision == "f32"
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_openvino)])
+def test_openvino_is_told_f32_and_compiles_f32(_, monkeypatch, tiny_bert_dir):
+    """OpenVINO's CPU plugin lowers to bf16 by default where the CPU has bf16: the precision must be asked for
+    explicitly (checked on the call, so this fails on any CPU) and be what the compiled model reports."""
+    import openvino
+
+    asked = []
+    real_compile = openvino.Core.compile_model
+
+    def spy(core, model, device, config=None):
+        asked.append(dict(config or {}))
+        return real_compile(core, model, device, config or {})
+
+    monkeypatch.setattr(openvino.Core, "compile_model", spy)
+    tower = _text_tower(tiny_bert_dir)
+    tower.use_backend("openvino", log=lambda message: None)
+    assert [config.get("INFERENCE_PRECISION_HINT") for config in asked] == ["f32"]
+    assert tower._runner.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_openvino)])
+def test_bf16_is_opt_in_and_keyed_apart_in_the_feature_cache(_, tiny_bert_dir):
+    import openvino
+
+    from mmsent.features import cache_key
+    from mmsent.config import TextPrepConfig
+
+    f32_tower, plain_tower = _text_tower(tiny_bert_dir), _text_tower(tiny_bert_dir)
+    f32_tower.use_backend("openvino", log=lambda message: None)
+    f32_key = cache_key(f32_tower, "data", TextPrepConfig())
+    assert f32_key == cache_key(plain_tower, "data", TextPrepConfig())  # f32 keys are those of torch (and older runs)
+    bf16_tower = _text_tower(tiny_bert_dir)
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(BackendError, match="no bf16 instructions"):
+            bf16_tower.use_backend("openvino", log=lambda message: None, precision="bf16")
+        return
+    bf16_tower.use_backend("openvino", log=lambda message: None, precision="bf16")
+    assert bf16_tower._runner.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    assert bf16_tower.inference_precision == "bf16"
+    assert cache_key(bf16_tower, "data", TextPrepConfig()) != f32_key
+
+
+def test_reduced_precision_needs_a_runtime_that_offers_it():
+    cpu = torch.device("cpu")
+    for backend in ("auto", "torch", "onnx"):
+        with pytest.raises(BackendError, match="--inference-precision bf16 runs only on --backend openvino"):
+            backend_candidates(backend, cpu, "bf16")
+    assert backend_candidates("openvino", cpu, "bf16") == ["openvino"] if runtime_available("openvino") else True
+    with pytest.raises(BackendError, match="one of f32, bf16"):
+        backend_candidates("auto", cpu, "fp8")
 
 
 def test_backend_candidates():

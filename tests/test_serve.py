@@ -285,6 +285,7 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
+@pytest.mark.browser
 def test_page_predicts_in_a_browser(server, browser, trained, model):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

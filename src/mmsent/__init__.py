@@ -1,11 +1,6 @@
 """mmsent: image+text sentiment classification (positive / neutral / negative)."""
 
-import os as _os
-
 __version__ = "0.1.0"
-
-if _os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun only process 0 draws progress bars
-    _os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def load_plugins() -> None:
@@ -14,9 +9,12 @@ def load_plugins() -> None:
     from .encoders import image, text  # noqa: F401
 
 
-def load_run(run_dir, device: str = "auto"):
-    """Load a trained run folder (see :func:`mmsent.predict.load_run`)."""
+def load_run(run_dir, device: str = "auto", backend: str | None = None):
+    """Load a trained run or ensemble folder for prediction (see :func:`mmsent.predict.load_run`).
+
+    ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``backend``: what runs the frozen encoders (None = the run's own).
+    """
     load_plugins()
     from .predict import load_run as _load_run
 
-    return _load_run(run_dir, device=device)
+    return _load_run(run_dir, device=device, backend=backend)

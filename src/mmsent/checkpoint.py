@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .io import save_tensors
 
 INFO_KEY = "mmsent_checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read; the message says why."""
 
 

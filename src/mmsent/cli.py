@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -356,26 +357,47 @@ def cmd_config(args) -> int:
     return 0
 
 
+INTERNAL_ERROR = 3  # exit status of a bug (2 is a user error, as for argparse's usage errors)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code. User errors print one clear line, not a traceback."""
+    """Entry point; returns the exit code.
+
+    A :class:`~mmsent.errors.UserError` (bad data, flags, a run folder, a missing package) or a file that cannot be
+    read or written prints one line and returns 2. Anything else is a bug: its traceback is printed and 3 returned.
+    ``MMSENT_DEBUG=1`` lets every exception through with its traceback.
+    """
     from . import load_plugins
-    from .data.images import ImageError
-    from .data.records import DataError
-    from .predict import RunError
 
     load_plugins()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunError, ImageError, ValueError, KeyError, RuntimeError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        if isinstance(error, RuntimeError) and "out of memory" in str(error).lower():
-            message = f"{error}\nhint: lower --batch-size, or use fewer --text-train-layers"
-        if os.environ.get("MMSENT_DEBUG"):
-            raise
-        print(f"mmsent {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if os.environ.get("MMSENT_DEBUG"):
+            raise
+        message = _user_message(error)
+        if message is None:
+            traceback.print_exc()
+            print(f"mmsent {args.command}: internal error ({type(error).__name__}): this is a bug in mmsent, not "
+                  "in what you gave it; please report it with the traceback above", file=sys.stderr)
+            return INTERNAL_ERROR
+        print(f"mmsent {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _user_message(error: Exception) -> str | None:
+    """The one-line message of an error that is the user's to fix, or None for a bug."""
+    from .errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:  # a path the user gave: missing, denied, disk full
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return f"out of memory ({error})\nhint: lower --batch-size, or use fewer --text-train-layers"
+    return None

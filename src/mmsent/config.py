@@ -13,11 +13,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 CONFIG_VERSION = 1
 LABELS = ("negative", "neutral", "positive")
 BACKENDS = ("auto", "torch", "onnx", "openvino")  # what runs the frozen encoders (train.backend): torch, or one of
 # the graph runtimes of encoders/runtime.py (tests/test_runtime.py checks that the two lists agree)
 MODALITIES = ("all", "image", "text")
+PRECISIONS = ("f32", "bf16")  # arithmetic of the frozen encoders' graph runtime (train.inference_precision)
 
 
 def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
@@ -133,6 +136,10 @@ class TrainConfig:
                         help="what runs the frozen encoders: torch, onnx (ONNX Runtime) or openvino (OpenVINO: faster, "
                              "opt-in), both CPU only, or auto (on the CPU the first installed of onnx, openvino; else "
                              "torch)")
+    inference_precision: str = _opt("f32", flag="--inference-precision", choices=PRECISIONS,
+                                    help="arithmetic of the frozen encoders: f32 (the same features on every CPU and "
+                                         "backend) or bf16 (openvino only, on a CPU with bf16 instructions: faster, "
+                                         "features differ slightly and are cached apart)")
 
 
 @dataclass
@@ -165,8 +172,6 @@ class RunConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
-class ConfigError(ValueError):
-    """A configuration key or value the user gave is not valid."""
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

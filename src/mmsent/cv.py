@@ -28,6 +28,7 @@ from .config import LABELS, RunConfig
 from .data.dataset import Split
 from .data.folds import stratified_folds
 from .distributed import current_shard
+from .errors import UserError
 from .features import load_or_compute
 from .io import atomic_write_json, atomic_write_text, save_tensors
 from .metrics import classification_metrics
@@ -44,7 +45,7 @@ RUN_FILES = ("metrics.json", OOF_FILE)
 RESUMABLE_KEYS = ("train.device", "train.workers", "train.backend")
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run folder that cannot be used as asked; the message says why."""
 
 

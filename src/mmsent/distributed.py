@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -59,7 +61,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
 def current_shard() -> Shard:

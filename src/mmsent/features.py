@@ -22,6 +22,8 @@ def cache_dir() -> Path:
 
 def cache_key(tower: Tower, split_fingerprint: str, text_prep: TextPrepConfig) -> str:
     parts = {"encoder": tower.cache_id(), "data": split_fingerprint}
+    if tower.inference_precision != "f32":  # reduced-precision features never mix with f32 ones (f32 keys unchanged)
+        parts["precision"] = tower.inference_precision
     if tower.kind == "text":
         parts["text_prep"] = vars(text_prep)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LABELS, TrainConfig
+from .errors import ConfigError
 from .registry import LOSSES
 
 
@@ -21,11 +22,11 @@ class SigmoidFocalLoss(nn.Module):
     def __init__(self, config: TrainConfig, class_counts: torch.Tensor | None = None):
         super().__init__()
         if config.class_weight_power:
-            raise ValueError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
+            raise ConfigError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
                              "with train.focal_alpha")
         alpha = config.focal_alpha or [0.25] * len(LABELS)
         if len(alpha) != len(LABELS):
-            raise ValueError(f"focal_alpha needs {len(LABELS)} values (one per label), got {len(alpha)}")
+            raise ConfigError(f"focal_alpha needs {len(LABELS)} values (one per label), got {len(alpha)}")
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
         self.gamma = config.focal_gamma
 
@@ -80,7 +81,7 @@ def create_loss(config: TrainConfig, class_counts: torch.Tensor | None = None) -
     read by class weights and logit adjustment."""
     for name in ("class_weight_power", "logit_adjustment"):
         if getattr(config, name) < 0:
-            raise ValueError(f"train.{name} must be >= 0, got {getattr(config, name)}")
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(config, name)}")
     counts = torch.ones(len(LABELS)) if class_counts is None else torch.as_tensor(class_counts)
     loss = LOSSES.create(config.loss, config, counts)
     return LogitAdjusted(loss, config.logit_adjustment, counts) if config.logit_adjustment else loss

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import LABELS, MODALITIES, RunConfig
+from .errors import ConfigError
 from .encoders.base import Tower, TrainableEncoder
 from .fusion import create_fusion, masked_mean
 from .registry import MODEL_FAMILIES
@@ -29,20 +30,23 @@ class Towers:
             tower.to(device)
         return self
 
-    def use_backend(self, requested: str, device: torch.device, log=print) -> "Towers":
-        """Run the frozen parts with ``train.backend`` (auto, torch or a graph runtime; see :mod:`.encoders.runtime`).
+    def use_backend(self, requested: str, device: torch.device, log=print, precision: str = "f32") -> "Towers":
+        """Run the frozen parts with ``train.backend`` (auto, torch or a graph runtime; see :mod:`.encoders.runtime`)
+        at ``train.inference_precision``.
 
         ``auto`` tries the installed graph runtimes in order of preference, then torch, telling which one failed for
         an encoder that cannot be exported or loaded; an explicit graph runtime that fails raises instead.
         """
         from .encoders.runtime import BackendError, backend_candidates
 
-        candidates = backend_candidates(requested, device)
+        candidates = backend_candidates(requested, device, precision)
         for tower in self.present():
             for backend in candidates:
                 try:
-                    tower.use_backend(backend, log)
+                    tower.use_backend(backend, log, precision)
                     break
+                except BackendError:
+                    raise
                 except Exception as error:  # exporters and runtimes fail in many ways on models they cannot handle
                     if requested != "auto":
                         raise BackendError(f"cannot run the frozen {tower.kind} encoder with {backend} "
@@ -88,12 +92,13 @@ def custom_family(config: RunConfig) -> Towers:
 
 def load_towers(config: RunConfig, device: torch.device, log=print) -> Towers:
     """The run's encoders, their frozen parts on ``device`` and run by ``config.train.backend``."""
-    return build_towers(config).to(device).use_backend(config.train.backend, device, log)
+    return build_towers(config).to(device).use_backend(config.train.backend, device, log,
+                                                       config.train.inference_precision)
 
 
 def build_towers(config: RunConfig) -> Towers:
     if config.modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
+        raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
     return MODEL_FAMILIES.create(config.model, config)
 
 

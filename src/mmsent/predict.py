@@ -16,6 +16,7 @@ from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
 from .cv import RunError, compute_features
 from .data.dataset import Split, open_split
 from .data.text import clean_text, decode_text
+from .errors import InputError
 from .io import atomic_write_text
 from .model import MultimodalClassifier, Towers, load_towers
 from .stacking import Stacker, lexicon_scores_of_raw, stack_inputs
@@ -148,7 +149,7 @@ class Predictor:
         used = [m for m in self.modalities if given[m]]
         if not used:
             post = "the post" if index is None else f"post {index}"
-            raise ValueError(f"{post} gives nothing to predict from: this run reads {' and/or '.join(self.modalities)}")
+            raise InputError(f"{post} gives nothing to predict from: this run reads {' and/or '.join(self.modalities)}")
         return used
 
     def warm_up(self) -> None:

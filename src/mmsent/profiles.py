@@ -18,21 +18,17 @@ def fast_profile() -> dict[str, Any]:
 
 @PROFILES.register("finetune")
 def finetune_profile() -> dict[str, Any]:
-    """The default with all 6 MiniLM layers fine-tuned (encoder lr 3e-5) for 3 epochs, fused by cross-attention
-    with the frozen EfficientNet-Lite0 tokens. On MVSA-Single's 5 folds on this project's 2-core CPU: 0.7392 +-
-    0.0098 accuracy, weighted F1 0.7267, macro F1 0.6185 (the default: 0.7305, 0.7140, 0.5990) in 905 s with the
-    image features cached, 3.6 times the default's training time; each fold's text encoder then runs in torch at
-    prediction time (benchmarks/README.md)."""
+    """The default with all 6 MiniLM layers fine-tuned (encoder lr 3e-5) for 3 epochs: fused by cross-attention
+    with the frozen EfficientNet-Lite0 tokens; more accurate than the default at several times its training time,
+    and each fold's text encoder then runs in torch at prediction time (figures: README's results table)."""
     return {"text.train_layers": 6, "train.encoder_lr": 3e-5, "train.epochs": 3}
 
 
 @PROFILES.register("quality")
 def quality_profile() -> dict[str, Any]:
     """Both default encoders trained end to end (all 6 MiniLM layers, all 18 EfficientNet-Lite0 stages) at encoder
-    lr 3e-5 for 3 epochs: for a GPU. On an NVIDIA H200, MVSA-Single's 5 folds (224-px crops): 0.7378-0.7390 CV
-    accuracy, weighted F1 0.7252-0.7264, macro F1 0.6184-0.6190 in about 2 minutes, against the frozen default's
-    0.7327 / 0.7150 / 0.5980 there (benchmarks/README.md). On this project's 2-core CPU it runs for hours; there,
-    ``finetune`` gets as far, and ``mmsent ensemble`` of runs with different encoders further."""
+    lr 3e-5 for 3 epochs: for a GPU (on a small CPU it runs for hours; there ``finetune`` gets as far, and
+    ``mmsent ensemble`` of runs with different encoders further)."""
     return {"text.train_layers": 6, "image.train_layers": 18, "train.encoder_lr": 3e-5, "train.epochs": 3}
 
 

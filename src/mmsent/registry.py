@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .errors import UnknownNameError
+
 
 class Registry:
     """A named collection of factories, filled with the ``@registry.register("name")`` decorator."""
@@ -39,7 +41,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}") from None
 
     def create(self, name: str, *args, **kwargs):
         return self.get(name)(*args, **kwargs)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
+from .cv import RunError
 from .ensemble import is_ensemble, summary_rows
 from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
@@ -225,7 +226,7 @@ def build_sections(folders: list[Path]) -> list[Section]:
             for kind in kinds:
                 sections.append(experiment_section(folder, kind))
         else:
-            raise ValueError(f"{folder} is neither a run folder (metrics.json + config.json), an ensemble folder "
+            raise RunError(f"{folder} is neither a run folder (metrics.json + config.json), an ensemble folder "
                              f"(ensemble.json) nor an experiment folder "
                              f"({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
     return sections

@@ -12,12 +12,13 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
 from .config import LABELS, TrainConfig
+from .errors import ConfigError
 from .losses import create_loss, probabilities
 from .metrics import classification_metrics
+from .progress import progress
 
 TEXT_SEQUENCES = ("text_mask", "text_hidden", "text_ids")  # cached text tensors with the token axis second
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -27,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available here")
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here")
     return torch.device(name)
 
 
@@ -195,7 +196,7 @@ def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
     """Adam/AdamW, fused (one kernel for the whole update: 0.13 -> 0.02 s a step for the 24M-parameter custom model
     on this CPU) where this torch build supports it for the parameters' device."""
     if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
     try:
         return OPTIMIZERS[config.optimizer](groups, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError):
@@ -206,7 +207,7 @@ def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """Optimizer groups: the fusion and head at ``lr``; pretrained encoder layers at ``encoder_lr`` times
     ``layer_lr_decay`` to the power of their depth below their encoder's top layer (one group per rate)."""
     if not 0 < config.layer_lr_decay <= 1:
-        raise ValueError(f"train.layer_lr_decay must be in (0, 1], got {config.layer_lr_decay}")
+        raise ConfigError(f"train.layer_lr_decay must be in (0, 1], got {config.layer_lr_decay}")
     by_rate: dict[float, list[nn.Parameter]] = {}
     for depth, params in model.encoder_parameter_groups():
         by_rate.setdefault(config.encoder_lr * config.layer_lr_decay ** depth, []).extend(params)
@@ -222,7 +223,7 @@ def _make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     if not decay:
         return None
     if not 0.0 < decay < 1.0:
-        raise ValueError(f"train.ema_decay must be between 0 and 1, got {decay}")
+        raise ConfigError(f"train.ema_decay must be between 0 and 1, got {decay}")
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -267,7 +268,7 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
         start = time.perf_counter()
         model.train()
         running, seen, correct = 0.0, 0, 0
-        bar = tqdm(train_batches, desc=f"{desc} epoch {epoch}", unit="batch", leave=False)
+        bar = progress(train_batches, desc=f"{desc} epoch {epoch}", unit="batch")
         for batch, targets, _ in bar:
             targets = targets.to(device)
             with autocast:

@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from ..config import TextPrepConfig
+from ..progress import progress
 from .dataset import Split
 from .images import ImageError, load_square_rgb
 from .records import DataError, Problem, read_label_file
@@ -45,7 +45,7 @@ def check_data(data_dir: Path, train_file: Path, test_file: Path, log=print) -> 
         split.texts(TextPrepConfig())
         report.encodings.update(split.encodings)
         report.problems.extend(split.problems)
-        for record in tqdm(parsed.records, desc=f"checking {name} images", unit="image", leave=False):
+        for record in progress(parsed.records, desc=f"checking {name} images", unit="image"):
             raw = split.read_image_bytes(record.guid)
             where = f"data/{record.guid}.jpg"
             if raw is None:

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import UserError
+
 MAX_IMAGE_PIXELS = 40_000_000  # a file that declares more is refused before it is decoded
 MAX_ASPECT = 50  # wider/taller than this is treated as unusable
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """An image that cannot be used; the message says why."""
 
 

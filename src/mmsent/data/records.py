@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LABELS
+from ..errors import UserError
 
 SAFE_GUID = re.compile(r"^[A-Za-z0-9_.-]+$")
 NULL_TAGS = ("null", "")
@@ -15,7 +16,7 @@ NULL_TAGS = ("null", "")
 KINDS = ("row_dropped", "header_missing", "text_missing", "text_empty", "text_truncated", "image_unusable")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data set cannot be used as given; the message says why."""
 
 

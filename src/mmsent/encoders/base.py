@@ -24,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import GRAPH_RUNTIMES
 from .runtime import FrozenGraph, load_runner
 
@@ -59,6 +60,7 @@ class Tower:
     frozen_inputs: tuple[str, ...] = ()  # input names of the exportable frozen part; () = none to export
     graph_format: int = 1  # bump when the code of frozen_graph() changes what is exported (stale exports are redone)
     _runner = None  # the graph runtime's session of the frozen part, once use_backend(<a graph runtime>) was called
+    inference_precision: str = "f32"  # what the frozen part computes in (set by use_backend; part of the cache key)
 
     def __init__(self, trainable_template: TrainableEncoder):
         self._template = trainable_template
@@ -67,13 +69,14 @@ class Tower:
         """The frozen part as a module from tensors (named ``frozen_inputs``) to one tensor, for export."""
         raise NotImplementedError
 
-    def use_backend(self, backend: str, log=print) -> str:
-        """Run the frozen part with ``"torch"`` or a graph runtime (exported once into the cache): returns the backend
-        used, which is torch for a tower with nothing to export."""
-        self._runner = None
+    def use_backend(self, backend: str, log=print, precision: str = "f32") -> str:
+        """Run the frozen part with ``"torch"`` or a graph runtime (exported once into the cache) at ``precision``:
+        returns the backend used, which is torch (in f32) for a tower with nothing to export."""
+        self._runner, self.inference_precision = None, "f32"
         if backend in GRAPH_RUNTIMES and self.frozen_inputs:
             graph_id = f"{type(self).__name__} {self.graph_format} {self.cache_id()}"
-            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, backend, log)
+            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, backend, log, precision)
+            self.inference_precision = self._runner.precision
             return backend
         return "torch"
 
@@ -120,14 +123,14 @@ class Tower:
 def resolve_split(total_layers: int, train_layers: int, what: str) -> int:
     """Index of the first trainable layer, from the number of top layers to train."""
     if train_layers < 0 or train_layers > total_layers:
-        raise ValueError(f"{what}: train_layers must be between 0 and {total_layers}, got {train_layers}")
+        raise ConfigError(f"{what}: train_layers must be between 0 and {total_layers}, got {train_layers}")
     return total_layers - train_layers
 
 
 def check_poolable(pooled: bool, frozen: bool, what: str) -> None:
     """Pooled features are the frozen encoder's output averaged over tokens: nothing above them can train."""
     if pooled and not frozen:
-        raise ValueError(f"{what}.pooled caches mean-pooled outputs of a frozen encoder; it needs "
+        raise ConfigError(f"{what}.pooled caches mean-pooled outputs of a frozen encoder; it needs "
                          f"{what}.train_layers=0")
 
 

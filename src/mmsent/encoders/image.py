@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..config import ImageEncoderConfig
 from ..data.images import ImageError, load_image, load_square_rgb
+from ..errors import ConfigError
+from ..progress import progress
 from ..registry import IMAGE_ENCODERS
 from .base import Tower, TrainableEncoder, check_poolable, module_device, resolve_split
 from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, load_pretrained
@@ -61,7 +62,7 @@ def decode_split_images(split, size: int, batch_size: int, workers: int):
     loader = DataLoader(_DecodedImages(split, size), batch_size=batch_size, num_workers=workers,
                         persistent_workers=False, collate_fn=_collate)
     start = 0
-    for pixels, reasons in tqdm(loader, desc="image features", unit="batch", leave=False):
+    for pixels, reasons in progress(loader, desc="image features", unit="batch"):
         present = torch.tensor([not r for r in reasons])
         for offset, reason in enumerate(reasons):
             if reason:
@@ -250,13 +251,13 @@ class HFImageTower(ImageTower):
                 model = AutoModel.from_pretrained(source).eval()
             model_config = AutoConfig.from_pretrained(source)
         except OSError as error:
-            raise ValueError(f"cannot load image encoder {source!r}: {error}") from None
+            raise ConfigError(f"cannot load image encoder {source!r}: {error}") from None
         self.config, self.source_id = config, _fingerprint_dir(source)
         self.size = config.image_size or int(getattr(model_config, "image_size", 224))
         self.mean, self.std = _processor_stats(source)
         hidden = int(getattr(model_config, "hidden_size", 0))
         if config.train_layers not in (0, -1):
-            raise ValueError("Hugging Face image encoders support train_layers 0 (frozen) or -1 (whole model)")
+            raise ConfigError("Hugging Face image encoders support train_layers 0 (frozen) or -1 (whole model)")
         self.trains_all = config.train_layers == -1
         check_poolable(config.pooled, not self.trains_all, "image")
         self.lower = None if self.trains_all else model

@@ -1,16 +1,14 @@
 """Running a tower's frozen part with a graph runtime (ONNX Runtime or OpenVINO) instead of torch.
 
 A tower's frozen part is exported once to ONNX, into ``<cache>/onnx/`` (keyed by the tower's class, graph format and
-``cache_id``), and loaded from there by the runtime the backend names. On this project's 2-core CPU (AMD EPYC, AVX2),
-EfficientNet-Lite0 encodes about 100 images/s with ONNX Runtime, 130-139 with OpenVINO and 53-60 in torch eager;
-MiniLM runs at about the same speed in all three once torch is warm, but the runtimes skip torch's slow first
-batches (``benchmarks/README.md``). Outputs equal torch's to float32 rounding, so a run's feature cache does not
-depend on the backend.
+``cache_id``), and loaded from there by the runtime the backend names. Every runtime computes in float32 unless
+``train.inference_precision`` asks for less (bf16, OpenVINO only): outputs then equal torch's to float32 rounding on
+any CPU, so a run's feature cache does not depend on the backend, and reduced-precision features are cached apart.
 
-Runtimes are registered in :data:`~mmsent.registry.GRAPH_RUNTIMES` in order of preference: ``--backend auto`` on
-the CPU tries them in that order, then torch. ONNX Runtime comes first: OpenVINO is faster, but one full run of the
-test suite with OpenVINO as the automatic choice ended in a segmentation fault whose cause was not found, so it runs
-only when asked for (``--backend openvino``).
+Runtimes are registered in :data:`~mmsent.registry.GRAPH_RUNTIMES` in order of preference, with the precisions they
+offer: ``--backend auto`` on the CPU tries them in that order, then torch. ONNX Runtime comes first; OpenVINO runs
+only when asked for (``--backend openvino``): one full run of the test suite with it as the automatic choice ended in
+a segmentation fault whose cause was not found.
 """
 
 from __future__ import annotations
@@ -28,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import BACKENDS
+from ..config import BACKENDS, PRECISIONS
+from ..errors import ConfigError
 from ..registry import GRAPH_RUNTIMES
 
 EXPORT_PACKAGES = ("onnx",)  # torch's exporter writes the graph with it
 
 
-class BackendError(ValueError):
+class BackendError(ConfigError):
     """A backend that cannot run here; the message says why."""
 
 
@@ -49,11 +48,20 @@ def onnx_available() -> bool:
     return runtime_available("onnx")
 
 
-def backend_candidates(backend: str, device: torch.device) -> list[str]:
+def backend_candidates(backend: str, device: torch.device, precision: str = "f32") -> list[str]:
     """The backends to try, in order, for ``train.backend``: ``auto`` on the CPU -> every installed graph runtime
-    in order of preference, then torch; ``auto`` on a GPU -> torch; an explicit choice -> itself, once checked."""
+    in order of preference, then torch; ``auto`` on a GPU -> torch; an explicit choice -> itself, once checked.
+
+    ``precision`` other than f32 needs an explicit graph runtime that offers it (nothing lowers it silently)."""
     if backend not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise BackendError(f"inference precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "f32":
+        offered = [name for name in GRAPH_RUNTIMES.names() if precision in GRAPH_RUNTIMES.metadata(name)["precisions"]]
+        if backend not in offered:
+            raise BackendError(f"--inference-precision {precision} runs only on --backend {' or '.join(offered)} "
+                               f"(got --backend {backend}); use --inference-precision f32")
     if backend == "auto":
         if device.type != "cpu":
             return ["torch"]
@@ -98,6 +106,11 @@ class GraphRunner:
         self.path = path
         self.input_names = input_names  # the frozen part's inputs, in call order
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic the compiled graph runs in (one of ``config.PRECISIONS``), as the runtime reports it."""
+        raise NotImplementedError
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
@@ -107,12 +120,15 @@ class GraphRunner:
         return torch.from_numpy(self.run(feeds))
 
 
-@GRAPH_RUNTIMES.register("onnx", packages=("onnxruntime",))
+@GRAPH_RUNTIMES.register("onnx", packages=("onnxruntime",), precisions=("f32",))
 class OnnxRunner(GraphRunner):
-    """ONNX Runtime on the CPU."""
+    """ONNX Runtime on the CPU (its CPU provider computes a float32 graph in float32)."""
 
-    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int):
+    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int, precision: str = "f32"):
         import onnxruntime
+
+        if precision != "f32":
+            raise BackendError(f"ONNX Runtime runs the frozen encoders in f32 only, not {precision}")
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -125,29 +141,44 @@ class OnnxRunner(GraphRunner):
         super().__init__(path, input_names)
         self.used = {item.name for item in self.session.get_inputs()}
 
+    @property
+    def precision(self) -> str:
+        return "f32"
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, feeds)[0]
 
 
-@GRAPH_RUNTIMES.register("openvino", packages=("openvino",))
+@GRAPH_RUNTIMES.register("openvino", packages=("openvino",), precisions=("f32", "bf16"))
 class OpenVinoRunner(GraphRunner):
-    """OpenVINO on the CPU. Threads are not pinned to cores: the image-decoding worker process shares them
-    (measured on EfficientNet-Lite0: 8.1-8.3 ms an image unpinned, 8.7-9.7 ms pinned). Compiled models are cached
-    beside the exports (compiling MiniLM: 0.6 s the first time, 0.1 s from the cache). An infer request is not
-    thread-safe (``mmsent serve`` predicts in a thread pool), so calls take turns on it."""
+    """OpenVINO on the CPU.
 
-    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int):
+    Its CPU plugin computes in bf16 by default on CPUs with bf16 instructions (AVX512-BF16, AMX), so the inference
+    precision is always set: f32 unless bf16 is asked for, and bf16 only where the CPU has it. Threads are not pinned
+    to cores: the image-decoding worker process shares them. Compiled models are cached beside the exports, one
+    folder per precision. An infer request is not thread-safe (``mmsent serve`` predicts in a thread pool), so calls
+    take turns on it."""
+
+    def __init__(self, path: Path, input_names: tuple[str, ...], threads: int, precision: str = "f32"):
         import openvino
 
         core = openvino.Core()
-        core.set_property({"CACHE_DIR": str(path.parent / "openvino")})
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendError("--inference-precision bf16: this CPU has no bf16 instructions (OpenVINO reports "
+                               "none); use --inference-precision f32")
+        core.set_property({"CACHE_DIR": str(path.parent / f"openvino-{precision}")})
         self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                               "ENABLE_CPU_PINNING": False})
+                                                               "ENABLE_CPU_PINNING": False,
+                                                               "INFERENCE_PRECISION_HINT": precision})
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()
         self.output = self.compiled.output(0)
         super().__init__(path, input_names)
         self.used = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    @property
+    def precision(self) -> str:
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", ...
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         with self.lock:
@@ -180,8 +211,9 @@ def export_graph(graph: FrozenGraph, path: Path) -> None:
 
 
 def load_runner(graph_id: str, input_names: tuple[str, ...], make_graph, runtime: str = "onnx",
-                log=print) -> GraphRunner:
-    """The ``runtime`` session of a frozen part, exporting ``make_graph()`` first if it is not cached yet.
+                log=print, precision: str = "f32") -> GraphRunner:
+    """The ``runtime`` session of a frozen part at ``precision``, exporting ``make_graph()`` first if it is not
+    cached yet.
 
     ``graph_id`` identifies the graph: its weights and preprocessing, and the version of the code that builds it."""
     make_runner = GRAPH_RUNTIMES.get(runtime)
@@ -190,7 +222,9 @@ def load_runner(graph_id: str, input_names: tuple[str, ...], make_graph, runtime
         log(f"exporting the frozen encoder to ONNX ({path.name}, once)")
         export_graph(make_graph(), path)
     try:
-        return make_runner(path, input_names, threads=torch.get_num_threads())
+        return make_runner(path, input_names, threads=torch.get_num_threads(), precision=precision)
+    except BackendError:
+        raise
     except Exception:  # a cut or corrupt file (e.g. a disk that filled up): export again
         export_graph(make_graph(), path)
-        return make_runner(path, input_names, threads=torch.get_num_threads())
+        return make_runner(path, input_names, threads=torch.get_num_threads(), precision=precision)

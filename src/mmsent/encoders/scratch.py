@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import CustomConfig
+from ..errors import ConfigError
 from .base import Tower, TrainableEncoder
 from .image import ImageTower, feature_map_to_tokens, normalise
 
@@ -70,7 +71,7 @@ class ResNet(TrainableEncoder):
         super().__init__()
         widths, blocks = [int(w) for w in config.widths], [int(b) for b in config.blocks]
         if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
-            raise ValueError(f"custom.widths {widths} and custom.blocks {blocks} must be positive and of equal length")
+            raise ConfigError(f"custom.widths {widths} and custom.blocks {blocks} must be positive and of equal length")
         self.augment = config.augment
         self.crop_pad = max(1, config.image_size // 8)
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
@@ -124,7 +125,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"custom.dim {dim} must be divisible by custom.heads {heads}")
+            raise ConfigError(f"custom.dim {dim} must be divisible by custom.heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)

