@@ -301,3 +301,24 @@ def test_calibrate_gives_a_run_without_a_temperature_the_one_train_fits(dataset,
     assert load_run(run).temperature == pytest.approx(fitted, rel=2e-3)
     assert json.loads((run / "metrics.json").read_text())["calibration"]["temperature"] == pytest.approx(fitted,
                                                                                                       rel=2e-3)
+
+
+def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own_protocol(dataset, tmp_path,
+                                                                                           capsys):
+    from mmsent.cv import trained_config
+    from mmsent.experiments import Cell, _cell_state
+
+    run = tmp_path / "run"
+    _train(dataset, run, "--select-on", "scored_fold")
+    config = json.loads((run / "config.json").read_text())
+    del config["train"]["select_on"], config["train"]["inner_val"]  # as written before the option existed
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_run(run).config.train.select_on == "inner"  # loading: the defaults (nothing depends on it)
+    assert trained_config(run).train.select_on == "scored_fold"  # continuing or reusing: how it was trained
+    base = trained_config(run)
+    base.train.select_on = "inner"
+    with pytest.raises(cv_module.RunError, match="train.select_on: 'scored_fold' -> 'inner'"):
+        _cell_state(run, base)  # a grid under the new protocol does not keep it as one of its cells
+    assert _cell_state(run, trained_config(run)) == "finished"
+    assert main(["train", "--data", str(dataset), "--out", str(run), "--resume", *FAST]) == 0  # finished folds kept
+    assert "kept" in capsys.readouterr().out

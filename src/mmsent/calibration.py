@@ -188,7 +188,7 @@ def format_calibration(summary: dict) -> str:
         return "calibration: no scored posts"
     return (f"calibration: temperature {summary['temperature']:.3f}; expected calibration error "
             f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> "
-            f"{summary['nll_after']:.4f} (cross-fitted over folds, {summary['bins']} bins)")
+            f"{summary['nll_after']:.4f} (cross-fitted, {summary['bins']} bins)")
 
 
 def calibrate_run(run_dir: Path) -> Calibration:

@@ -240,11 +240,9 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from .cv import format_summary, train_cv
+    from .cv import format_summary, train_cv, trained_config
     from .data.dataset import open_split
     from .distributed import current_shard
-    from .predict import read_run_config
-
     from .seeds import format_seeds, is_seed_group, parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -259,7 +257,7 @@ def cmd_train(args) -> int:
     if args.resume and seeds is None:
         if not (args.out / "config.json").is_file():
             raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
-        config = config_from_args(args, base=read_run_config(args.out))  # differences are refused by train_cv
+        config = config_from_args(args, base=trained_config(args.out))  # differences are refused by train_cv
     else:
         config = config_from_args(args)
     split = open_split(args.data, _label_files(args)[0], labelled=True)

@@ -69,6 +69,23 @@ def compute_features(towers: Towers, split: Split, config: RunConfig, log=print,
     return features
 
 
+def trained_config(run_dir: Path) -> RunConfig:
+    """The config a run was trained with, for continuing or reusing it: as ``read_run_config``, except that a run
+    whose config.json predates ``train.select_on`` chose its epochs on the scored fold (``scored_fold``), so that
+    it is never continued or reused as if it had chosen on an inner part."""
+    from .predict import read_run_config
+
+    config = read_run_config(run_dir)
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        legacy = "select_on" not in saved.get("train", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        legacy = False
+    if legacy:
+        config.train.select_on = "scored_fold"
+    return config
+
+
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     """``key: saved -> given`` for every config key that differs and changes what is trained."""
     from .config import flatten
@@ -96,11 +113,9 @@ def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, over
         _remove_partial_writes(fold, FOLD_FILES)
     _remove_partial_writes(out_dir, (*RUN_FILES, "config.json"))
     if resume:
-        from .predict import read_run_config
-
         if overwrite:
             raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite restarts it")
-        saved = read_run_config(out_dir)
+        saved = trained_config(out_dir)
         changed = config_differences(saved, config)
         if changed:
             raise RunError(f"--resume continues {out_dir} with the config it was started with (config.json), but "

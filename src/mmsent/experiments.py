@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
-from .cv import RunError, config_differences, format_summary, train_cv
+from .cv import RunError, config_differences, format_summary, train_cv, trained_config
 from .io import atomic_write_json, atomic_write_text
 from .model import MODALITIES
 from .registry import FUSIONS, MODEL_FAMILIES
@@ -117,11 +117,9 @@ def cell_config(overrides: dict[str, Any], cell: Cell) -> RunConfig:
 
 def _cell_state(cell_dir: Path, config: RunConfig) -> str:
     """'new', 'finished' or 'started'; refuses a cell folder trained with other settings."""
-    from .predict import read_run_config
-
     if not (cell_dir / "config.json").is_file():
         return "new"
-    changed = config_differences(read_run_config(cell_dir), config)
+    changed = config_differences(trained_config(cell_dir), config)
     if changed:
         raise RunError(f"{cell_dir} was trained with other settings ({'; '.join(changed)}); use another --out for "
                        "a different base configuration, or pass --overwrite to retrain every cell")

@@ -186,7 +186,8 @@ class LoadedRun(Predictor):
     @property
     def description(self) -> str:
         calibrated = f", temperature {self.temperature:.3f}" if self.temperature != 1.0 else ", uncalibrated"
-        return f"{len(self.models)}-fold ensemble{calibrated}"
+        models = "one model" if len(self.models) == 1 else f"{len(self.models)}-fold ensemble"
+        return f"{models}{calibrated}"
 
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) from frozen features of N posts, temperature-scaled."""
