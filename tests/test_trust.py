@@ -238,6 +238,11 @@ def test_evaluate_and_split_user_errors_are_one_line(dataset, tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "labelled file not found" in errors[0] and "--ratios" in errors[1]
     assert "at least two different seeds" in errors[2]
+    # scoring a run on its own training posts is not held out, and says so
+    assert main(["evaluate", "--run", str(run), "--data", str(dataset), "--labels-file",
+                 str(dataset / "train.txt")]) == 0
+    assert "24 of these posts were among the run's training posts" in capsys.readouterr().out
+    assert json.loads((run / "evaluations" / "train.json").read_text())["posts_seen_in_training"] == 24
 
 
 def test_make_split_is_stratified_and_reproducible():

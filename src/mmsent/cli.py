@@ -367,6 +367,11 @@ def cmd_ensemble(args) -> int:
     metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
                              stack_c=args.stack_c)
     print(format_ensemble(metrics))
+    from .calibration import format_calibration
+    from .cv import describe_protocol
+
+    print(f"protocol: {describe_protocol(metrics)}")
+    print(format_calibration(metrics["calibration"]))
     print(f"ensemble saved to {args.out}")
     return 0
 
