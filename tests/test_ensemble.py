@@ -68,6 +68,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     assert main(["report", "--out", str(tmp_path / "report"), str(ens)]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "ensemble of 2 (mean probabilities)" in report and "../concat" in report
+    assert "reliability diagram of the ensemble's out-of-fold probabilities" in report
 
 
 def test_ensemble_refuses_runs_on_other_folds(two_runs, dataset, tmp_path, capsys):

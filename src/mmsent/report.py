@@ -276,6 +276,12 @@ def ensemble_section(folder: Path) -> Section:
     confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
     section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
     section.items.append(("table", per_class_table(metrics["out_of_fold"])))
+    calibration = _calibration_of(folder)
+    if calibration is not None:
+        section.items.append(("text", format_calibration(calibration) + "."))
+        section.items.append(("figure", (reliability_figure(calibration, f"ensemble {folder.name}: reliability"),
+                                         "reliability diagram of the ensemble's out-of-fold probabilities before "
+                                         "and after temperature scaling (cross-fitted)")))
     return section
 
 
