@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mmsent.calibration import apply_temperature
 from mmsent.cli import main
 from mmsent.config import LABELS
 from mmsent.cv import RunError
@@ -51,10 +52,14 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     loaded = load_run(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.modalities == ["text", "image"]
     split = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
-    members = [load_run(first).predict_split(split, log=lambda *a: None),
-               load_run(second).predict_split(split, log=lambda *a: None)]
+    members = [load_run(first), load_run(second)]
+    for member in members:  # the ensemble averages its members' uncalibrated probabilities, then applies its own T
+        member.temperature = 1.0
+    members = [member.predict_split(split, log=lambda *a: None) for member in members]
     ensemble_probs = loaded.predict_split(split, log=lambda *a: None)
-    np.testing.assert_allclose(ensemble_probs, np.mean(members, axis=0), atol=1e-6)
+    assert loaded.temperature == json.loads((ens / "calibration.json").read_text())["temperature"]
+    np.testing.assert_allclose(ensemble_probs, apply_temperature(np.mean(members, axis=0), loaded.temperature),
+                               atol=1e-6)
     rows = predictions.read_text().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == [["negative", "neutral", "positive"][i] for i in ensemble_probs.argmax(1)]
     one = loaded.predict(text="a good day", image=dataset / "data" / f"{split.guids[0]}.jpg")
@@ -63,6 +68,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     assert main(["report", "--out", str(tmp_path / "report"), str(ens)]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "ensemble of 2 (mean probabilities)" in report and "../concat" in report
+    assert "reliability diagram of the ensemble's out-of-fold probabilities" in report
 
 
 def test_ensemble_refuses_runs_on_other_folds(two_runs, dataset, tmp_path, capsys):
@@ -140,9 +146,13 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     loaded = load_run(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.stacker is not None
     test = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
-    members = [load_run(run).predict_split(test, log=lambda *a: None) for run in (first, second)]
+    members = [load_run(run) for run in (first, second)]
+    for member in members:  # the stacker was fitted on, and combines, the members' uncalibrated probabilities
+        member.temperature = 1.0
+    members = [member.predict_split(test, log=lambda *a: None) for member in members]
     raw = [decode_text(test.read_text_bytes(g)).text for g in test.guids]
-    expected = loaded.stacker.probabilities(stack_inputs(members, lexicon_scores_of_raw(raw)))
+    expected = apply_temperature(loaded.stacker.probabilities(stack_inputs(members, lexicon_scores_of_raw(raw))),
+                                 loaded.temperature)  # then the ensemble's own temperature
     np.testing.assert_allclose(loaded.predict_split(test, log=lambda *a: None), expected, atol=1e-6)
     batch = loaded.predict_batch(texts=raw, images=[dataset / "data" / f"{g}.jpg" for g in test.guids])
     np.testing.assert_allclose([[p.probabilities[n] for n in LABELS] for p in batch], expected, atol=1e-4)

@@ -210,6 +210,8 @@ def test_health(server, trained):
     assert status == 200
     assert body["status"] == "ok" and body["labels"] == list(LABELS) and body["folds"] == 2
     assert body["run"] == str(trained.run) and body["modalities"] == ["text", "image"]
+    saved = json.loads((trained.run / "calibration.json").read_text())["temperature"]
+    assert body["temperature"] == saved  # the API's probabilities are calibrated with the run's temperature
 
 
 def test_predict_over_http_matches_api(server, trained, model):

@@ -1,4 +1,5 @@
-"""Command line: ``mmsent check | train | ablate | compare | sweep | report | ensemble | predict | serve | config``.
+"""Command line: ``mmsent check | split | train | evaluate | ablate | compare | sweep | report | ensemble | predict |
+serve | config``.
 
 ``main(argv)`` is callable from tests.
 """
@@ -20,6 +21,7 @@ from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES,
 
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
+DEFAULT_EVAL_FILE = "test.txt"
 RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written by 'mmsent ensemble'"
 
 # Flags whose values must come from a registry (choices are derived, never hand-listed).
@@ -101,8 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the interrupted run in --out from its last finished epoch, with its saved "
                             "config.json (only --device, --workers and --backend may change)")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--val-file", type=Path,
+                       help="a labelled file of validation posts (of --data): train one model on the training file "
+                            "and choose its epoch on these, instead of cross-validating (the train / validation / "
+                            "test protocol; score the test part with 'mmsent evaluate')")
+    train.add_argument("--seeds", metavar="S1,S2,...",
+                       help="train the same configuration once per seed into OUT/seed_S and report the mean ± std "
+                            "over seeds (OUT/seeds.json, OUT/seeds.md) beside each run's spread over folds")
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
+
+    split = sub.add_parser("split", help="cut a labelled file into stratified train / validation / test files "
+                                         "(8:1:1 by default) -> OUT/train.txt, val.txt, test.txt, split.json")
+    _add_data_args(split)
+    split.add_argument("--out", type=Path, required=True, help="folder for the three label files")
+    split.add_argument("--ratios", default="8,1,1", help="TRAIN,VAL,TEST shares (default: 8,1,1)")
+    split.add_argument("--seed", type=int, default=42, help="seed of the stratified shuffles (default: 42)")
+    split.set_defaults(func=cmd_split)
+
+    evaluate = sub.add_parser("evaluate", help="score a run on a labelled file: accuracy, weighted and macro F1, "
+                                               "per-class precision/recall/F1, confusion matrix -> "
+                                               "RUN/evaluations/<file>.json and .md")
+    evaluate.add_argument("--run", type=Path, required=True, help=RUN_HELP)
+    evaluate.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
+                          help="data folder whose data/ holds the posts (default: $MMSENT_DATA or ../shared/data/mvsa)")
+    evaluate.add_argument("--labels-file", type=Path,
+                          help=f"labelled guid,tag file to score (default: DATA/{DEFAULT_EVAL_FILE})")
+    evaluate.add_argument("--out", type=Path, help="folder for the evaluation files (default: RUN/evaluations)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
+                                                              "train.backend)")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     experiments = {
         "ablate": "the same configuration on all / image / text -> OUT/ablation.json, OUT/ablation.md",
@@ -118,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="config key (fusion.heads) or flag name (heads, ffn_dim, lr, dim) with "
                                          "comma-separated values; list keys take ';'-separated lists")
         experiment.add_argument("--overwrite", action="store_true", help="retrain every cell")
+        experiment.add_argument("--seeds", metavar="S1,S2,...",
+                                help="train every cell once per seed (cells/<cell>/seed_S); the table shows the mean "
+                                     "and the std over seeds beside the std over folds")
         _add_config_args(experiment)
         experiment.set_defaults(func=cmd_experiment)
 
@@ -166,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "train.backend)")
     serve.set_defaults(func=cmd_serve)
 
+    calibrate = sub.add_parser("calibrate", help="fit the temperature of a k-fold run trained without one (from its "
+                                                 "out-of-fold predictions) -> RUN/calibration.json; 'train' does this "
+                                                 "for every new run")
+    calibrate.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
+    calibrate.set_defaults(func=cmd_calibrate)
+
     config = sub.add_parser("config", help="print every config key with its default and the registered names")
     config.set_defaults(func=cmd_config)
     return parser
@@ -201,28 +241,76 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from .cv import format_summary, train_cv
+    from .cv import format_summary, train_cv, trained_config
     from .data.dataset import open_split
     from .distributed import current_shard
-    from .predict import read_run_config
+    from .seeds import format_seeds, is_seed_group, parse_seeds, train_seeds
 
-    if args.resume:
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds and getattr(args, "cfg:train.seed") is not None:
+        raise ConfigError("--seeds and --seed exclude each other: --seeds 1,2,3 trains one run per seed")
+    if seeds and args.val_file is not None:
+        raise ConfigError("--seeds cross-validates; it does not combine with --val-file")
+    if seeds is None and is_seed_group(args.out):
+        raise ConfigError(f"{args.out} holds runs over seeds (seeds.json); give --seeds again, or another --out")
+    if seeds is not None and (args.out / "config.json").is_file():
+        raise ConfigError(f"{args.out} holds a single run (config.json); write the seeds to another --out")
+    if args.resume and seeds is None:
         if not (args.out / "config.json").is_file():
             raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
-        config = config_from_args(args, base=read_run_config(args.out))  # differences are refused by train_cv
+        config = config_from_args(args, base=trained_config(args.out))  # differences are refused by train_cv
     else:
         config = config_from_args(args)
     split = open_split(args.data, _label_files(args)[0], labelled=True)
+    val_split = open_split(args.data, args.val_file, labelled=True) if args.val_file is not None else None
     shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
     say = shard.report(print)
     processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
+    scheme = (f"validation file {args.val_file} ({len(val_split.records)} posts)" if val_split is not None
+              else f"{config.train.folds} folds")
     say(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
-        f"{config.modality} on {len(split.records)} posts, {config.train.folds} folds{processes} -> {args.out}")
-    metrics = train_cv(config, split, args.out, resume=args.resume, overwrite=args.overwrite)
+        f"{config.modality} on {len(split.records)} posts, {scheme}{processes} -> {args.out}")
+    if seeds is not None:
+        summary = train_seeds(config, split, args.out, seeds, log=say, resume=args.resume, overwrite=args.overwrite)
+        if shard.is_main:
+            _print_problems(split)
+        say(format_seeds(summary))
+        say(f"runs saved to {args.out}/seed_*; summary in {args.out / 'seeds.json'} and seeds.md")
+        return 0
+    metrics = train_cv(config, split, args.out, resume=args.resume, overwrite=args.overwrite, val_split=val_split)
     if shard.is_main:
         _print_problems(split)
     say(format_summary(metrics))
     say(f"run saved to {args.out}")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from .data.dataset import open_split
+    from .evaluation import parse_ratios, write_split
+
+    ratios = parse_ratios(args.ratios)
+    source = _label_files(args)[0]
+    split = open_split(args.data, source, labelled=True)
+    info = write_split(split, args.out, ratios, args.seed, source)
+    for name, counts in info["counts"].items():
+        print(f"{args.out / (name + '.txt')}: {sum(counts.values())} posts {counts}")
+    print(f"stratified split of {info['posts']} posts of {source} at {args.ratios} (seed {args.seed}); "
+          f"train with --train-file {args.out / 'train.txt'} --val-file {args.out / 'val.txt'}, score with "
+          f"'mmsent evaluate --labels-file {args.out / 'test.txt'}'")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_run, format_evaluation
+
+    labels_file = args.labels_file or args.data / DEFAULT_EVAL_FILE
+    if not labels_file.is_file():
+        raise ConfigError(f"labelled file not found: {labels_file} (give --labels-file; 'mmsent split' makes one)")
+    evaluation, path = evaluate_run(args.run, args.data, labels_file, args.out, device=args.device,
+                                    backend=args.backend)
+    print(format_evaluation(evaluation))
+    print(f"evaluation written to {path} and {path.with_suffix('.md')}")
     return 0
 
 
@@ -238,10 +326,19 @@ def cmd_experiment(args) -> int:
         kind, cells = "comparison", comparison_cells()
     else:
         kind, cells = "sweep", sweep_cells(parse_grid(args.grid))
+    seeds = None
+    if args.seeds is not None:
+        from .seeds import parse_seeds
+
+        seeds = parse_seeds(args.seeds)
+        if "train.seed" in overrides:
+            raise ConfigError("--seeds and --seed exclude each other: --seeds 1,2,3 trains every cell once per seed")
     split = open_split(args.data, _label_files(args)[0], labelled=True)
-    print(f"{kind}: {len(cells)} cells x {base.train.folds} folds on {len(split.records)} posts -> {args.out}")
+    per_seed = f" x {len(seeds)} seeds" if seeds else ""
+    print(f"{kind}: {len(cells)} cells x {base.train.folds} folds{per_seed} on {len(split.records)} posts -> "
+          f"{args.out}")
     start = time.perf_counter()
-    run_grid(kind, overrides, cells, split, args.out, overwrite=args.overwrite)
+    run_grid(kind, overrides, cells, split, args.out, overwrite=args.overwrite, seeds=seeds)
     print((args.out / f"{kind}.md").read_text(encoding="utf-8"), end="")
     print(f"{kind} written to {args.out / (kind + '.json')} and .md in {time.perf_counter() - start:.1f} s")
     return 0
@@ -271,6 +368,11 @@ def cmd_ensemble(args) -> int:
     metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
                              stack_c=args.stack_c)
     print(format_ensemble(metrics))
+    from .calibration import format_calibration
+    from .cv import describe_protocol
+
+    print(f"protocol: {describe_protocol(metrics)}")
+    print(format_calibration(metrics["calibration"]))
     print(f"ensemble saved to {args.out}")
     return 0
 
@@ -331,6 +433,15 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate_run, format_calibration
+
+    calibration = calibrate_run(args.run)
+    print(format_calibration(calibration.summary()))
+    print(f"temperature saved to {args.run / 'calibration.json'}; predict, serve and load_run apply it")
     return 0
 
 

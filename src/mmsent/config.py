@@ -21,6 +21,7 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")  # what runs the frozen encoder
 # the graph runtimes of encoders/runtime.py (tests/test_runtime.py checks that the two lists agree)
 MODALITIES = ("all", "image", "text")
 PRECISIONS = ("f32", "bf16")  # arithmetic of the frozen encoders' graph runtime (train.inference_precision)
+SELECTION_SETS = ("inner", "scored_fold")  # train.select_on: where early stopping chooses (cv.py)
 
 
 def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
@@ -129,6 +130,14 @@ class TrainConfig:
                                              "logits; 0 = off")
     ema_decay: float = _opt(0.0, help="validate and keep an exponential moving average of the weights, updated every "
                                       "step with this decay (e.g. 0.99); 0 = off")
+    select_on: str = _opt("inner", flag="--select-on", choices=SELECTION_SETS,
+                          help="which posts early stopping chooses the best epoch on: 'inner' = a stratified part "
+                               "of each training fold (--inner-val), so that the scored fold only scores; "
+                               "'scored_fold' = the fold that is also scored (the first protocol: optimistic, "
+                               "kept to reproduce its figures)")
+    inner_val: float = _opt(0.1, flag="--inner-val",
+                            help="share of each training fold held out, stratified, for early stopping "
+                                 "(select_on=inner)")
     seed: int = _opt(42, flag="--seed")
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")

@@ -1,9 +1,16 @@
 """Stratified k-fold training of one configuration -> a self-describing run folder.
 
+Each fold's epoch is chosen by early stopping on a stratified inner part of its training posts
+(``train.select_on=inner``, ``train.inner_val``); the fold itself is predicted once by the chosen weights, only to be
+scored. ``select_on=scored_fold`` chooses on the scored fold (the first protocol, optimistic). With a validation
+file instead of folds (the fixed-split protocol), one model is trained and chosen on that file.
+
 RUN/
   config.json                     the RunConfig (everything needed to rebuild the model)
-  metrics.json                    {"cv": {...}, "folds": [...], "wall_seconds", "data": {...}}
-  oof_predictions.csv             out-of-fold probabilities of every training post
+  metrics.json                    {"protocol": {...}, "cv": {...}, "folds": [...], "calibration": {...},
+                                   "wall_seconds", "data": {...}}
+  calibration.json                the temperature applied at prediction time and its figures (calibration.py)
+  oof_predictions.csv             out-of-fold probabilities of every training post (fixed split: validation posts)
   folds/fold_K/model.safetensors  the trainable weights of fold K (best epoch)
   folds/fold_K/history.json       per-epoch train loss and accuracy, val loss, val accuracy / F1
   folds/fold_K/result.json        the finished fold's metrics row and validation probabilities (resume skips it)
@@ -16,6 +23,7 @@ its checkpoint, and the run ends with the same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -24,7 +32,9 @@ import torch
 
 from . import __version__
 from .checkpoint import read_info
-from .config import LABELS, RunConfig
+from .calibration import CALIBRATION_FILE, fit_calibration, format_calibration
+from .config import LABELS, ConfigError, RunConfig, TrainConfig
+from .data.records import DataError
 from .data.dataset import Split
 from .data.folds import stratified_folds
 from .distributed import current_shard
@@ -33,7 +43,7 @@ from .features import load_or_compute
 from .io import atomic_write_json, atomic_write_text, save_tensors
 from .metrics import classification_metrics
 from .model import MultimodalClassifier, Towers, load_towers
-from .training import fit, resolve_device
+from .training import FeatureBatches, fit, predict_probs, resolve_device
 
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -58,6 +68,23 @@ def compute_features(towers: Towers, split: Split, config: RunConfig, log=print,
         features.update(load_or_compute(tower, split, config.text_prep, batch_size=tower.precompute_batch_size,
                                         workers=config.train.workers, log=log, fingerprint=fingerprint))
     return features
+
+
+def trained_config(run_dir: Path) -> RunConfig:
+    """The config a run was trained with, for continuing or reusing it: as ``read_run_config``, except that a run
+    whose config.json predates ``train.select_on`` chose its epochs on the scored fold (``scored_fold``), so that
+    it is never continued or reused as if it had chosen on an inner part."""
+    from .predict import read_run_config
+
+    config = read_run_config(run_dir)
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        legacy = "select_on" not in saved.get("train", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        legacy = False
+    if legacy:
+        config.train.select_on = "scored_fold"
+    return config
 
 
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
@@ -87,11 +114,9 @@ def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, over
         _remove_partial_writes(fold, FOLD_FILES)
     _remove_partial_writes(out_dir, (*RUN_FILES, "config.json"))
     if resume:
-        from .predict import read_run_config
-
         if overwrite:
             raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite restarts it")
-        saved = read_run_config(out_dir)
+        saved = trained_config(out_dir)
         changed = config_differences(saved, config)
         if changed:
             raise RunError(f"--resume continues {out_dir} with the config it was started with (config.json), but "
@@ -150,14 +175,21 @@ def seed_everything(seed: int) -> None:
 
 
 def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: bool = False,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, val_split: Split | None = None) -> dict:
     """Cross-validate ``config`` on ``split``; writes the run folder and returns its metrics.
 
     ``resume``: continue the interrupted run in ``out_dir`` (same config); ``overwrite``: replace a run there.
+    ``val_split``: the fixed-split protocol instead of folds: one model trained on ``split``, its epoch chosen on
+    ``val_split`` (whose figures are then what metrics.json reports, as validation figures).
     Under ``torchrun`` each process trains its share of the folds (see :mod:`mmsent.distributed`).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    fixed_split = val_split is not None
+    check_selection(config.train)
+    if fixed_split:
+        train_size, split = len(split.records), join_splits(split, val_split)
+    protocol = protocol_of(config.train, fixed_split)
     shard = current_shard()
     log = shard.report(log)
     if shard.is_main:
@@ -174,7 +206,10 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         shard.barrier()
     feature_seconds = time.perf_counter() - start
     labels = torch.tensor(split.labels, dtype=torch.long)
-    folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
+    if fixed_split:
+        folds = [(np.arange(train_size), np.arange(train_size, len(labels)))]
+    else:
+        folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
     oof = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
     fold_rows = [None] * len(folds)
     for fold, (train_idx, val_idx) in enumerate(folds):
@@ -193,17 +228,23 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
                 log(f"fold {fold + 1}/{len(folds)}: resuming after epoch {epochs_done} (checkpoint)")
             seed_everything(config.train.seed + fold)
             model = MultimodalClassifier(config, towers)
-            result = fit(model, features, labels, train_idx, val_idx, config.train, device,
+            fit_idx, select_idx = selection_split(split.labels, train_idx, val_idx, config.train, fold,
+                                                  fixed=fixed_split)
+            result = fit(model, features, labels, fit_idx, select_idx, config.train, device,
                          desc=f"fold {fold + 1}/{len(folds)}", checkpoint=checkpoint,
                          checkpoint_info={"data": fingerprint, "fold": fold})
             save_tensors(fold_dir / "model.safetensors", result.best_state,
                          metadata={"mmsent_version": __version__, "fold": str(fold)})
             atomic_write_json(fold_dir / "history.json", result.history)
-            val_probs = result.val_probs
+            if select_idx is val_idx:  # the chosen epoch's probabilities of the scored posts are already there
+                val_probs = result.val_probs
+            else:  # the scored fold is predicted once, by the weights chosen on the inner part
+                val_probs = score_fold(model, result.best_state, features, val_idx, config, device)
             scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1))
             row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
                    "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "train_size": int(len(train_idx)), "val_size": int(len(val_idx))}
+                   "train_size": int(len(fit_idx)), "selection_size": int(len(select_idx)),
+                   "val_size": int(len(val_idx))}
             # result.json last: its presence marks the fold finished; then the (large) checkpoint goes
             atomic_write_json(fold_dir / "result.json",
                               {"row": row, "val_probs": val_probs.tolist(), "data": fingerprint})
@@ -222,13 +263,20 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
             oof[val_idx] = np.asarray(finished["val_probs"], dtype=np.float32)
             _log_fold(log, fold_rows[fold], len(folds), f" (process {fold % shard.world_size})")
 
-    pooled = classification_metrics(labels.numpy(), oof.argmax(1))
+    scored = np.sort(np.concatenate([val_idx for _, val_idx in folds]))  # every post for k-fold CV
+    pooled = classification_metrics(labels.numpy()[scored], oof[scored].argmax(1))
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    for fold, (_, val_idx) in enumerate(folds):
+        fold_of[val_idx] = fold
+    calibration = fit_calibration(oof[scored], labels.numpy()[scored], fold_of[scored])
     image_missing = int((~features["image_present"]).sum()) if "image_present" in features else 0
     repairs = split.summary()
     metrics = {
+        "protocol": protocol,
         "cv": cv_summary(fold_rows),
         "folds": fold_rows,
         "out_of_fold": pooled,
+        "calibration": calibration.summary(),
         "data": {
             "posts": len(labels), "label_counts": split.label_counts(),
             "text_encodings": dict(split.encodings), "images_unusable": image_missing,
@@ -246,9 +294,94 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     if shard.world_size > 1:
         metrics["processes"] = shard.world_size
     if shard.is_main:
+        atomic_write_json(out_dir / CALIBRATION_FILE, calibration.to_dict())
         atomic_write_json(out_dir / "metrics.json", metrics)
-        write_oof(out_dir / OOF_FILE, split.guids, [LABELS[label] for label in split.labels], oof)
+        write_oof(out_dir / OOF_FILE, [split.guids[i] for i in scored],
+                  [LABELS[split.labels[i]] for i in scored], oof[scored])
     return metrics
+
+
+def protocol_of(config: TrainConfig, fixed_split: bool = False) -> dict:
+    """What produced a run's figures: ``{"name", "selection", "description"}`` (saved in metrics.json)."""
+    if fixed_split:
+        return {"name": "fixed_split", "selection": "validation_file",
+                "description": "one model trained on the training file; early stopping chose its epoch on the "
+                               "validation file, whose figures these are (chosen on: score a test file with "
+                               "'mmsent evaluate')"}
+    if config.select_on == "scored_fold":
+        return {"name": "cv_select_on_scored_fold", "selection": "scored_fold",
+                "description": f"cross-validation over {config.folds} folds; early stopping chose each fold's "
+                               "epoch on the fold it scores (optimistic)"}
+    return {"name": "cv_inner_selection", "selection": "inner", "inner_val": config.inner_val,
+            "description": f"cross-validation over {config.folds} folds; early stopping chose each fold's epoch on "
+                           f"a stratified {config.inner_val:.0%} of its training part; the scored fold only scores"}
+
+
+def describe_protocol(metrics: dict) -> str:
+    """One line on how a run's figures were produced (runs written before it was recorded chose on the scored
+    fold)."""
+    protocol = metrics.get("protocol")
+    if protocol is None:
+        return ("protocol not recorded (a run from before the inner validation split: early stopping chose on the "
+                "scored fold, optimistic)")
+    return protocol["description"]
+
+
+def check_selection(config: TrainConfig) -> None:
+    """Refuse an inner validation share that cannot be one (before anything is loaded or trained)."""
+    if config.select_on == "inner" and not 0 < config.inner_val < 1:
+        raise ConfigError(f"train.inner_val must be between 0 and 1 (a share of each training fold), got "
+                          f"{config.inner_val}; or choose on the scored fold with --select-on scored_fold")
+
+
+def selection_split(labels, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig, fold: int,
+                    fixed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(posts trained on, posts early stopping chooses on) for one fold.
+
+    ``select_on=inner``: a stratified ``inner_val`` share of ``train_idx`` is held out and chooses; the scored fold
+    ``val_idx`` is never looked at. ``scored_fold`` (or a fixed split, whose validation file is the choosing set):
+    ``(train_idx, val_idx)`` itself.
+    """
+    if fixed or config.select_on == "scored_fold":
+        return train_idx, val_idx
+    check_selection(config)
+    from sklearn.model_selection import train_test_split
+
+    train_idx = np.asarray(train_idx)
+    fold_labels = np.asarray(labels)[train_idx]
+    # at least one post of every class (a small fold's share could hold fewer posts than there are classes)
+    size = max(math.ceil(config.inner_val * len(train_idx)), len(np.unique(fold_labels)))
+    try:
+        fit_idx, select_idx = train_test_split(train_idx, test_size=size, stratify=fold_labels,
+                                               random_state=(config.seed + fold) % 2**32)
+    except ValueError as error:
+        raise ConfigError(f"cannot hold out a stratified {config.inner_val:g} of a training fold of "
+                          f"{len(train_idx)} posts for early stopping ({error}); raise --inner-val, use fewer "
+                          "--folds, or --select-on scored_fold") from None
+    return np.sort(fit_idx), np.sort(select_idx)
+
+
+def score_fold(model: MultimodalClassifier, state: dict, features: dict, val_idx: np.ndarray, config: RunConfig,
+               device: torch.device) -> np.ndarray:
+    """Class probabilities (V, C) of the scored fold from the chosen weights ``state`` (no labels read)."""
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    batches = FeatureBatches(features, None, val_idx, max(config.train.batch_size, 64),
+                             pin_memory=device.type == "cuda")
+    probs, _ = predict_probs(model, batches, config.train.loss, device)
+    return probs
+
+
+def join_splits(train: Split, val: Split) -> Split:
+    """The posts of a training and a validation file of one data folder, training ones first; they must not
+    share a post."""
+    shared = set(train.guids) & set(val.guids)
+    if shared:
+        raise DataError(f"{len(shared)} posts are in both the training and the validation file (e.g. "
+                        f"{sorted(shared)[0]}); the validation posts must be held out")
+    if Path(train.data_dir).resolve() != Path(val.data_dir).resolve():
+        raise DataError("the training and the validation file must name posts of the same data folder")
+    return Split(train.data_dir, train.records + val.records, problems=train.problems + val.problems)
 
 
 def cv_summary(fold_rows: list[dict]) -> dict:
@@ -272,13 +405,22 @@ def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:
         f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']}){suffix}")
 
 
+def figures_name(metrics: dict) -> str:
+    """What a run's headline figures are: "5-fold CV" or "validation (fixed split)"."""
+    if metrics.get("protocol", {}).get("name") == "fixed_split":
+        return "validation (fixed split)"
+    return f"{len(metrics['folds'])}-fold CV"
+
+
 def format_summary(metrics: dict) -> str:
     cv = metrics["cv"]
     data = metrics["data"]
     return "\n".join([
-        f"{len(metrics['folds'])}-fold CV: accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  "
+        f"{figures_name(metrics)}: accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  "
         f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}  "
         f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}",
+        f"protocol: {describe_protocol(metrics)}",
+        *([format_calibration(metrics["calibration"])] if "calibration" in metrics else []),
         f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",
         f"data repaired or worked around: {data['images_unusable']} text only (image unusable), "
         f"{data.get('texts_unusable', 0)} image only (text missing or empty), "

@@ -10,7 +10,9 @@ ENS/
   metrics.json           the ensemble's cross-validation metrics (same layout as a run's) + each member's
   oof_predictions.csv    the averaged out-of-fold probabilities
 
-``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles. With ``--stack``
+``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles (their uncalibrated
+probabilities, which the ensemble was fitted on), then apply the ensemble's own temperature (ENS/calibration.json,
+fitted on its out-of-fold probabilities like a run's). With ``--stack``
 (:mod:`.stacking`), a logistic regression over the members' probabilities and VADER's lexicon scores combines them
 instead; ensemble.json then also holds the fitted stacker.
 """
@@ -24,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import CALIBRATION_FILE, fit_calibration
 from .config import LABELS
-from .cv import OOF_FILE, OOF_HEADER, RunError, cv_summary, write_oof
+from .cv import OOF_FILE, OOF_HEADER, RunError, cv_summary, describe_protocol, write_oof
 from .data.folds import stratified_folds
 from .io import atomic_write_json
 from .metrics import classification_metrics
@@ -62,6 +65,13 @@ def _run_identity(run_dir: Path) -> dict:
     if is_ensemble(run_dir):
         raise RunError(f"{run_dir} is an ensemble; give its member runs instead")
     config = read_run_config(run_dir)
+    try:
+        protocol = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8")).get("protocol") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        protocol = {}
+    if protocol.get("name") == "fixed_split":
+        raise RunError(f"{run_dir} was trained on a fixed split (--val-file), not cross-validated: an ensemble "
+                       "combines runs' out-of-fold predictions of every training post")
     result = Path(run_dir) / "folds" / "fold_0" / "result.json"
     try:
         data = json.loads(result.read_text(encoding="utf-8"))["data"]
@@ -130,23 +140,37 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: P
         return cv_summary(rows), rows
 
     cv, rows = cv_of(probs)
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    for fold, (_, val_idx) in enumerate(folds):
+        fold_of[val_idx] = fold
+    calibration = fit_calibration(probs, labels, fold_of)  # of the combined probabilities, cross-fitted
     if is_ensemble(out_dir):
         log(f"replacing the ensemble in {out_dir} (an ensemble is recomputed from its members in seconds)")
     out_dir.mkdir(parents=True, exist_ok=True)
     members = [os.path.relpath(r.resolve(), out_dir.resolve()) for r in run_dirs]
+    protocols = [_protocol_of(r) for r in run_dirs]
     metrics = {
+        "protocol": protocols[0] if all(p == protocols[0] for p in protocols) else
+        {"name": "mixed", "description": "members were trained under different protocols: "
+                                         + "; ".join(describe_protocol({"protocol": p}) for p in protocols)},
         "combine": "stack" if stacker else "mean",
         "cv": cv, "folds": rows, "out_of_fold": classification_metrics(labels, probs.argmax(1)),
         "members": [{"run": member, "cv": cv_of(p)[0]} for member, p in zip(members, member_probs)],
+        "calibration": calibration.summary(),
         "wall_seconds": time.perf_counter() - start,
     }
     if stacker:
         metrics["averaged_cv"] = cv_of(averaged)[0]  # what the plain mean of the same members gives
     extra = {"stacker": stacker} if stacker else {}
     atomic_write_json(out_dir / ENSEMBLE_FILE, {"members": members, **identities[0], **extra})
+    atomic_write_json(out_dir / CALIBRATION_FILE, calibration.to_dict())
     atomic_write_json(out_dir / "metrics.json", metrics)
     write_oof(out_dir / OOF_FILE, guids, names, probs)
     return metrics
+
+
+def _protocol_of(run_dir: Path) -> dict | None:
+    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8")).get("protocol")
 
 
 def read_stacker(ensemble_dir: Path):

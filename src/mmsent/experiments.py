@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
-from .cv import RunError, config_differences, format_summary, train_cv
+from .cv import RunError, config_differences, format_summary, train_cv, trained_config
 from .io import atomic_write_json, atomic_write_text
 from .model import MODALITIES
 from .registry import FUSIONS, MODEL_FAMILIES
 
-METRIC_COLUMNS = ("accuracy", "weighted_f1", "macro_f1", "accuracy_std")
+METRIC_COLUMNS = ("accuracy", "weighted_f1", "macro_f1", "accuracy_std", "accuracy_seed_std", "seeds")
 FOLD_KEYS = ("train.folds", "train.seed")  # a grid over these would not share folds between cells
 
 
@@ -117,49 +117,72 @@ def cell_config(overrides: dict[str, Any], cell: Cell) -> RunConfig:
 
 def _cell_state(cell_dir: Path, config: RunConfig) -> str:
     """'new', 'finished' or 'started'; refuses a cell folder trained with other settings."""
-    from .predict import read_run_config
-
     if not (cell_dir / "config.json").is_file():
         return "new"
-    changed = config_differences(read_run_config(cell_dir), config)
+    changed = config_differences(trained_config(cell_dir), config)
     if changed:
         raise RunError(f"{cell_dir} was trained with other settings ({'; '.join(changed)}); use another --out for "
                        "a different base configuration, or pass --overwrite to retrain every cell")
     return "finished" if (cell_dir / "metrics.json").is_file() else "started"
 
 
+def _train_cell(config: RunConfig, cell_dir: Path, split, label: str, log, overwrite: bool) -> dict:
+    """One run folder of a grid, kept if finished, continued if started; its metrics."""
+    state = "new" if overwrite else _cell_state(cell_dir, config)
+    if state == "finished":
+        log(f"{label}: finished earlier; kept")
+        return json.loads((cell_dir / "metrics.json").read_text(encoding="utf-8"))
+    log(f"{label}: {'continuing' if state == 'started' else 'training'}")
+    metrics = train_cv(config, split, cell_dir, log=log, resume=state == "started", overwrite=overwrite)
+    log(format_summary(metrics).splitlines()[0])
+    return metrics
+
+
 def run_grid(kind: str, overrides: dict[str, Any], cells: list[Cell], split, out_dir: Path, log=print,
-             overwrite: bool = False) -> list[dict]:
+             overwrite: bool = False, seeds: list[int] | None = None) -> list[dict]:
     """Train every cell (skipping finished ones, resuming started ones); write ``OUT/<kind>.json`` and ``.md``.
 
     ``overrides``: the user's dotted config keys shared by every cell (each cell's model family adds its defaults
-    under them, see :func:`mmsent.config.resolve_config`).
+    under them, see :func:`mmsent.config.resolve_config`). ``seeds``: train each cell once per seed
+    (``cells/<cell>/seed_S``); a row then holds the mean over seeds and ``accuracy_seed_std``, the spread of the
+    CV accuracy over seeds.
     """
+    from .seeds import over_seeds, seed_dir, write_seed_summary
+
     out_dir = Path(out_dir)
     base = resolve_config(overrides)
     rows = []
     for index, cell in enumerate(cells, 1):
         config = cell_config(overrides, cell)
         cell_dir = out_dir / "cells" / cell.name
-        state = "new" if overwrite else _cell_state(cell_dir, config)
         label = f"[{index}/{len(cells)}] {cell.name}"
-        if state == "finished":
-            log(f"{label}: finished earlier; kept")
-            metrics = json.loads((cell_dir / "metrics.json").read_text(encoding="utf-8"))
+        if seeds:
+            by_seed = {}
+            for seed in seeds:
+                seeded = RunConfig.from_dict(config.to_dict())
+                seeded.train.seed = seed
+                by_seed[seed] = _train_cell(seeded, seed_dir(cell_dir, seed), split, f"{label} seed {seed}", log,
+                                            overwrite)
+            write_seed_summary(cell_dir, by_seed)
+            over = over_seeds(by_seed)
+            rows.append({**cell.settings, "accuracy": over["accuracy_mean"], "weighted_f1": over["weighted_f1_mean"],
+                         "macro_f1": over["macro_f1_mean"], "accuracy_std": over["accuracy_fold_std"],
+                         "accuracy_seed_std": over["accuracy_seed_std"], "seeds": list(seeds),
+                         "run": f"cells/{cell.name}"})
         else:
-            log(f"{label}: {'continuing' if state == 'started' else 'training'}")
-            metrics = train_cv(config, split, cell_dir, log=log, resume=state == "started", overwrite=overwrite)
-            log(format_summary(metrics).splitlines()[0])
-        cv = metrics["cv"]
-        rows.append({**cell.settings, "accuracy": cv["accuracy_mean"], "weighted_f1": cv["weighted_f1_mean"],
-                     "macro_f1": cv["macro_f1_mean"], "accuracy_std": cv["accuracy_std"],
-                     "run": f"cells/{cell.name}"})
+            cv = _train_cell(config, cell_dir, split, label, log, overwrite)["cv"]
+            rows.append({**cell.settings, "accuracy": cv["accuracy_mean"], "weighted_f1": cv["weighted_f1_mean"],
+                         "macro_f1": cv["macro_f1_mean"], "accuracy_std": cv["accuracy_std"],
+                         "run": f"cells/{cell.name}"})
         write_tables(out_dir, kind, rows, base)  # after every cell: a partial table is there while it runs
     return rows
 
 
 def write_tables(out_dir: Path, kind: str, rows: list[dict], base: RunConfig) -> None:
-    atomic_write_json(out_dir / f"{kind}.json", {"rows": rows, "base_config": base.to_dict()})
+    from .cv import protocol_of
+
+    atomic_write_json(out_dir / f"{kind}.json", {"rows": rows, "base_config": base.to_dict(),
+                                                 "protocol": protocol_of(base.train)})
     atomic_write_text(out_dir / f"{kind}.md", markdown_table(rows) + "\n")
 
 
@@ -169,17 +192,33 @@ def setting_columns(rows: list[dict]) -> list[str]:
 
 
 def display_rows(rows: list[dict]) -> list[dict[str, str]]:
-    """Rows of a grid as text cells: settings, then accuracy as mean ± std (bold ``**`` on the best), F1s."""
-    best = max((r["accuracy"] for r in rows), default=None)
+    """Rows of a grid as text cells: settings, then accuracy as mean ± std over folds (bold ``**`` on the best),
+    F1s. Rows trained on several seeds add the std over seeds and how far each row is below the best: a gap
+    smaller than the larger of the two rows' seed spreads is marked "within seed spread"."""
+    best_row = max(rows, key=lambda r: r["accuracy"], default=None)
+    seeded = any("accuracy_seed_std" in r for r in rows)
     shown = []
     for row in rows:
         accuracy = f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}"
-        if row["accuracy"] == best and len(rows) > 1:
+        if row is best_row and len(rows) > 1:
             accuracy = f"**{accuracy}**"
-        shown.append({**{k: _format_value(row[k]) for k in setting_columns(rows)},
-                      "accuracy (mean ± std)": accuracy, "weighted F1": f"{row['weighted_f1']:.4f}",
-                      "macro F1": f"{row['macro_f1']:.4f}"})
+        cells = {**{k: _format_value(row[k]) for k in setting_columns(rows)},
+                 "accuracy (mean ± std over folds)" if seeded else "accuracy (mean ± std)": accuracy}
+        if seeded:
+            spread = row.get("accuracy_seed_std")
+            cells["± std over seeds"] = f"{spread:.4f}" if spread is not None else "-"
+            cells["below the best"] = _gap_to_best(row, best_row)
+        cells.update({"weighted F1": f"{row['weighted_f1']:.4f}", "macro F1": f"{row['macro_f1']:.4f}"})
+        shown.append(cells)
     return shown
+
+
+def _gap_to_best(row: dict, best: dict) -> str:
+    if row is best:
+        return "-"
+    gap = best["accuracy"] - row["accuracy"]
+    spread = max(row.get("accuracy_seed_std") or 0.0, best.get("accuracy_seed_std") or 0.0)
+    return f"{gap:.4f} ({'within' if gap <= spread else 'beyond'} seed spread)"
 
 
 def dict_table_markdown(rows: list[dict]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .calibration import apply_temperature, read_temperature
 from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
 from .cv import RunError, compute_features
 from .data.dataset import Split, open_split
@@ -159,7 +160,10 @@ class Predictor:
 
 @dataclass
 class LoadedRun(Predictor):
-    """A trained run: its config, its loaded encoders and one model per fold. Safe to share between threads."""
+    """A trained run: its config, its loaded encoders and one model per fold. Safe to share between threads.
+
+    ``temperature``: the run's calibration (``RUN/calibration.json``; 1 = none), applied to the fold-averaged
+    probabilities of every prediction."""
 
     config: RunConfig
     towers: Towers
@@ -167,6 +171,7 @@ class LoadedRun(Predictor):
     device: torch.device
     run_dir: Path | None = None
     _worker: ThreadPoolExecutor = field(default_factory=_inference_thread, repr=False, compare=False)
+    temperature: float = 1.0
 
     def _call(self, fn, *args):
         """``fn(*args)`` on the run's inference thread, waiting for its result."""
@@ -181,12 +186,15 @@ class LoadedRun(Predictor):
 
     @property
     def description(self) -> str:
-        return f"{len(self.models)}-fold ensemble"
+        calibrated = f", temperature {self.temperature:.3f}" if self.temperature != 1.0 else ", uncalibrated"
+        models = "one model" if len(self.models) == 1 else f"{len(self.models)}-fold ensemble"
+        return f"{models}{calibrated}"
 
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) from frozen features of N posts."""
+        """Fold-averaged class probabilities (N, 3) from frozen features of N posts, temperature-scaled."""
         batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
-        return ensemble_probs(self.models, batches, self.config.train.loss, self.device)
+        return apply_temperature(ensemble_probs(self.models, batches, self.config.train.loss, self.device),
+                                 self.temperature)
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
@@ -221,6 +229,7 @@ class LoadedEnsemble(Predictor):
     members: list[LoadedRun]
     run_dir: Path | None = None
     stacker: Stacker | None = None
+    temperature: float = 1.0  # the ensemble's own calibration, applied to the combined probabilities
 
     @property
     def models(self) -> list[MultimodalClassifier]:
@@ -234,14 +243,17 @@ class LoadedEnsemble(Predictor):
     @property
     def description(self) -> str:
         stacked = ", stacked with VADER's lexicon scores" if self.stacker else ""
-        return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models{stacked}"
+        calibrated = f", temperature {self.temperature:.3f}" if self.temperature != 1.0 else ", uncalibrated"
+        return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models{stacked}{calibrated}"
 
     def _combine(self, member_probs: list[np.ndarray], read_raw_texts) -> np.ndarray:
         """Members' probabilities [(N, 3), ...] -> the ensemble's (N, 3). ``read_raw_texts()`` gives the posts' raw
         texts (None: no text), read only by a stacker."""
         if self.stacker is None:
-            return np.mean(member_probs, axis=0)
-        return self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(read_raw_texts())))
+            combined = np.mean(member_probs, axis=0)
+        else:
+            combined = self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(read_raw_texts())))
+        return apply_temperature(combined, self.temperature)
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
         return self._combine([member.predict_split(split, log) for member in self.members],
@@ -262,9 +274,14 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
+    if (run_dir / "seeds.json").is_file():
+        raise RunError(f"{run_dir} holds one run per seed (mmsent train --seeds); give one of them, e.g. "
+                       f"{run_dir / 'seed_' }S, or combine runs with 'mmsent ensemble'")
     if is_ensemble(run_dir):
-        return LoadedEnsemble([load_run(member, device, backend) for member in member_dirs(run_dir)], run_dir,
-                              read_stacker(run_dir))
+        members = [load_run(member, device, backend) for member in member_dirs(run_dir)]
+        for member in members:  # the ensemble combines (and was fitted on) its members' uncalibrated probabilities
+            member.temperature = 1.0
+        return LoadedEnsemble(members, run_dir, read_stacker(run_dir), temperature=read_temperature(run_dir))
     config = read_run_config(run_dir)
     if backend is not None:
         config.train.backend = backend
@@ -277,7 +294,7 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     target = resolve_device(device)
     worker = _inference_thread()
     towers, models = worker.submit(_build_models, config, weight_files, target).result()
-    return LoadedRun(config, towers, models, target, run_dir, worker)
+    return LoadedRun(config, towers, models, target, run_dir, worker, temperature=read_temperature(run_dir))
 
 
 def _build_models(config: RunConfig, weight_files: list[Path], target: torch.device):

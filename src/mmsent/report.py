@@ -1,9 +1,12 @@
 """``mmsent report``: one self-contained HTML page (and a Markdown twin) over run and experiment folders.
 
-A run folder (``mmsent train``) gives the label distribution, per-epoch loss/accuracy curves of every fold, the
-out-of-fold confusion matrix and per-class precision / recall / F1. An experiment folder (``ablate``, ``compare``,
-``sweep``) gives its table, and a sweep its validation-loss curves per value of each swept key. Figures are drawn
-with matplotlib (Agg), embedded in the HTML as PNG data and written to ``OUT/figures/`` for the Markdown.
+A run folder (``mmsent train``) gives the protocol behind its figures, the label distribution, per-epoch
+loss/accuracy curves of every fold, the out-of-fold confusion matrix and per-class precision / recall / F1, the
+reliability diagram before and after temperature scaling, and its held-out evaluations (``mmsent evaluate``) beside
+its CV. A folder of runs over seeds (``train --seeds``) gives the spread over seeds. An experiment folder
+(``ablate``, ``compare``, ``sweep``) gives its table, and a sweep its validation-loss curves per value of each swept
+key. Figures are drawn with matplotlib (Agg), embedded in the HTML as PNG data and written to ``OUT/figures/`` for
+the Markdown.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import CALIBRATION_FILE, format_calibration
 from .config import LABELS
-from .cv import RunError
+from .cv import RunError, describe_protocol, figures_name
+from .evaluation import evaluation_tables, read_evaluations
+from .seeds import is_seed_group, read_seed_summary, seeds_table
 from .ensemble import is_ensemble, summary_rows
 from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
@@ -56,6 +62,9 @@ def experiment_kinds(folder: Path) -> list[str]:
 
 
 def _histories(run: Path) -> list[list[dict]]:
+    """Per-fold histories of a run (of every seed's run for a folder of runs over seeds)."""
+    if is_seed_group(run):
+        return [h for sub in sorted(run.glob("seed_*")) for h in _histories(sub)]
     return [_read_json(fold / "history.json") for fold in sorted((run / "folds").glob("fold_*"))
             if (fold / "history.json").is_file()]
 
@@ -141,6 +150,33 @@ def sweep_curves_figure(folder: Path, rows: list[dict], key: str):
     return fig
 
 
+def reliability_figure(calibration: dict, title: str):
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, before and after temperature
+    scaling (cross-fitted), with the share of posts per bin below."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.8, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ":", color="#888", label="perfectly calibrated")
+    for key, name, colour in (("reliability_before", "before", "#c0392b"), ("reliability_after", "after", "#2471a3")):
+        bins = [b for b in calibration.get(key, []) if b["count"]]
+        ece = calibration.get(f"ece_{name}")
+        label = f"{name} (ECE {ece:.4f})" if ece is not None else name
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=colour, label=label,
+                markersize=4)
+    bins = calibration.get("reliability_before", [])
+    total = max(sum(b["count"] for b in bins), 1)
+    hist.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] / total for b in bins],
+             width=1 / max(len(bins), 1), color="#c0392b", alpha=0.5, label="before")
+    bins = calibration.get("reliability_after", [])
+    hist.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["count"] / total for b in bins],
+             width=1 / max(len(bins), 1), color="#2471a3", alpha=0.5, label="after")
+    ax.set(ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.04),
+           title=f"{title}\ntemperature {calibration['temperature']:.3f}")
+    hist.set(xlabel="confidence (highest class probability)", ylabel="share of posts")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def per_class_table(out_of_fold: dict) -> list[dict]:
     return [{"class": name, "precision": f"{v['precision']:.4f}", "recall": f"{v['recall']:.4f}",
              "F1": f"{v['f1']:.4f}", "support": v["support"]} for name, v in out_of_fold["per_class"].items()]
@@ -152,10 +188,21 @@ def run_section(run: Path, title: str) -> Section:
     section = Section(title)
     section.items.append(("text", (
         f"{config['model']} / fusion {config['fusion']['name']} / modality {config['modality']}: "
-        f"{len(metrics['folds'])}-fold CV accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, "
+        f"{figures_name(metrics)} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, "
         f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}, "
         f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}; "
         f"wall time {metrics['wall_seconds']:.0f} s on {metrics.get('device', '?')}.")))
+    section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
+    evaluations = read_evaluations(run)
+    if evaluations:
+        section.items.append(("text", "Held-out evaluation (mmsent evaluate) beside the run's own figures:"))
+        section.items.append(("table", evaluation_rows(metrics, evaluations)))
+        for evaluation in evaluations:
+            _, per_class, confusion = evaluation_tables(evaluation)
+            name = Path(evaluation["labels_file"]).name
+            section.items.append(("figure", (confusion_figure(evaluation["confusion"], f"{name}: confusion matrix"),
+                                             f"{name}: confusion matrix (rows: true, columns: predicted)")))
+            section.items.append(("table", per_class))
     section.items.append(("table", [{"fold": r["fold"] + 1, "accuracy": f"{r['accuracy']:.4f}",
                                      "weighted F1": f"{r['weighted_f1']:.4f}", "macro F1": f"{r['macro_f1']:.4f}",
                                      "best epoch": r["best_epoch"], "epochs run": r["epochs_run"]}
@@ -163,11 +210,56 @@ def run_section(run: Path, title: str) -> Section:
     histories = _histories(run)
     if histories:
         section.items.append(("figure", (curves_figure(histories, f"{title}: per-epoch curves"),
-                                         "per-epoch train/validation loss and accuracy, every fold")))
+                                         "per-epoch train/validation loss and accuracy, every fold (validation: "
+                                         "the posts early stopping chose on, see the protocol)")))
     if "out_of_fold" in metrics:
         confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
         section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
         section.items.append(("table", per_class_table(metrics["out_of_fold"])))
+    calibration = _calibration_of(run)
+    if calibration is not None:
+        section.items.append(("text", format_calibration(calibration) + "."))
+        section.items.append(("figure", (reliability_figure(calibration, f"{title}: reliability"),
+                                         "reliability diagram of the out-of-fold probabilities before and after "
+                                         "temperature scaling (cross-fitted)")))
+    else:
+        section.items.append(("text", "Not calibrated (no calibration.json): predictions use temperature 1."))
+    return section
+
+
+def _calibration_of(run: Path) -> dict | None:
+    path = run / CALIBRATION_FILE
+    return _read_json(path) if path.is_file() else None
+
+
+def evaluation_rows(metrics: dict, evaluations: list[dict]) -> list[dict]:
+    """The run's own figures (CV or validation) and each held-out evaluation, as rows of one table."""
+    cv = metrics["cv"]
+    own = ("validation file" if metrics.get("protocol", {}).get("name") == "fixed_split"
+           else f"{figures_name(metrics)} (mean ± std over folds)")
+    rows = [{"figures": own, "posts": sum(row.get("val_size", 0) for row in metrics["folds"]),
+             "accuracy": f"{cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}",
+             "weighted F1": f"{cv['weighted_f1_mean']:.4f}", "macro F1": f"{cv['macro_f1_mean']:.4f}",
+             "ECE": (f"{metrics['calibration']['ece_after']:.4f}" if metrics.get("calibration", {}).get("ece_after")
+                     is not None else "-")}]
+    for evaluation in evaluations:
+        rows.append({"figures": f"held-out {Path(evaluation['labels_file']).name}", "posts": evaluation["posts"],
+                     "accuracy": f"{evaluation['accuracy']:.4f}", "weighted F1": f"{evaluation['weighted_f1']:.4f}",
+                     "macro F1": f"{evaluation['macro_f1']:.4f}", "ECE": f"{evaluation['ece']:.4f}"})
+    return rows
+
+
+def seeds_section(folder: Path) -> Section:
+    """A folder of runs over seeds (``mmsent train --seeds``): one row per seed and the mean ± std over seeds."""
+    summary = read_seed_summary(folder)
+    section = Section(f"seeds {folder.name}")
+    over = summary["over_seeds"]
+    section.items.append(("text", (
+        f"The same configuration on {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}). "
+        f"Protocol: {describe_protocol(summary)}. Accuracy {over['accuracy_mean']:.4f} ± "
+        f"{over['accuracy_seed_std']:.4f} over seeds (± {over['accuracy_fold_std']:.4f} over folds, mean over "
+        "seeds): a difference between configurations smaller than the spread over seeds is not a measured one.")))
+    section.items.append(("table", seeds_table(summary)))
     return section
 
 
@@ -175,6 +267,7 @@ def ensemble_section(folder: Path) -> Section:
     """An ensemble folder (``mmsent ensemble``): each member's CV and the ensemble's, its confusion matrix."""
     metrics = _read_json(folder / "metrics.json")
     section = Section(f"ensemble {folder.name}")
+    section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
     rows = [{"run": name, **cv} for name, cv in summary_rows(metrics)]
     section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
                                                                   f"{r['accuracy_std']:.4f}",
@@ -183,6 +276,12 @@ def ensemble_section(folder: Path) -> Section:
     confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
     section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
     section.items.append(("table", per_class_table(metrics["out_of_fold"])))
+    calibration = _calibration_of(folder)
+    if calibration is not None:
+        section.items.append(("text", format_calibration(calibration) + "."))
+        section.items.append(("figure", (reliability_figure(calibration, f"ensemble {folder.name}: reliability"),
+                                         "reliability diagram of the ensemble's out-of-fold probabilities before "
+                                         "and after temperature scaling (cross-fitted)")))
     return section
 
 
@@ -190,6 +289,7 @@ def experiment_section(folder: Path, kind: str) -> Section:
     data = _read_json(folder / f"{kind}.json")
     rows = data["rows"]
     section = Section(f"{kind} ({folder})")
+    section.items.append(("text", f"Protocol: {describe_protocol(data)}."))
     section.items.append(("table", display_rows(rows)))
     if kind == "sweep" and rows:
         for key in setting_columns(rows):
@@ -199,7 +299,9 @@ def experiment_section(folder: Path, kind: str) -> Section:
 
 def _label_counts(folders: list[Path]) -> dict | None:
     for folder in folders:
-        candidates = [folder] if is_run(folder) else sorted((folder / "cells").glob("*"))
+        candidates = [folder] if is_run(folder) else [*sorted(folder.glob("seed_*")),
+                                                       *sorted((folder / "cells").glob("*")),
+                                                       *sorted((folder / "cells").glob("*/seed_*"))]
         for candidate in candidates:
             if is_run(candidate):
                 return _read_json(candidate / "metrics.json")["data"]["label_counts"]
@@ -220,6 +322,8 @@ def build_sections(folders: list[Path]) -> list[Section]:
         kinds = experiment_kinds(folder)
         if is_run(folder):
             sections.append(run_section(folder, f"run {folder.name}"))
+        elif is_seed_group(folder):
+            sections.append(seeds_section(folder))
         elif is_ensemble(folder):
             sections.append(ensemble_section(folder))
         elif kinds:
@@ -227,8 +331,8 @@ def build_sections(folders: list[Path]) -> list[Section]:
                 sections.append(experiment_section(folder, kind))
         else:
             raise RunError(f"{folder} is neither a run folder (metrics.json + config.json), an ensemble folder "
-                             f"(ensemble.json) nor an experiment folder "
-                             f"({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
+                           f"(ensemble.json), a folder of runs over seeds (seeds.json) nor an experiment folder "
+                           f"({', '.join(k + '.json' for k in EXPERIMENT_KINDS)})")
     return sections
 
 

@@ -1,7 +1,7 @@
 """``mmsent serve``: a local web page and a JSON API over a trained run (Starlette + uvicorn).
 
 GET  /         the page (one self-contained HTML file: web/index.html)
-GET  /health   {"status", "run", "labels", "folds", "modalities", "max_upload_bytes"}
+GET  /health   {"status", "run", "labels", "folds", "modalities", "max_upload_bytes", "temperature"}
 POST /predict  multipart/form-data with a ``text`` field and/or an ``image`` file
                -> {"label", "probabilities", "modalities_used"}; errors -> {"error": message} with a 4xx status
 """
@@ -110,7 +110,8 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels = min(max_image_pixels or MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
     html = page_html()
     health_body = {"status": "ok", "run": str(run.run_dir) if run.run_dir else None, "labels": list(LABELS),
-                   "folds": len(run.models), "modalities": run.modalities, "max_upload_bytes": max_upload_bytes}
+                   "folds": len(run.models), "modalities": run.modalities, "max_upload_bytes": max_upload_bytes,
+                   "temperature": getattr(run, "temperature", None)}
 
     async def index(request):
         return HTMLResponse(html)

@@ -1,0 +1,132 @@
+"""The same configuration trained on several seeds: how much of a difference between runs is seed noise.
+
+``mmsent train --seeds 1,2,3 --out RUN`` writes one complete run folder per seed and a summary::
+
+    RUN/seed_S/      a run folder, as ``mmsent train --seed S`` writes it
+    RUN/seeds.json   {"seeds", "rows": [one per seed: its CV means and fold stds], "over_seeds": {...}, "protocol"}
+    RUN/seeds.md     the same as a Markdown table
+
+The seed moves the folds, the inner validation split, the initialisation and the batch order. ``over_seeds``
+holds, per figure, the mean and the standard deviation over seeds of the runs' CV means (``accuracy_seed_std``)
+and the mean over seeds of the spread over folds (``accuracy_fold_std``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError, RunConfig
+from .io import atomic_write_json, atomic_write_text
+
+SEEDS_FILE = "seeds.json"
+FIGURES = ("accuracy", "weighted_f1", "macro_f1")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]; at least two distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers such as 1,2,3, got {text!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs at least two different seeds (e.g. 1,2,3), got {text!r}")
+    return seeds
+
+
+def is_seed_group(folder: Path) -> bool:
+    return (Path(folder) / SEEDS_FILE).is_file()
+
+
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    return Path(out_dir) / f"seed_{seed}"
+
+
+def over_seeds(metrics_by_seed: dict[int, dict]) -> dict:
+    """Per figure: mean over seeds of the CV means, their std over seeds, and the mean std over folds."""
+    summary = {}
+    for key in FIGURES:
+        means = np.array([m["cv"][f"{key}_mean"] for m in metrics_by_seed.values()])
+        fold_stds = np.array([m["cv"][f"{key}_std"] for m in metrics_by_seed.values()])
+        summary[f"{key}_mean"] = float(means.mean())
+        summary[f"{key}_seed_std"] = float(means.std())
+        summary[f"{key}_fold_std"] = float(fold_stds.mean())
+    eces = [m.get("calibration", {}).get("ece_after") for m in metrics_by_seed.values()]
+    if all(e is not None for e in eces):
+        summary["ece_after_mean"] = float(np.mean(eces))
+    summary["seeds"] = len(metrics_by_seed)
+    return summary
+
+
+def seed_rows(metrics_by_seed: dict[int, dict]) -> list[dict]:
+    return [{"seed": seed, **{f"{key}_{stat}": m["cv"][f"{key}_{stat}"] for key in FIGURES for stat in ("mean", "std")}}
+            for seed, m in metrics_by_seed.items()]
+
+
+def write_seed_summary(out_dir: Path, metrics_by_seed: dict[int, dict]) -> dict:
+    """Write ``RUN/seeds.json`` and ``RUN/seeds.md``; returns the summary."""
+    first = next(iter(metrics_by_seed.values()))
+    summary = {"seeds": list(metrics_by_seed), "rows": seed_rows(metrics_by_seed),
+               "over_seeds": over_seeds(metrics_by_seed), "protocol": first.get("protocol"),
+               "runs": {str(seed): seed_dir(Path("."), seed).as_posix() for seed in metrics_by_seed}}
+    atomic_write_json(Path(out_dir) / SEEDS_FILE, summary)
+    atomic_write_text(Path(out_dir) / "seeds.md", seeds_markdown(summary) + "\n")
+    return summary
+
+
+def seeds_table(summary: dict) -> list[dict]:
+    """Rows for a table: one per seed (CV mean ± std over folds), then the mean ± std over seeds."""
+    rows = [{"seed": str(r["seed"]), "accuracy": f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}",
+             "weighted F1": f"{r['weighted_f1_mean']:.4f} ± {r['weighted_f1_std']:.4f}",
+             "macro F1": f"{r['macro_f1_mean']:.4f} ± {r['macro_f1_std']:.4f}"} for r in summary["rows"]]
+    over = summary["over_seeds"]
+    rows.append({"seed": "mean ± std over seeds",
+                 **{name: f"{over[key + '_mean']:.4f} ± {over[key + '_seed_std']:.4f}"
+                    for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"),
+                                      ("macro F1", "macro_f1"))}})
+    return rows
+
+
+def seeds_markdown(summary: dict) -> str:
+    from .experiments import dict_table_markdown
+
+    return dict_table_markdown(seeds_table(summary))
+
+
+def format_seeds(summary: dict) -> str:
+    over = summary["over_seeds"]
+    return "\n".join([
+        f"over {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}): "
+        + "  ".join(f"{name} {over[key + '_mean']:.4f} ± {over[key + '_seed_std']:.4f} (seeds), "
+                    f"± {over[key + '_fold_std']:.4f} (folds, mean over seeds)"
+                    for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"),
+                                      ("macro F1", "macro_f1"))),
+    ])
+
+
+def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=print, resume: bool = False,
+                overwrite: bool = False) -> dict:
+    """Train ``config`` once per seed into ``RUN/seed_S`` (finished seeds are kept with ``resume``); the summary."""
+    from .cv import format_summary, train_cv
+
+    out_dir = Path(out_dir)
+    metrics_by_seed = {}
+    for index, seed in enumerate(seeds, 1):
+        run_dir = seed_dir(out_dir, seed)
+        seeded = RunConfig.from_dict(config.to_dict())
+        seeded.train.seed = seed
+        if resume and (run_dir / "metrics.json").is_file():
+            log(f"[seed {seed}: {index}/{len(seeds)}] finished earlier; kept")
+            metrics_by_seed[seed] = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            continue
+        log(f"[seed {seed}: {index}/{len(seeds)}] -> {run_dir}")
+        started = resume and (run_dir / "config.json").is_file()
+        metrics_by_seed[seed] = train_cv(seeded, split, run_dir, log=log, resume=started, overwrite=overwrite)
+        log(format_summary(metrics_by_seed[seed]).splitlines()[0])
+    return write_seed_summary(out_dir, metrics_by_seed)
+
+
+def read_seed_summary(folder: Path) -> dict:
+    return json.loads((Path(folder) / SEEDS_FILE).read_text(encoding="utf-8"))
