@@ -51,6 +51,7 @@ def _wrong_shape(path: Path) -> None:
     save_file(tensors, str(path), metadata=metadata)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "image"])
 @pytest.mark.parametrize("damage", [_truncate, _wrong_shape], ids=["truncated", "wrong_shape"])
 def test_damaged_cache_entry_is_recomputed(damage, kind, dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
@@ -143,6 +144,7 @@ def test_interrupted_cache_write_is_not_trusted(text_setup):
     assert any("cache hit" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_leftover_temporary_files_are_never_read_and_are_cleared_from_run_folders(dataset, tmp_path, tiny_bert_dir,
                                                                                   tiny_vit_dir):
     run = tmp_path / "run"

@@ -33,6 +33,7 @@ def test_check_fails_on_unknown_tag(dataset, capsys):
     assert "train.txt:2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     metrics = _train(dataset, run)
@@ -60,6 +61,7 @@ def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
     assert "wrote 6 predictions" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(dataset, tmp_path):
     args = ["--text-encoder", "minilm", "--seed", "7", "--epochs", "2"]
     first = _train(dataset, tmp_path / "a", *args)
@@ -68,6 +70,7 @@ def test_same_seed_same_metrics(dataset, tmp_path):
     assert first["cv"] == second["cv"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["concat", "bi_cross_attention"])
 @pytest.mark.parametrize("modality", ["all", "text"])
 def test_train_hf_folders_any_fusion(fusion, modality, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
@@ -77,6 +80,7 @@ def test_train_hf_folders_any_fusion(fusion, modality, dataset, tmp_path, tiny_b
     assert len(metrics["folds"]) == 2
 
 
+@pytest.mark.slow
 def test_config_file_is_overridden_by_flags(dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"fusion": {"name": "concat", "heads": 2}, "train.lr": 0.01}))
@@ -116,6 +120,7 @@ def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, capsys, tmp_path):
     assert "Traceback" not in err and err.count("\n") == 1 and "not a folder" in err
 
 
+@pytest.mark.slow
 def test_the_public_load_run_takes_what_serve_passes(dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
     """``mmsent serve`` loads its run through the public ``mmsent.load_run`` with a device and a backend."""
     import inspect
@@ -136,6 +141,7 @@ class _Boom:
         return (Path.write_text, (Path("/tmp/mmsent-pwned-marker"), "pwned"))
 
 
+@pytest.mark.slow
 def test_crafted_pickle_in_run_folder_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
     run = tmp_path / "run"
     _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
@@ -149,6 +155,7 @@ def test_crafted_pickle_in_run_folder_is_refused(dataset, tmp_path, capsys, tiny
     assert not (tmp_path / "p.txt").exists()
 
 
+@pytest.mark.slow
 def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
     run = tmp_path / "run"
     _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
@@ -159,6 +166,7 @@ def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_ber
     assert "incompatible" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_and_predict_custom_family(dataset, tmp_path):
     """--model custom: from-scratch ResNet + Transformer through the same CLI, run folder and predict."""
     run = tmp_path / "custom"

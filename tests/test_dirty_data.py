@@ -224,6 +224,7 @@ def _tiny(bert: str, vit: str) -> list[str]:
     return ["--text-encoder", bert, "--image-encoder", vit, "--set", "image.image_size=32"]
 
 
+@pytest.mark.slow
 def test_train_and_predict_on_dirty_data(dirty, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
     summary = ("data repaired or worked around: 6 text only (image unusable), 2 image only (text missing or empty), "
                "1 texts decoded with a fallback encoding (cp1252/latin-1), 1 texts truncated, 1 label rows dropped, "

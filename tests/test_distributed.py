@@ -31,6 +31,7 @@ def _torchrun(processes: int, argv: list[str], env: dict) -> subprocess.Complete
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("model", ["pretrained", "custom"])
 def test_torchrun_two_processes_match_one(model, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):

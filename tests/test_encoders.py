@@ -20,6 +20,7 @@ def lite0():
     return load_pretrained("efficientnet_lite0")
 
 
+@pytest.mark.slow
 def test_packaged_efficientnet_classifies_like_imagenet(lite0):
     # A plain red square is no ImageNet class, but logits must be finite and confident-ish rather than uniform.
     x = torch.zeros(1, 3, 224, 224)
@@ -30,6 +31,7 @@ def test_packaged_efficientnet_classifies_like_imagenet(lite0):
     assert probs.max() > 5 / 1000  # random weights give ~1/1000 everywhere
 
 
+@pytest.mark.slow
 def test_batchnorm_fusion_keeps_outputs(lite0):
     x = torch.randn(2, 3, 96, 128)
     fused = copy.deepcopy(lite0).fuse_batchnorm_()
@@ -43,6 +45,7 @@ def test_random_init_differs_from_packaged(lite0):
     assert not torch.equal(fresh._conv_stem.weight, lite0._conv_stem.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_layers", [1, 3, 18])
 def test_image_split_point_does_not_change_the_function(train_layers, dataset):
     split = open_split(dataset, dataset / "train.txt", labelled=True)

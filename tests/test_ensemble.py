@@ -23,6 +23,8 @@ from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilit
 from conftest import write_dataset
 from test_cli import _train  # tests/ is on sys.path (pytest rootdir import mode)
 
+pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
+
 
 @pytest.fixture
 def two_runs(dataset, tmp_path):

@@ -13,6 +13,8 @@ from mmsent.experiments import comparison_cells, parse_grid, sweep_cells
 from mmsent.model import MODALITIES
 from mmsent.registry import FUSIONS, MODEL_FAMILIES
 
+pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
+
 TINY = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32", "--workers", "0",
         "--set", "text.max_length=16", "--set", "image.image_size=64",
         "--custom-dim", "16", "--custom-heads", "2", "--custom-ffn-dim", "32", "--custom-layers", "1",

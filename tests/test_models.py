@@ -71,6 +71,7 @@ def _batch(towers: Towers, split, n=6):
     return batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 @pytest.mark.parametrize("text_name", _encoder_params(TEXT_ENCODERS, TINY_TEXT))
 @pytest.mark.parametrize("image_name", _encoder_params(IMAGE_ENCODERS, TINY_IMAGE))
@@ -126,6 +127,7 @@ def family_towers():
     return {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 @pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.parametrize("family", MODEL_FAMILIES.names())

@@ -16,6 +16,8 @@ from mmsent.encoders.text import create_text_tower
 from mmsent.profiles import profile_overrides
 from mmsent.registry import PROFILES
 
+pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
+
 load_plugins()
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32", "--workers", "0",
         "--set", "text.max_length=16"]

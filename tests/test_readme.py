@@ -31,7 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 RUNNABLE = ("bash", "python")  # fenced languages the test runs; ```text marks a block that is not a command
 BLOCK_TIMEOUT = 900  # seconds for one block (a train on the generated data takes seconds)
 
-pytestmark = [pytest.mark.readme, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.readme, pytest.mark.multiprocess, pytest.mark.slow]
 
 
 @dataclass

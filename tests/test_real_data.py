@@ -10,7 +10,7 @@ import pytest
 from mmsent.cli import main
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mvsa"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (REAL / "train.txt").is_file(), reason=f"no real data at {REAL}")]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.skipif(not (REAL / "train.txt").is_file(), reason=f"no real data at {REAL}")]
 
 
 def test_check_real_data(capsys):

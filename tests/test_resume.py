@@ -26,6 +26,8 @@ from mmsent.cli import main
 from mmsent.config import TrainConfig
 from mmsent.training import fit
 
+pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
+
 SMALL = ["--batch-size", "4", "--dim", "16", "--ffn-dim", "32", "--set", "text.max_length=16", "--workers", "0",
          "--seed", "5"]
 

@@ -62,6 +62,7 @@ def _features(tower, dataset):
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0 (top 3 stages trained)", "tiny vit",
                                   "tiny bert", "tiny bert (top layer trained)", "tiny bert (all layers trained)",
                                   "tiny mpnet"])
+@pytest.mark.slow
 def test_graph_runtimes_give_the_torch_features(runtime, name, dataset, tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
     tower = _towers(tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir)[name]()
     expected = _features(tower, dataset)
@@ -241,6 +242,7 @@ def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
     assert np.asarray(pixels.permute(0, 2, 3, 1)).flags["C_CONTIGUOUS"]  # what ONNX Runtime reads, without a copy
 
 
+@pytest.mark.slow
 def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path, monkeypatch):
     from test_cli import _train
 

@@ -25,6 +25,8 @@ from mmsent.predict import load_run
 from conftest import write_dataset
 from test_cli import FAST, _train  # tests/ is on sys.path (pytest rootdir import mode)
 
+pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
+
 
 @pytest.fixture
 def larger_dataset(tmp_path) -> Path:
