@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6: the CUDA tests, then timed 5-fold runs from a cold cache on the GPU (each through
+# The GPU check: the CUDA tests, then timed 5-fold runs from a cold cache on the GPU (each through
 # bench_cv.py, which prints the CV summary, the training wall time and `mmsent predict`'s wall time).
 #
 #   bash benchmarks/bench_gpu.sh [tests|runs|all] [DATA] [RUNS_DIR]

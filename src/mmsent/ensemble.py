@@ -1,8 +1,7 @@
 """Ensembles of finished runs: average the class probabilities of runs cross-validated on the same folds.
 
-Runs with different encoders make different mistakes: on MVSA-Single the default run (MiniLM + EfficientNet-Lite0,
-0.7305 CV accuracy) averaged with an all-mpnet-base-v2 run (0.7265) scores 0.7385 (benchmarks/README.md). Because
-every member predicted each training post out of fold, with the same folds, the averaged out-of-fold probabilities
+Runs with different encoders make different mistakes, so their average beats each of them (benchmarks/README.md
+measures it). Because every member predicted each training post out of fold, with the same folds, the averaged out-of-fold probabilities
 are an honest cross-validation estimate of the ensemble too.
 
 ENS/

@@ -68,10 +68,9 @@ def pretrained_family(config: RunConfig) -> Towers:
     )
 
 
-# 5-fold CV on MVSA-Single (benchmarks/README.md): for this family the three fusions lie within noise (0.635-0.640),
-# bi_cross_attention had the best comparison cell; the pretrained family does best with the global cross_attention.
-# Trained from random initialisation on 3,200 posts, it gains from regularisation: validating and keeping an EMA of
-# the weights with label smoothing 0.1 and weight decay 0.1 gave 0.6430 +- 0.0095 against 0.6360 +- 0.0161 without.
+# For this family the three fusions measured within noise of each other and bi_cross_attention had the best cell;
+# trained from random initialisation on a few thousand posts, it gains from regularisation (an EMA of the weights,
+# label smoothing, weight decay). The measurements: benchmarks/README.md.
 CUSTOM_DEFAULTS = {"fusion.name": "bi_cross_attention", "train.ema_decay": 0.99, "train.label_smoothing": 0.1,
                    "train.weight_decay": 0.1}
 

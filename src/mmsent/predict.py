@@ -35,8 +35,8 @@ def _inference_thread() -> ThreadPoolExecutor:
 
     Torch's CPU kernels use OpenMP, which keeps a team of threads per calling thread. Once the teams hold more
     threads than there are cores, OpenMP stops spinning between parallel regions and every region pays a sleep and
-    a wake-up: measured on the 2-core CPU, 55 ms per post from one thread, 90-105 ms once a second thread had run
-    the model. Callers may use any threads: their work is queued to this one (which also serialises it).
+    a wake-up, which makes every post much slower once a second thread has run the model (benchmarks/README_serve.md).
+    Callers may use any threads: their work is queued to this one (which also serialises it).
     """
     return ThreadPoolExecutor(1, thread_name_prefix="mmsent-inference",
                               initializer=lambda: setattr(_thread_state, "inference", True))

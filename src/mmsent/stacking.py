@@ -4,8 +4,7 @@ sentiment lexicon's scores of the post's text, instead of averaging the probabil
 Its inputs per post: each member's log-probabilities (C each) and VADER's four scores (neg, neu, pos, compound) of
 the cleaned text. ``mmsent ensemble --stack`` fits it on the members' out-of-fold probabilities; the figures it
 reports are cross-fitted (fitted on the other folds' posts, scored on each fold's), and the stacker kept for
-prediction is then fitted on all of them. On MVSA-Single, for a fine-tuned MiniLM run, an mpnet run and the default
-run, it gave 0.7558 CV accuracy (macro F1 0.6401) against 0.7460 (0.6181) averaged (benchmarks/README.md).
+prediction is then fitted on all of them (what it gains over averaging: benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ class FeatureBatches:
     """Iterates over mini-batches of cached features for the given post indices.
 
     With text features, posts of similar token length are batched together (length bucketing), so each batch is
-    padded only to its own longest text: measured on MVSA, mean length 22 tokens vs. a mean batch maximum of 48
-    with random batches. Training batches are still drawn at random: posts are shuffled, sorted by length within
+    padded only to its own longest text (short posts padded to the longest of a random batch waste most of its
+    compute). Training batches are still drawn at random: posts are shuffled, sorted by length within
     windows of ``bucket_window`` batches, and the batches' order is shuffled again.
 
     ``pin_memory``: serve batches in page-locked memory, so that copies to a GPU run asynchronously.

@@ -134,8 +134,7 @@ class OnnxRunner(GraphRunner):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: the image-decoding worker process needs that core (measured:
-        # 67 against 56 images/s on the 2-core CPU).
+        # Idle threads sleep instead of spinning: the image-decoding worker process needs that core.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         super().__init__(path, input_names)
