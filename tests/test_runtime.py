@@ -243,6 +243,7 @@ def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
 
 
 @pytest.mark.slow
+@pytest.mark.openvino  # loads OpenVINO when it is installed
 def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path, monkeypatch):
     from test_cli import _train
 
