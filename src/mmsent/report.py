@@ -216,15 +216,20 @@ def run_section(run: Path, title: str) -> Section:
         confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
         section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
         section.items.append(("table", per_class_table(metrics["out_of_fold"])))
-    calibration = _calibration_of(run)
-    if calibration is not None:
-        section.items.append(("text", format_calibration(calibration) + "."))
-        section.items.append(("figure", (reliability_figure(calibration, f"{title}: reliability"),
-                                         "reliability diagram of the out-of-fold probabilities before and after "
-                                         "temperature scaling (cross-fitted)")))
-    else:
-        section.items.append(("text", "Not calibrated (no calibration.json): predictions use temperature 1."))
+    section.items.extend(_calibration_items(run, title, "the")
+                         or [("text", "Not calibrated (no calibration.json): predictions use temperature 1.")])
     return section
+
+
+def _calibration_items(folder: Path, title: str, whose: str) -> list:
+    """The calibration line and reliability diagram of a run or ensemble folder ([] when it has no calibration)."""
+    calibration = _calibration_of(folder)
+    if calibration is None:
+        return []
+    return [("text", format_calibration(calibration) + "."),
+            ("figure", (reliability_figure(calibration, f"{title}: reliability"),
+                        f"reliability diagram of {whose} out-of-fold probabilities before and after temperature "
+                        "scaling (cross-fitted)"))]
 
 
 def _calibration_of(run: Path) -> dict | None:
@@ -276,12 +281,7 @@ def ensemble_section(folder: Path) -> Section:
     confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
     section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
     section.items.append(("table", per_class_table(metrics["out_of_fold"])))
-    calibration = _calibration_of(folder)
-    if calibration is not None:
-        section.items.append(("text", format_calibration(calibration) + "."))
-        section.items.append(("figure", (reliability_figure(calibration, f"ensemble {folder.name}: reliability"),
-                                         "reliability diagram of the ensemble's out-of-fold probabilities before "
-                                         "and after temperature scaling (cross-fitted)")))
+    section.items.extend(_calibration_items(folder, f"ensemble {folder.name}", "the ensemble's"))
     return section
 
 
