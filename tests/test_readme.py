@@ -44,7 +44,7 @@ class Block:
     @property
     def name(self) -> str:
         first = next((text for text in self.source.splitlines() if text.strip() and not text.startswith("#")), "")
-        return f"L{self.line} {first.split('#')[0].strip()[:60]}"
+        return f"L{self.line} {' '.join(first.split('#')[0].split())[:60]}"
 
 
 def readme_blocks() -> list[Block]:
