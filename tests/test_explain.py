@@ -162,8 +162,9 @@ def test_pieces_merge_back_to_original_words(prep, tiny_bert_dir):
     assert words_of("  a\tb \n c ") == [(2, 3), (4, 5), (8, 9)]
 
 
-def test_cli_explain_json_and_text(tmp_path, capsys, monkeypatch, tiny_bert_dir, tiny_vit_dir):
-    """`mmsent predict --explain` on a run folder (trained for one epoch): JSON and the plain-text form."""
+def test_cli_explain_and_report_error_analysis(tmp_path, capsys, monkeypatch, tiny_bert_dir, tiny_vit_dir):
+    """`mmsent predict --explain` on a run folder (trained for one epoch): JSON and the plain-text form; `mmsent
+    report --data` adds the run's error analysis."""
     from conftest import write_dataset
     from mmsent.cli import main
 
@@ -186,6 +187,26 @@ def test_cli_explain_json_and_text(tmp_path, capsys, monkeypatch, tiny_bert_dir,
     assert Image.open(tmp_path / "heat.png").size == (80, 50)
     assert main(["predict", "--run", str(run), "--text", "x", "--heatmap", str(tmp_path / "h.png")]) == 2
     assert "--heatmap needs --explain" in capsys.readouterr().err
+
+    # the report's error analysis: mistakes explained by the fold that held them out, words per class
+    assert main(["report", "--out", str(tmp_path / "rep"), "--data", str(data), "--explain-posts", "0", str(run)]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "## run run: error analysis" in md and "Words most often pushing toward each predicted class, over 12" in md
+    oof = [line.split(",") for line in (run / "oof_predictions.csv").read_text().splitlines()[1:]]
+    pairs = {}
+    for row in oof:
+        predicted = LABELS[int(np.argmax([float(x) for x in row[2:]]))]
+        if predicted != row[1]:
+            pairs[(row[1], predicted)] = pairs.get((row[1], predicted), 0) + 1
+    shown = sum(min(3, n) for n in pairs.values())  # the 3 most confident mistakes of each confusion pair
+    assert shown and md.count("modality shares: text") == shown
+    assert len(list((tmp_path / "rep" / "figures").glob("mistake_*.png"))) == shown
+    assert page.count("data:image/png;base64") >= shown
+    other = write_dataset(tmp_path / "other", n_train=9, n_test=2, seed=3)
+    assert main(["report", "--out", str(tmp_path / "rep2"), "--data", str(other), str(run)]) == 0
+    assert "Error analysis not available: " in (tmp_path / "rep2" / "report.md").read_text()
+    assert main(["report", "--out", str(tmp_path / "rep3"), "--data", str(tmp_path), str(run)]) == 2
 
 
 @pytest.mark.slow

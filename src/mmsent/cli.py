@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
     report.add_argument("folders", type=Path, nargs="+", metavar="RUN",
                         help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
+    report.add_argument("--data", type=Path, help="the data folder the runs were trained on: adds each run's error "
+                        "analysis (its most confident out-of-fold mistakes explained, and the words most often "
+                        "pushing toward each class)")
+    report.add_argument("--explain-posts", type=int, default=200, metavar="N",
+                        help="with --data: how many posts (evenly spaced) give the words pushing toward each class "
+                             "(0 = every post; default 200)")
     report.set_defaults(func=cmd_report)
 
     ensemble = sub.add_parser("ensemble", help="average (or --stack) the probabilities of finished runs "
@@ -355,7 +361,11 @@ def cmd_report(args) -> int:
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         raise ConfigError(f"not a folder: {', '.join(missing)}")
-    html_path, md_path = write_report(args.out, args.folders)
+    if args.data is not None and not (args.data / "train.txt").is_file():
+        raise ConfigError(f"--data {args.data}: no train.txt there (the data folder the runs were trained on)")
+    if args.explain_posts < 0:
+        raise ConfigError(f"--explain-posts must be 0 (every post) or positive, got {args.explain_posts}")
+    html_path, md_path = write_report(args.out, args.folders, args.data, args.explain_posts)
     print(f"report written to {html_path} and {md_path}")
     return 0
 

@@ -219,16 +219,18 @@ def _fold_attributions(model, encoded: dict, label: int, temperature: float, ste
 
 def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanation:
     """Explain one post with a :class:`~mmsent.predict.LoadedRun` (see the module's docstring for the method)."""
-    prediction = run.predict(text=text, image=image)  # checks the post; calibrated fold-ensemble probabilities
-    label = LABELS.index(prediction.label)
+    from .predict import Prediction
+
+    used = run._modalities_used(text, image, None)  # InputError for a post that gives the run nothing
     towers, prep = run.towers, run.config.text_prep
-    has_text = "text" in prediction.modalities_used
-    has_image = "image" in prediction.modalities_used
     pixels = towers.image.load(image) if towers.image is not None and image is not None else None
     cleaned = clean_text(text or "", prep) if towers.text is not None else None
+    probs, scores, without = run._call(_explain_tensors, run, cleaned, pixels, steps)
+    prediction = Prediction.from_probs(probs[0], used)  # the same as run.predict(text, image)
+    label = LABELS.index(prediction.label)
+    has_text, has_image = "text" in used, "image" in used
     explanation = Explanation(prediction.label, prediction.probabilities, prediction.modalities_used,
                               method=METHOD.format(steps=steps, folds=len(run.models)))
-    scores = run._call(_attribute, run, cleaned, pixels, label, steps)
 
     if towers.text is None:
         explanation.unavailable["words"] = "the run reads images only"
@@ -265,7 +267,6 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
     elif not (has_text and has_image):
         explanation.unavailable["modality_shares"] = "the post has only one modality"
     else:
-        without = run._call(_without_modalities, run, cleaned, pixels)
         p = prediction.probabilities[prediction.label]
         drops = {"text": p - float(without["text"][0, label]), "image": p - float(without["image"][0, label])}
         total = abs(drops["text"]) + abs(drops["image"])
@@ -286,26 +287,40 @@ def _features(run, cleaned, pixels) -> dict:
     return features
 
 
-def _attribute(run, cleaned, pixels, label: int, steps: int) -> dict:
-    """Fold-averaged token scores {"text": (Tt,), "image": (Ti,)} (on the run's inference thread)."""
+def _explain_tensors(run, cleaned, pixels, steps: int):
+    """On the run's inference thread: the ensemble's calibrated probabilities (1, 3), the fold-averaged token
+    scores toward its label {"text": (Tt,), "image": (Ti,)}, and the probabilities (1, 3) with the text emptied
+    and with the image replaced by the missing-image token (None unless the run reads both)."""
     with torch.inference_mode():
-        features = {k: v.to(run.device) for k, v in _features(run, cleaned, pixels).items()}
-        encoded = [model.encoder_outputs(features) for model in run.models]
+        features = _features(run, cleaned, pixels)
+        probs = run._ensemble(features, 1)
+        without = None
+        if cleaned is not None and run.towers.image is not None:
+            no_text = dict(features, **run.towers.text.encode_items([""]))
+            no_image = dict(features, image_present=torch.zeros_like(features["image_present"]))
+            without = {"text": run._ensemble(no_text, 1), "image": run._ensemble(no_image, 1)}
+        on_device = {k: v.to(run.device) for k, v in features.items()}
+        encoded = [model.encoder_outputs(on_device) for model in run.models]
     encoded = [{k: tuple(t.clone() for t in v) if v is not None else None for k, v in e.items()} for e in encoded]
+    for e in encoded:  # right padding cannot change the real tokens' outputs: attribute the real ones only
+        if e["text"] is not None:
+            length = max(1, int(e["text"][1][0].sum()))
+            e["text"] = (e["text"][0][:, :length], e["text"][1][:, :length])
+    label = int(np.argmax(probs[0]))
     totals = {"text": None, "image": None}
-    with torch.enable_grad():
-        for model, enc in zip(run.models, encoded):
-            for kind, value in _fold_attributions(model, enc, label, run.temperature, steps).items():
-                if value is not None:
-                    totals[kind] = value if totals[kind] is None else totals[kind] + value
-    return {k: (v / len(run.models) if v is not None else None) for k, v in totals.items()}
-
-
-@torch.inference_mode()
-def _without_modalities(run, cleaned, pixels) -> dict:
-    """The ensemble's calibrated probabilities (1, 3) with the text emptied and with the image missing."""
-    return {"text": run._ensemble(_features(run, "", pixels), 1),
-            "image": run._ensemble(_features(run, cleaned, None), 1)}
+    threads = torch.get_num_threads()
+    # One thread for the many small backward passes: on a CPU shared with other processes, a team of OpenMP
+    # threads made an explanation take several times longer and vary tenfold (benchmarks/README.md).
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            for model, enc in zip(run.models, encoded):
+                for kind, value in _fold_attributions(model, enc, label, run.temperature, steps).items():
+                    if value is not None:
+                        totals[kind] = value if totals[kind] is None else totals[kind] + value
+    finally:
+        torch.set_num_threads(threads)
+    return probs, {k: (v / len(run.models) if v is not None else None) for k, v in totals.items()}, without
 
 
 # ---------------------------------------------------------------- rendering
