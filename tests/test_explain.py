@@ -192,7 +192,7 @@ def test_cli_explain_and_report_error_analysis(tmp_path, capsys, monkeypatch, ti
     assert main(["report", "--out", str(tmp_path / "rep"), "--data", str(data), "--explain-posts", "0", str(run)]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "## run run: error analysis" in md and "Words most often pushing toward each predicted class, over 12" in md
+    assert "## run run: error analysis" in md and "Words pushing toward each predicted class, over 12" in md
     oof = [line.split(",") for line in (run / "oof_predictions.csv").read_text().splitlines()[1:]]
     pairs = {}
     for row in oof:

@@ -24,6 +24,7 @@ from .progress import progress
 
 MISTAKES_PER_PAIR = 3
 TOP_WORDS = 12
+MIN_POSTS = 2  # a word pushing toward a class in fewer posts than this is not listed
 
 
 def _oof_rows(run: Path) -> list[dict]:
@@ -166,15 +167,18 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
             if word["read"] and word["score"] > 0 and key:
                 counts[explanation.label][key] += 1
                 totals[explanation.label][key] += word["score"]
-    items.append(("text", f"Words most often pushing toward each predicted class, over {len(guids)} posts "
-                          f"({'all' if len(guids) == len(by_guid) else 'evenly spaced'} out-of-fold posts; a word "
-                          "counts once per post where its score toward the predicted label is positive; "
-                          "lowercased, punctuation around it removed):"))
+    items.append(("text", f"Words pushing toward each predicted class, over {len(guids)} posts "
+                          f"({'all' if len(guids) == len(by_guid) else 'evenly spaced'} out-of-fold posts; "
+                          "lowercased, punctuation around them removed): ranked by their total push (the sum of "
+                          "their positive scores toward the label predicted), shown as (posts where the word "
+                          f"pushed toward it, mean score there); words pushing in fewer than {MIN_POSTS} posts are "
+                          "left out. Frequent words add up many small pushes; the mean tells them apart."))
     table = []
     for rank in range(TOP_WORDS):
         row = {"rank": rank + 1}
         for name in LABELS:
-            top = sorted(counts[name].items(), key=lambda kv: (-kv[1], -totals[name][kv[0]], kv[0]))
+            top = sorted(((w, c) for w, c in counts[name].items() if c >= MIN_POSTS),
+                         key=lambda kv: (-totals[name][kv[0]], -kv[1], kv[0]))
             if rank < len(top):
                 word, count = top[rank]
                 row[name] = f"{word} ({count}, mean {totals[name][word] / count:+.3f})"
