@@ -367,7 +367,7 @@ def coloured_words(words: list[dict], tty: bool) -> str:
         else:
             toward = (230, 223, 216, 209, 202)[level - 1]  # xterm-256 colours, paler to stronger
             away = (195, 153, 111, 69, 27)[level - 1]
-            out.append(f"\033[48;5;{toward if word['score'] > 0 else away}m{word['word']}\033[0m")
+            out.append(f"\033[30;48;5;{toward if word['score'] > 0 else away}m{word['word']}\033[0m")
     return " ".join(out)
 
 
