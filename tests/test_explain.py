@@ -120,6 +120,8 @@ def test_one_modality_and_missing_parts_say_why(tmp_path, tiny_bert_dir, tiny_vi
     assert "texts only" in explanation.unavailable["image"] and "text only" in explanation.unavailable["modality_shares"]
     with pytest.raises(InputError):
         run.explain(text="  ")
+    with pytest.raises(InputError, match="steps"):
+        run.explain(text="great day", steps=0)
 
 
 def test_pooled_features_say_not_available(tmp_path, tiny_bert_dir, tiny_vit_dir):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS
+from .errors import InputError
 from .progress import progress
 
 MISTAKES_PER_PAIR = 3
@@ -125,7 +126,12 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
             blocks_md += [f"### true {true}, predicted {predicted} ({len(pairs[current])} posts): the most confident",
                           ""]
         text, image = _post(split, guid)
-        explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
+        try:
+            explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
+        except InputError as error:  # nothing the run reads (e.g. an image-only run, an unusable image)
+            blocks_html.append(f"<p>post {html.escape(guid)}: {html.escape(str(error))}</p>")
+            blocks_md += [f"post {guid}: {error}", ""]
+            continue
         unavailable = explanation.to_dict()["unavailable"]
         shares = explanation.modality_shares
         shares_text = (f"text {shares['text']:.0%}, image {shares['image']:.0%}" if shares
@@ -159,7 +165,7 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     totals = {name: defaultdict(float) for name in LABELS}
     for guid in progress(guids, desc="explaining posts", unit="post"):
         text, image = _post(split, guid)
-        if text is None:
+        if text is None or (image is None and "text" not in run.modalities):
             continue
         explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
         for word in explanation.words or []:

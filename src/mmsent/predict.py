@@ -152,6 +152,8 @@ class Predictor:
         from .explain import STEPS, check_explainable, explain_post
 
         check_explainable(self)
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise InputError(f"steps must be a positive number of integration steps, got {steps!r}")
         return explain_post(self, text, image, steps or STEPS)
 
     def _modalities_used(self, text, image, index: int | None) -> list[str]:
