@@ -192,7 +192,7 @@ def _request(url: str, body: bytes | None = None, content_type: str | None = Non
 
 
 def _post(url: str, text: str | None = None, image: bytes | None = None, filename: str = "post.jpg",
-          content_type: str = "image/jpeg") -> tuple[int, dict]:
+          content_type: str = "image/jpeg", path: str = "/predict") -> tuple[int, dict]:
     """POST a multipart/form-data body with an optional 'text' field and an optional 'image' file."""
     boundary = uuid.uuid4().hex
     parts = []
@@ -202,7 +202,7 @@ def _post(url: str, text: str | None = None, image: bytes | None = None, filenam
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
                      f"Content-Type: {content_type}\r\n\r\n".encode() + image + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return _request(url + "/predict", body, f"multipart/form-data; boundary={boundary}")
+    return _request(url + path, body, f"multipart/form-data; boundary={boundary}")
 
 
 def test_health(server, trained):
@@ -224,6 +224,26 @@ def test_predict_over_http_matches_api(server, trained, model):
         expected = model.predict(text=text, image=raw)
         assert body["label"] == expected.label
         np.testing.assert_allclose(_probs(body), _probs(expected.to_dict()), atol=1e-5)
+
+
+def test_explain_over_http_matches_api(server, trained, model):
+    image = trained.image.read_bytes()
+    status, body = _post(server, text=trained.text, image=image, path="/explain")
+    assert status == 200, body
+    expected = model.explain(text=trained.text, image=image).to_dict()
+    assert body["label"] == expected["label"] and [w["word"] for w in body["words"]] == trained.text.split()
+    np.testing.assert_allclose([w["score"] for w in body["words"]], [w["score"] for w in expected["words"]],
+                               atol=1e-6)
+    np.testing.assert_allclose(body["image"]["grid"], expected["image"]["grid"], atol=1e-6)
+    assert body["modality_shares"] == pytest.approx(expected["modality_shares"])
+    status, body = _post(server, text="great day", path="/explain")
+    assert status == 200 and body["image"] is None
+    assert body["unavailable"]["image"] == "not available: the post has no image"
+    status, body = _post(server, text="hi", image=b"%PDF-1.4 not an image", filename="doc.pdf",
+                         content_type="application/pdf", path="/explain")
+    assert status == 415 and "not a readable image" in body["error"]
+    status, body = _post(server, path="/explain")
+    assert status == 400 and "empty request" in body["error"]
 
 
 def _png(size: tuple[int, int]) -> bytes:
@@ -309,3 +329,28 @@ def test_page_predicts_in_a_browser(server, browser, trained, model):
         track = bar.find_element(By.CLASS_NAME, "track").size["width"]
         fill = bar.find_element(By.CLASS_NAME, "fill").size["width"]
         assert fill == pytest.approx(track * expected.probabilities[bar.get_attribute("data-label")], abs=2)
+
+
+@pytest.mark.browser
+def test_page_explains_in_a_browser(server, browser, trained, model):
+    """The Explain toggle: the words highlighted by score and the heat map drawn over the image."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "image").send_keys(str(trained.image))
+    browser.find_element(By.ID, "text").send_keys(trained.text)
+    browser.find_element(By.ID, "explain").click()
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .w"))
+    expected = model.explain(text=trained.text, image=trained.image)
+    spans = browser.find_elements(By.CSS_SELECTOR, "#words .w")
+    assert [span.text for span in spans] == [w["word"] for w in expected.words]
+    strongest = max(range(len(spans)), key=lambda i: abs(expected.words[i]["score"]))
+    assert spans[strongest].value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script(
+        "var c = document.getElementById('heat-map'); return c.width > 1 && c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data.some(function (v, i) { return i % 4 == 3 && v > 0; });"))
+    canvas = browser.find_element(By.ID, "heat-map")
+    assert int(canvas.get_attribute("width")) == expected.image.width
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#shares .shares")) == 2

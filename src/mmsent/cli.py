@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
     report.add_argument("folders", type=Path, nargs="+", metavar="RUN",
                         help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
+    report.add_argument("--data", type=Path, help="the data folder the runs were trained on: adds each run's error "
+                        "analysis (its most confident out-of-fold mistakes explained, and the words most often "
+                        "pushing toward each class)")
+    report.add_argument("--explain-posts", type=int, default=200, metavar="N",
+                        help="with --data: how many posts (evenly spaced) give the words pushing toward each class "
+                             "(0 = every post; default 200)")
     report.set_defaults(func=cmd_report)
 
     ensemble = sub.add_parser("ensemble", help="average (or --stack) the probabilities of finished runs "
@@ -182,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", help="one post: its text (with --image, or alone)")
     predict.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
     predict.add_argument("--json", action="store_true", help="one post: print the result as JSON")
+    predict.add_argument("--explain", action="store_true",
+                         help="one post: also say why: a signed score per word toward the label (coloured on a "
+                              "terminal), the image regions that mattered and the share of each modality")
+    predict.add_argument("--heatmap", type=Path, metavar="PNG",
+                         help="with --explain and --image: write the image with its heat map over it to PNG")
     predict.add_argument("--device", default="auto")
     predict.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
                                                              "train.backend)")
@@ -350,7 +361,11 @@ def cmd_report(args) -> int:
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         raise ConfigError(f"not a folder: {', '.join(missing)}")
-    html_path, md_path = write_report(args.out, args.folders)
+    if args.data is not None and not (args.data / "train.txt").is_file():
+        raise ConfigError(f"--data {args.data}: no train.txt there (the data folder the runs were trained on)")
+    if args.explain_posts < 0:
+        raise ConfigError(f"--explain-posts must be 0 (every post) or positive, got {args.explain_posts}")
+    html_path, md_path = write_report(args.out, args.folders, args.data, args.explain_posts)
     print(f"report written to {html_path} and {md_path}")
     return 0
 
@@ -415,7 +430,11 @@ def _predict_one(args) -> int:
             raise ConfigError(f"image file not found: {args.image}")
         image = args.image.read_bytes()
         open_image(image)  # refuse a non-image before loading the run
+    if args.heatmap is not None and not (args.explain and image is not None):
+        raise ConfigError("--heatmap needs --explain and --image")
     run = load_run(args.run, device=args.device, backend=args.backend)
+    if args.explain:
+        return _explain_one(args, run, image)
     result = run.predict(text=args.text, image=image)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -423,6 +442,51 @@ def _predict_one(args) -> int:
     print(f"{result.label}  ({run.description}; from {' + '.join(result.modalities_used)})")
     for name, probability in result.probabilities.items():
         print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
+    return 0
+
+
+def _explain_one(args, run, image) -> int:
+    """``predict --explain``: the label, the words coloured by their score, the image grid and modality shares."""
+    import numpy as np
+
+    from .explain import coloured_words, overlay_png
+    from .io import atomic_write_bytes
+
+    explanation = run.explain(text=args.text, image=image)
+    if args.heatmap is not None and explanation.image is not None:
+        atomic_write_bytes(args.heatmap, overlay_png(image, explanation.image))
+    if args.json:
+        print(json.dumps(explanation.to_dict()))
+        return 0
+    print(f"{explanation.label}  ({run.description}; from {' + '.join(explanation.modalities_used)})")
+    for name, probability in explanation.probabilities.items():
+        print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
+    unavailable = explanation.to_dict()["unavailable"]
+    if explanation.words is not None:
+        tty = sys.stdout.isatty()
+        print(f"words toward {explanation.label}" + (" (orange: toward, blue: away)" if tty else " (score)") + ":")
+        print("  " + coloured_words(explanation.words, tty))
+        top = sorted((w for w in explanation.words if w["read"]), key=lambda w: -w["score"])[:5]
+        print("  strongest: " + ", ".join(f"{w['word']} {w['score']:+.3f}" for w in top))
+    else:
+        print(f"words: {unavailable['words']}")
+    if explanation.image is not None:
+        grid = np.asarray(explanation.image.grid)
+        row, column = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        print(f"image: {grid.shape[0]}x{grid.shape[1]} regions over the centre crop of the {explanation.image.width}x"
+              f"{explanation.image.height} image; strongest toward {explanation.label}: row {row + 1}, column "
+              f"{column + 1} ({grid[row, column]:+.3f}); sum {grid.sum():+.3f}")
+        if args.heatmap is not None:
+            print(f"  heat map written to {args.heatmap}")
+    else:
+        print(f"image: {unavailable['image']}")
+    if explanation.modality_shares is not None:
+        shares = explanation.modality_shares
+        print(f"modalities: text {shares['text']:.0%}, image {shares['image']:.0%} (P({explanation.label}) "
+              f"{explanation.probabilities[explanation.label]:.3f}; without the text {shares['without_text']:.3f}, "
+              f"without the image {shares['without_image']:.3f})")
+    else:
+        print(f"modalities: {unavailable['modality_shares']}")
     return 0
 
 

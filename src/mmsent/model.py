@@ -143,10 +143,18 @@ class MultimodalClassifier(nn.Module):
                     groups.append((depth, trainable))
         return groups
 
-    def _image_tokens(self, features):
-        tokens, mask = self.image_encoder(features)
+    def encoder_outputs(self, features: dict[str, torch.Tensor]) -> dict[str, tuple | None]:
+        """The encoders' token features before projection: {"text": (tokens (B, Tt, Dt), mask) or None,
+        "image": (tokens (B, Ti, Di), mask, present (B,)) or None}. Attributions are taken with respect to these."""
+        text = image = None
+        if self.text_encoder is not None:
+            text = self.text_encoder(features)
+        if self.image_encoder is not None:
+            image = (*self.image_encoder(features), features["image_present"])
+        return {"text": text, "image": image}
+
+    def _image_tokens(self, tokens, mask, present):
         tokens = self.image_proj(tokens)  # (B, Ti, D)
-        present = features["image_present"]  # (B,)
         if not bool(present.all()):
             missing = ~present
             tokens = tokens.clone()
@@ -156,13 +164,13 @@ class MultimodalClassifier(nn.Module):
             mask[missing, 0] = True  # one learned token stands for the absent image
         return tokens, mask
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """features: cached tensors of a batch -> logits (B, 3)."""
-        if self.text_encoder is not None:
-            txt, txt_mask = self.text_encoder(features)
+    def forward_from_encoded(self, text: tuple | None, image: tuple | None) -> torch.Tensor:
+        """Logits (B, 3) from ``encoder_outputs``: projections, the missing-image token, fusion and head."""
+        if text is not None:
+            txt, txt_mask = text
             txt = self.text_proj(txt)  # (B, Tt, D)
-        if self.image_encoder is not None:
-            img, img_mask = self._image_tokens(features)
+        if image is not None:
+            img, img_mask = self._image_tokens(*image)
         if self.modality == "all":
             fused = self.fusion(img, img_mask, txt, txt_mask)  # (B, F)
         elif self.modality == "text":
@@ -170,3 +178,8 @@ class MultimodalClassifier(nn.Module):
         else:
             fused = masked_mean(img, img_mask)
         return self.head(fused)  # (B, 3)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """features: cached tensors of a batch -> logits (B, 3)."""
+        encoded = self.encoder_outputs(features)
+        return self.forward_from_encoded(encoded["text"], encoded["image"])

@@ -145,6 +145,17 @@ class Predictor:
         probs = self._batch_probs(texts, images, n)  # (N, 3)
         return [Prediction.from_probs(row, modalities) for row, modalities in zip(probs, used)]
 
+    def explain(self, text: str | None = None, image=None, steps: int | None = None):
+        """One post's prediction and why: an :class:`mmsent.explain.Explanation` with a signed score per word of
+        ``text`` toward the predicted label, a heat map over ``image`` and the share each modality carries
+        (method: :mod:`mmsent.explain`; ``steps``: integrated-gradients steps, default ``explain.STEPS``)."""
+        from .explain import STEPS, check_explainable, explain_post
+
+        check_explainable(self)
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise InputError(f"steps must be a positive number of integration steps, got {steps!r}")
+        return explain_post(self, text, image, steps or STEPS)
+
     def _modalities_used(self, text, image, index: int | None) -> list[str]:
         given = {"text": bool(text and text.strip()), "image": image is not None}
         used = [m for m in self.modalities if given[m]]

@@ -308,8 +308,11 @@ def _label_counts(folders: list[Path]) -> dict | None:
     return None
 
 
-def build_sections(folders: list[Path]) -> list[Section]:
-    """Sections for every folder; a folder that is neither a run nor an experiment is an error."""
+def build_sections(folders: list[Path], data: Path | None = None, explain_posts: int = 200) -> list[Section]:
+    """Sections for every folder; a folder that is neither a run nor an experiment is an error.
+
+    ``data``: the data folder the runs were trained on; with it each run gets an error-analysis section
+    (:mod:`mmsent.error_analysis`, ``explain_posts`` posts for the words pushing toward each class, 0 = all)."""
     sections = []
     counts = _label_counts(folders)
     if counts:
@@ -322,6 +325,11 @@ def build_sections(folders: list[Path]) -> list[Section]:
         kinds = experiment_kinds(folder)
         if is_run(folder):
             sections.append(run_section(folder, f"run {folder.name}"))
+            if data is not None:
+                from .error_analysis import error_analysis_items
+
+                sections.append(Section(f"run {folder.name}: error analysis",
+                                        error_analysis_items(folder, Path(data), explain_posts)))
         elif is_seed_group(folder):
             sections.append(seeds_section(folder))
         elif is_ensemble(folder):
@@ -365,10 +373,12 @@ td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:.6em 0}"""
 
 
-def write_report(out_dir: Path, folders: list[Path]) -> tuple[Path, Path]:
-    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md`` (+ ``OUT/figures/*.png``)."""
+def write_report(out_dir: Path, folders: list[Path], data: Path | None = None,
+                 explain_posts: int = 200) -> tuple[Path, Path]:
+    """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md`` (+ ``OUT/figures/*.png``); ``data`` adds
+    each run's error analysis (see :func:`build_sections`)."""
     out_dir = Path(out_dir)
-    sections = build_sections([Path(f) for f in folders])
+    sections = build_sections([Path(f) for f in folders], data, explain_posts)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     sources = ", ".join(str(f) for f in folders)
     md = ["# mmsent report", "", f"Sources: {sources}", ""]
@@ -385,6 +395,12 @@ def write_report(out_dir: Path, folders: list[Path]) -> tuple[Path, Path]:
             elif kind == "table":
                 md += [dict_table_markdown(payload), ""]
                 page.append(_dict_table_html(payload))
+            elif kind == "html":  # a fragment built by its section: (HTML, Markdown, {relative path: bytes})
+                fragment, markdown, files = payload
+                for name, content in files.items():
+                    atomic_write_bytes(out_dir / name, content)
+                md += [markdown, ""]
+                page.append(fragment)
             else:
                 figure_count += 1
                 fig, caption = payload

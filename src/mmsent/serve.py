@@ -4,6 +4,8 @@ GET  /         the page (one self-contained HTML file: web/index.html)
 GET  /health   {"status", "run", "labels", "folds", "modalities", "max_upload_bytes", "temperature"}
 POST /predict  multipart/form-data with a ``text`` field and/or an ``image`` file
                -> {"label", "probabilities", "modalities_used"}; errors -> {"error": message} with a 4xx status
+POST /explain  the same form -> the prediction and why: {"label", "probabilities", "modalities_used", "words",
+               "image", "modality_shares", "unavailable", "method"} (see mmsent.explain)
 """
 
 from __future__ import annotations
@@ -119,10 +121,10 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     async def health(request):
         return JSONResponse(health_body)
 
-    async def predict(request):
+    async def answer(request, method):
         try:
             text, image = await _read_post(request, max_upload_bytes, max_pixels)
-            result = await run_in_threadpool(run.predict, text=text, image=image)
+            result = await run_in_threadpool(method, text=text, image=image)
         except Exception as error:
             status = error.status if isinstance(error, RequestError) else _status_of(error)
             if status is None:
@@ -130,10 +132,17 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
             return JSONResponse({"error": str(error)}, status_code=status)
         return JSONResponse(result.to_dict())
 
+    async def predict(request):
+        return await answer(request, run.predict)
+
+    async def explain(request):
+        return await answer(request, run.explain)
+
     async def http_error(request, error: HTTPException):
         return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
-    routes = [Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"])]
+    routes = [Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"]),
+              Route("/explain", explain, methods=["POST"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 

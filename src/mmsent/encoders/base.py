@@ -115,6 +115,27 @@ class Tower:
         """
         raise NotImplementedError
 
+    def tokens_unavailable(self) -> str | None:
+        """Why the tokens this encoder hands to the trainable part cannot be attributed to words or image regions
+        (e.g. mean-pooled features: one vector per post), or None when they can (see :mod:`mmsent.explain`)."""
+        return None
+
+    def piece_offsets(self, text: str) -> list[tuple[int, int] | None] | None:
+        """Text towers: the character span in the cleaned ``text`` of each token position the encoder gives for it
+        (None for special tokens and padding), in the order of the token features; None if the tokenizer gives
+        no offsets."""
+        return None
+
+    def token_grid(self, n_tokens: int) -> tuple[int, int, int] | None:
+        """Image towers: (leading tokens that are no image cell, rows, columns) of ``n_tokens`` image tokens laid
+        out row by row over the centre crop; None if they form no grid. By default a square grid, after one
+        leading class token where ``n_tokens - 1`` is square (ViT)."""
+        for skip in (0, 1):
+            side = int(round((n_tokens - skip) ** 0.5))
+            if side > 0 and side * side == n_tokens - skip:
+                return skip, side, side
+        return None
+
     def expected_shapes(self, n: int) -> dict[str, tuple]:
         """Shapes the cached tensors must have for ``n`` posts (-1 = any size); used to validate cache entries."""
         raise NotImplementedError

@@ -206,6 +206,12 @@ class EfficientNetLiteTower(ImageTower):
         self._input_channels = [3, 32] + [b._project_conv.out_channels for b in net._blocks] + [net.num_features]
         super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features))
 
+    def tokens_unavailable(self):
+        if self.config.pooled:
+            return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
+                    "region to attribute")
+        return None
+
     def cache_id(self):
         parts = {"image": self.variant, "size": self.size, "split": self.split_at, "format": 1}
         if self.config.pooled:
@@ -271,6 +277,12 @@ class HFImageTower(ImageTower):
 
     def _lower_tokens(self, pixel_values):
         return self.lower(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
+
+    def tokens_unavailable(self):
+        if self.config.pooled:
+            return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
+                    "region to attribute")
+        return None
 
     def cache_id(self):
         parts = {"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1}

@@ -217,6 +217,12 @@ class WordPieceTower(Tower):
         return json.dumps({"text": "minilm-wordpiece", "vocab": len(self.tokenizer), "max_length": self.max_length,
                            "format": 1})
 
+    def piece_offsets(self, text):
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                                 return_special_tokens_mask=True)
+        return [None if special else tuple(span) for span, special in
+                zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
+
     def expected_shapes(self, n):
         return {"text_ids": (n, self.max_length), "text_mask": (n, self.max_length)}
 

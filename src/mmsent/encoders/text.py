@@ -122,6 +122,17 @@ class TokenIds:
             return [encoding.ids for encoding in self._fast.encode_batch(list(texts))]
         return self._hf(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
+    def offsets(self, text: str) -> list[tuple[int, int] | None]:
+        """Each token's character span in ``text`` (None for special tokens), the tokens of ``self([text])[0]``."""
+        if self._fast is not None:
+            encoding = self._fast.encode(text)
+            return [None if special else tuple(span) for span, special in
+                    zip(encoding.offsets, encoding.special_tokens_mask)]
+        encoded = self._hf(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                           return_special_tokens_mask=True)
+        return [None if special else tuple(span) for span, special in
+                zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
+
     def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad to the longest row -> input_ids (B, T) and attention_mask (B, T), int64."""
         width = max(1, max(len(row) for row in rows))
@@ -200,6 +211,15 @@ class HFTextTower(Tower):
         if self.config.pooled:
             parts["pooled"] = True
         return json.dumps(parts)
+
+    def tokens_unavailable(self):
+        if self.config.pooled:
+            return ("the run's text features are mean-pooled (text.pooled): one vector per text, no per-word "
+                    "input to attribute")
+        return None
+
+    def piece_offsets(self, text):
+        return self.tokenizer.offsets(text)
 
     def expected_shapes(self, n):
         length = 1 if self.config.pooled else self.config.max_length

@@ -1,0 +1,195 @@
+"""The report's error analysis of a run: its out-of-fold confusion pairs with their most confident mistakes
+explained, and the words most often pushing toward each class (:mod:`mmsent.explain`).
+
+Each post is explained by the fold model that held it out, as its out-of-fold prediction was made (the other fold
+models trained on it), so the label explained is the out-of-fold one; the folds are rebuilt from the data folder,
+the run's fold count and seed, and the data must be the run's own (its fingerprint is checked).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import re
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .config import LABELS
+from .errors import InputError
+from .progress import progress
+
+MISTAKES_PER_PAIR = 3
+TOP_WORDS = 12
+MIN_POSTS = 2  # a word pushing toward a class in fewer posts than this is not listed
+
+
+def _oof_rows(run: Path) -> list[dict]:
+    with open(run / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
+        return [{"guid": row["guid"], "label": row["label"],
+                 "probs": np.array([float(row[f"p_{name}"]) for name in LABELS])} for row in csv.DictReader(handle)]
+
+
+def _fold_of(run: Path, data: Path, config) -> tuple[dict[str, int] | None, object, str]:
+    """guid -> the fold that held it out, the split, or (None, None, why not)."""
+    from .data.dataset import open_split
+    from .data.folds import stratified_folds
+
+    result = run / "folds" / "fold_0" / "result.json"
+    weights = sorted((run / "folds").glob("fold_*/model.safetensors"))
+    if len(weights) != config.train.folds or not result.is_file():
+        return None, None, "the run is not a k-fold cross-validation run with every fold's weights"
+    split = open_split(data, data / "train.txt", labelled=True)
+    if json.loads(result.read_text(encoding="utf-8")).get("data") != split.fingerprint():
+        return None, None, f"{data / 'train.txt'} is not the data this run was trained on"
+    folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
+    return {split.guids[i]: k for k, (_, val_idx) in enumerate(folds) for i in val_idx}, split, ""
+
+
+def _post(split, guid: str):
+    from .data.text import decode_text
+
+    raw = split.read_text_bytes(guid)
+    text = decode_text(raw).text if raw is not None else None
+    image = split.read_image_bytes(guid) if guid not in set(split.guids_with("image_unusable")) else None
+    return (text if text and text.strip() else None), image
+
+
+def words_html(words: list[dict] | None, why: str = "") -> str:
+    """Words highlighted by score (orange toward the label, blue away), as an HTML fragment."""
+    from .explain import AWAY, TOWARD
+
+    if words is None:
+        return f"<i>{html.escape(why)}</i>"
+    scale = max([abs(w["score"]) for w in words] + [1e-12])
+    spans = []
+    for word in words:
+        colour = TOWARD if word["score"] >= 0 else AWAY
+        alpha = abs(word["score"]) / scale * 0.85 if word["read"] else 0
+        spans.append(f"<span title='{word['score']:+.3f}' style='background:rgba({colour[0]},{colour[1]},"
+                     f"{colour[2]},{alpha:.3f});padding:1px 2px;border-radius:3px'>{html.escape(word['word'])}</span>")
+    return " ".join(spans)
+
+
+def words_markdown(words: list[dict] | None, why: str = "") -> str:
+    if words is None:
+        return f"_{why}_"
+    top = sorted((w for w in words if w["read"]), key=lambda w: -w["score"])[:3]
+    return " ".join(w["word"] for w in words) + " (strongest: " + ", ".join(
+        f"{w['word']} {w['score']:+.3f}" for w in top) + ")"
+
+
+def _normalised(word: str) -> str:
+    return re.sub(r"^[^\w#@]+|[^\w]+$", "", word.lower())
+
+
+def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> list[tuple[str, object]]:
+    """Report items (see :mod:`mmsent.report`) of the error-analysis section of ``run_dir`` on its data ``data``;
+    ``sample`` posts (evenly spaced; 0 = all) give the words pushing toward each class."""
+    from .explain import overlay_png
+    from .predict import load_run, read_run_config
+
+    config = read_run_config(run_dir)
+    fold_of, split, why = _fold_of(run_dir, data, config)
+    if fold_of is None:
+        return [("text", f"Error analysis not available: {why}.")]
+    run = load_run(run_dir, device="cpu")
+    fold_runs = [replace(run, models=[model]) for model in run.models]  # one fold model each, same inference thread
+    rows = _oof_rows(run_dir)
+    items = [("text", "Each post is explained by the fold model that held it out (its out-of-fold prediction); "
+                      "words and image regions are coloured orange where they pushed toward the predicted label "
+                      "and blue where they pushed away (integrated gradients, mmsent.explain); the modality "
+                      "shares say how much the prediction drops without the text and without the image.")]
+    pairs = defaultdict(list)
+    for row in rows:
+        predicted = LABELS[int(np.argmax(row["probs"]))]
+        if predicted != row["label"]:
+            pairs[(row["label"], predicted)].append((float(row["probs"].max()), row["guid"]))
+    class_sizes = {name: sum(row["label"] == name for row in rows) for name in LABELS}
+    table = [{"true": t, "predicted": p, "posts": len(v), "share of the true class": f"{len(v) / class_sizes[t]:.1%}"}
+             for (t, p), v in sorted(pairs.items(), key=lambda kv: -len(kv[1]))]
+    items.append(("text", "Out-of-fold confusion pairs (true label, predicted label), most frequent first:"))
+    items.append(("table", table))
+    chosen = [(pair, sorted(v, reverse=True)[:MISTAKES_PER_PAIR]) for pair, v in
+              sorted(pairs.items(), key=lambda kv: -len(kv[1]))]
+    todo = [(pair, confidence, guid) for pair, mistakes in chosen for confidence, guid in mistakes]
+    blocks_html, blocks_md, files, current = [], [], {}, None
+    for (true, predicted), confidence, guid in progress(todo, desc="explaining mistakes", unit="post"):
+        if (true, predicted) != current:
+            current = (true, predicted)
+            blocks_html.append(f"<h3>true {true}, predicted {predicted} ({len(pairs[current])} posts): the most "
+                               "confident</h3>")
+            blocks_md += [f"### true {true}, predicted {predicted} ({len(pairs[current])} posts): the most confident",
+                          ""]
+        text, image = _post(split, guid)
+        try:
+            explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
+        except InputError as error:  # nothing the run reads (e.g. an image-only run, an unusable image)
+            blocks_html.append(f"<p>post {html.escape(guid)}: {html.escape(str(error))}</p>")
+            blocks_md += [f"post {guid}: {error}", ""]
+            continue
+        unavailable = explanation.to_dict()["unavailable"]
+        shares = explanation.modality_shares
+        shares_text = (f"text {shares['text']:.0%}, image {shares['image']:.0%}" if shares
+                       else unavailable.get("modality_shares", ""))
+        thumb = ""
+        if explanation.image is not None:
+            png = overlay_png(image, explanation.image, max_side=180)
+            name = f"figures/mistake_{run_dir.name}_{guid}.png"
+            files[name] = png
+            thumb = (f"<img style='width:180px;display:inline;margin:0' alt='post {guid} with its heat map' "
+                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+            blocks_md.append(f"![post {guid}]({name})")
+        elif image is None:
+            thumb = "<i>no image</i>"
+        blocks_html.append(
+            "<div style='display:flex;gap:14px;align-items:flex-start;margin:.6em 0;border-top:1px solid #eee;"
+            f"padding-top:.6em'><div style='flex:none'>{thumb}</div><div><b>post {html.escape(guid)}</b>: "
+            f"P({predicted}) {confidence:.3f} out of fold (fold {fold_of[guid] + 1})<br>"
+            f"{words_html(explanation.words, unavailable.get('words', ''))}<br><small>modality shares: "
+            f"{html.escape(shares_text)}</small></div></div>")
+        blocks_md += [f"post {guid}, P({predicted}) {confidence:.3f}: "
+                      f"{words_markdown(explanation.words, unavailable.get('words', ''))}; modality shares: "
+                      f"{shares_text}", ""]
+    items.append(("html", ("\n".join(blocks_html), "\n".join(blocks_md), files)))
+
+    by_guid = {row["guid"]: row for row in rows if row["guid"] in fold_of}
+    guids = list(by_guid)
+    if sample and sample < len(guids):
+        guids = [guids[int(i)] for i in np.linspace(0, len(guids) - 1, sample)]
+    counts = {name: defaultdict(int) for name in LABELS}
+    totals = {name: defaultdict(float) for name in LABELS}
+    for guid in progress(guids, desc="explaining posts", unit="post"):
+        text, image = _post(split, guid)
+        if text is None or (image is None and "text" not in run.modalities):
+            continue
+        explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
+        for word in explanation.words or []:
+            key = _normalised(word["word"])
+            if word["read"] and word["score"] > 0 and key:
+                counts[explanation.label][key] += 1
+                totals[explanation.label][key] += word["score"]
+    items.append(("text", f"Words pushing toward each predicted class, over {len(guids)} posts "
+                          f"({'all' if len(guids) == len(by_guid) else 'evenly spaced'} out-of-fold posts; "
+                          "lowercased, punctuation around them removed): ranked by their total push (the sum of "
+                          "their positive scores toward the label predicted), shown as (posts where the word "
+                          f"pushed toward it, mean score there); words pushing in fewer than {MIN_POSTS} posts are "
+                          "left out. Frequent words add up many small pushes; the mean tells them apart."))
+    table = []
+    for rank in range(TOP_WORDS):
+        row = {"rank": rank + 1}
+        for name in LABELS:
+            top = sorted(((w, c) for w, c in counts[name].items() if c >= MIN_POSTS),
+                         key=lambda kv: (-totals[name][kv[0]], -kv[1], kv[0]))
+            if rank < len(top):
+                word, count = top[rank]
+                row[name] = f"{word} ({count}, mean {totals[name][word] / count:+.3f})"
+            else:
+                row[name] = ""
+        table.append(row)
+    items.append(("table", table))
+    return items
