@@ -307,15 +307,24 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
+def _submit(browser, server: str, trained, explain: bool = False) -> None:
+    """What a person does on the page: pick the image, type the text, (tick Explain,) press Predict."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "image").send_keys(str(trained.image))
+    browser.find_element(By.ID, "text").send_keys(trained.text)
+    if explain:
+        browser.find_element(By.ID, "explain").click()
+    browser.find_element(By.ID, "submit").click()
+
+
 @pytest.mark.browser
 def test_page_predicts_in_a_browser(server, browser, trained, model):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server + "/")
-    browser.find_element(By.ID, "image").send_keys(str(trained.image))
-    browser.find_element(By.ID, "text").send_keys(trained.text)
-    browser.find_element(By.ID, "submit").click()
+    _submit(browser, server, trained)
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "label").text.strip())
     expected = model.predict(text=trained.text, image=trained.image)
     assert browser.find_element(By.ID, "label").text.strip().lower() == expected.label
@@ -337,11 +346,7 @@ def test_page_explains_in_a_browser(server, browser, trained, model):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server + "/")
-    browser.find_element(By.ID, "image").send_keys(str(trained.image))
-    browser.find_element(By.ID, "text").send_keys(trained.text)
-    browser.find_element(By.ID, "explain").click()
-    browser.find_element(By.ID, "submit").click()
+    _submit(browser, server, trained, explain=True)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#words .w"))
     expected = model.explain(text=trained.text, image=trained.image)
     spans = browser.find_elements(By.CSS_SELECTOR, "#words .w")

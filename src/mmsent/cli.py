@@ -439,10 +439,15 @@ def _predict_one(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
+    _print_label(result, run)
+    return 0
+
+
+def _print_label(result, run) -> None:
+    """The label, what predicted it from which modalities, and one bar per class (a Prediction or Explanation)."""
     print(f"{result.label}  ({run.description}; from {' + '.join(result.modalities_used)})")
     for name, probability in result.probabilities.items():
         print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
-    return 0
 
 
 def _explain_one(args, run, image) -> int:
@@ -458,9 +463,7 @@ def _explain_one(args, run, image) -> int:
     if args.json:
         print(json.dumps(explanation.to_dict()))
         return 0
-    print(f"{explanation.label}  ({run.description}; from {' + '.join(explanation.modalities_used)})")
-    for name, probability in explanation.probabilities.items():
-        print(f"  {name:9s} {probability:.4f}  {'#' * round(probability * 40)}")
+    _print_label(explanation, run)
     unavailable = explanation.to_dict()["unavailable"]
     if explanation.words is not None:
         tty = sys.stdout.isatty()

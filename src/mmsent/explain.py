@@ -217,6 +217,16 @@ def _fold_attributions(model, encoded: dict, label: int, temperature: float, ste
     return out
 
 
+def _why_not(tower, given: bool, what: str, other: str) -> str | None:
+    """Why one modality's attributions cannot be given (None: they can): the run lacks its tower, the post lacks
+    it, or the tower cannot attribute its tokens."""
+    if tower is None:
+        return f"the run reads {other} only"
+    if not given:
+        return f"the post has no {what}"
+    return tower.tokens_unavailable() or None
+
+
 def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanation:
     """Explain one post with a :class:`~mmsent.predict.LoadedRun` (see the module's docstring for the method)."""
     from .predict import Prediction
@@ -232,12 +242,9 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
     explanation = Explanation(prediction.label, prediction.probabilities, prediction.modalities_used,
                               method=METHOD.format(steps=steps, folds=len(run.models)))
 
-    if towers.text is None:
-        explanation.unavailable["words"] = "the run reads images only"
-    elif not has_text:
-        explanation.unavailable["words"] = "the post has no text"
-    elif towers.text.tokens_unavailable():
-        explanation.unavailable["words"] = towers.text.tokens_unavailable()
+    reason = _why_not(towers.text, has_text, "text", "images")
+    if reason:
+        explanation.unavailable["words"] = reason
     else:
         offsets = towers.text.piece_offsets(cleaned)
         if offsets is None:
@@ -245,12 +252,9 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
         else:
             explanation.words = merge_pieces(text, prep, offsets, scores["text"])
 
-    if towers.image is None:
-        explanation.unavailable["image"] = "the run reads texts only"
-    elif not has_image:
-        explanation.unavailable["image"] = "the post has no image"
-    elif towers.image.tokens_unavailable():
-        explanation.unavailable["image"] = towers.image.tokens_unavailable()
+    reason = _why_not(towers.image, has_image, "image", "texts")
+    if reason:
+        explanation.unavailable["image"] = reason
     else:
         cells = scores["image"]
         grid = towers.image.token_grid(len(cells))
