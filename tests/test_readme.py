@@ -4,7 +4,7 @@ Sybil reads the README: its ``bash`` and ``python`` blocks, and the ``<!-- skip:
 mark a block which cannot run here. Each block is one test, named by its line and first command, run in README order
 as a subprocess in one shared folder where ``DIR`` is a generated data folder (the MVSA layout) and ``post.jpg`` an
 image; ``mmsent`` is the installed command of this environment. Nothing in a block is rewritten except the port of a
-server, which is replaced by a free one.
+server (``--port N`` and every other N in the block), which is replaced by a free one.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def _environment(workdir: Path) -> dict[str, str]:
 
 def _run(block: Block, workdir: Path) -> subprocess.CompletedProcess:
     source = block.source
-    if "mmsent serve" in source:
-        source = source.replace("8000", str(_free_port()))
+    for port in set(re.findall(r"--port (\d+)", source)):  # a server's port: a free one here
+        source = source.replace(port, str(_free_port()))
     command = ["bash", "-e", "-o", "pipefail", "-c", source] if block.language == "bash" else [sys.executable, "-c",
                                                                                                  source]
     process = subprocess.Popen(command, cwd=workdir, env=_environment(workdir), stdout=subprocess.PIPE,
