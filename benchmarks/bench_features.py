@@ -21,7 +21,7 @@ def main() -> None:
 
     from mmsent import load_plugins
     from mmsent.config import RunConfig, apply_overrides, load_config_file
-    from mmsent.cv import compute_features
+    from mmsent.features import compute_features
     from mmsent.data.dataset import open_split
     from mmsent.model import load_towers
     from mmsent.training import resolve_device
@@ -36,7 +36,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - start
     split = open_split(args.data, args.data / "train.txt", labelled=True)
     start = time.perf_counter()
-    compute_features(towers, split, config)
+    compute_features(towers.present(), split, config.text_prep)
     seconds = time.perf_counter() - start
     n = len(split.records)
     print(f"encoders loaded in {load_seconds:.1f} s (backend {config.train.backend}; an ONNX export happens here)")

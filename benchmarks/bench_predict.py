@@ -40,7 +40,7 @@ def time_phases(run: Path, data: Path, backend: str | None) -> dict[str, float]:
     split = open_split(data, data / "test_without_label.txt", labelled=False)
     config = predictor.config
 
-    def work():  # on the run's inference thread, as mmsent predict does (cv.compute_features, one tower at a time)
+    def work():  # on the run's inference thread, as mmsent predict does (features.compute_features, one tower at a time)
         mark = time.perf_counter()
         fingerprint = split.fingerprint()  # the feature cache's key: reads every file once
         seconds["fingerprint"] = time.perf_counter() - mark

@@ -17,7 +17,7 @@ from mmsent.config import TextEncoderConfig, TextPrepConfig
 from mmsent.data.dataset import open_split
 from mmsent.encoders.text import create_text_tower
 from mmsent.features import _load_valid, cache_key, load_or_compute
-from mmsent.io import atomic_path, atomic_write_json, save_tensors
+from mmsent.atomic import atomic_path, atomic_write_json, save_tensors
 
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
         "--set", "text.max_length=16", "--workers", "0", "--set", "image.image_size=32"]
@@ -157,12 +157,17 @@ def test_leftover_temporary_files_are_never_read_and_are_cleared_from_run_folder
     assert not any(path.exists() for path in leftovers)
 
 
-def test_atomic_writes_get_the_usual_permissions(tmp_path):
-    from mmsent.io import atomic_write_text
+def test_atomic_writes_get_the_permissions_of_the_umask(tmp_path):
+    """An atomic write's file gets what open() would give under the process's umask, not mkstemp's 0600."""
+    import os
 
-    import mmsent.io
+    from mmsent.atomic import atomic_write_text
 
-    atomic_write_text(tmp_path / "report.html", "x")
-    expected = 0o666 & ~mmsent.io._UMASK
-    assert (tmp_path / "report.html").stat().st_mode & 0o777 == expected  # as open() would make it, not 0600
-    assert expected & 0o044  # under the usual umask (022): readable by others
+    for umask in (0o022, 0o077):
+        previous = os.umask(umask)
+        try:
+            atomic_write_text(tmp_path / f"report-{umask:o}.html", "x")
+        finally:
+            os.umask(previous)
+        assert (tmp_path / f"report-{umask:o}.html").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind

@@ -104,12 +104,14 @@ def test_user_errors_are_one_line(tmp_path, capsys, dataset):
 def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, capsys, tmp_path):
     """An exception that is not a UserError (here a ValueError from inside a command, as a bug would raise) shows
     its traceback and exits 3; a user's error exits 2 with one line and no traceback."""
+    import dataclasses
+
     from mmsent import cli
 
     def broken(args):
         raise ValueError("an internal value went wrong")
 
-    monkeypatch.setattr(cli, "cmd_config", broken)
+    monkeypatch.setitem(cli.COMMANDS, "config", dataclasses.replace(cli.COMMANDS["config"], run=broken))
     assert main(["config"]) == cli.INTERNAL_ERROR == 3
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "in broken" in err

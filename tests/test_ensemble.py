@@ -11,11 +11,11 @@ import pytest
 from mmsent.calibration import apply_temperature
 from mmsent.cli import main
 from mmsent.config import LABELS
-from mmsent.cv import RunError
+from mmsent.runfolder import RunError
 from mmsent.data.dataset import open_split
 from mmsent.data.folds import stratified_folds
 from mmsent.data.text import decode_text
-from mmsent.ensemble import read_oof
+from mmsent.runfolder import read_oof
 from mmsent.predict import LoadedEnsemble, load_run
 from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilities, fit_stacker, lexicon_scores,
                              lexicon_scores_of_raw, stack_inputs)
@@ -39,9 +39,9 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     ens = tmp_path / "ens"
     assert main(["ensemble", "--out", str(ens), str(first), str(second)]) == 0
     assert "ensemble of 2 (mean probabilities)" in capsys.readouterr().out
-    guids, names, probs = read_oof(ens)
-    _, _, p1 = read_oof(first)
-    _, _, p2 = read_oof(second)
+    oof = read_oof(ens)
+    guids, names, probs = oof.guids, oof.labels, oof.probs
+    p1, p2 = read_oof(first).probs, read_oof(second).probs
     np.testing.assert_allclose(probs, (p1 + p2) / 2, atol=1e-5)
     metrics = json.loads((ens / "metrics.json").read_text())
     labels = np.array([["negative", "neutral", "positive"].index(n) for n in names])
@@ -135,9 +135,10 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     metrics = json.loads((ens / "metrics.json").read_text())
     assert metrics["combine"] == "stack" and "averaged_cv" in metrics
 
-    guids, names, probs = read_oof(ens)
+    oof = read_oof(ens)
+    guids, names, probs = oof.guids, oof.labels, oof.probs
     labels = np.array([LABELS.index(n) for n in names])
-    member_probs = [read_oof(run)[2] for run in (first, second)]
+    member_probs = [read_oof(run).probs for run in (first, second)]
     split = open_split(dataset, dataset / "train.txt", labelled=True)
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))

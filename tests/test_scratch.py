@@ -116,14 +116,14 @@ def _tiny_run_config(modality="all") -> RunConfig:
 
 def test_tiny_custom_model_overfits_a_handful_of_examples(dataset):
     """Memorising 12 generated posts is the least a model that can learn must manage."""
-    from mmsent.cv import compute_features
+    from mmsent.features import compute_features
     from mmsent.data.dataset import open_split
 
     config = _tiny_run_config()
     config.custom.augment = False
     split = open_split(dataset, dataset / "train.txt", labelled=True)
     towers = build_towers(config)
-    features = compute_features(towers, split, config, log=lambda *a: None)
+    features = compute_features(towers.present(), split, config.text_prep, log=lambda *a: None)
     batch = {name: tensor[:12] for name, tensor in features.items()}
     labels = torch.tensor(split.labels[:12])
     torch.manual_seed(0)

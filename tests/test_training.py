@@ -44,7 +44,7 @@ def test_bucketing_reduces_padding():
     assert padded(bucketed) < 0.8 * padded(plain)
 
 
-def test_predict_probs_returns_rows_in_input_order():
+def test_predict_probs_averages_models_and_keeps_rows_in_input_order():
     features, _ = _text_features()
 
     class LengthModel(nn.Module):
@@ -53,10 +53,17 @@ def test_predict_probs_returns_rows_in_input_order():
             return torch.stack([length, torch.zeros_like(length), -length], dim=1)
 
     batches = FeatureBatches(features, None, np.arange(50), 7)
-    probs, _ = predict_probs(LengthModel(), batches, "cross_entropy", torch.device("cpu"))
+    probs, _ = predict_probs([LengthModel()], batches, "cross_entropy", torch.device("cpu"))
     lengths = features["text_mask"].sum(1).float()
     expected = torch.softmax(torch.stack([lengths, torch.zeros_like(lengths), -lengths], 1), 1).numpy()
     assert np.allclose(probs, expected, atol=1e-6)
+
+    class Uniform(nn.Module):
+        def forward(self, batch):  # equal logits: probability 1/3 each
+            return torch.zeros(len(batch["text_mask"]), 3)
+
+    averaged, _ = predict_probs([LengthModel(), Uniform()], batches, "cross_entropy", torch.device("cpu"))
+    assert np.allclose(averaged, (expected + 1 / 3) / 2, atol=1e-6)  # the mean of the two models' probabilities
 
 
 def test_focal_loss_matches_its_formula():
@@ -141,6 +148,8 @@ def test_metrics_on_a_known_confusion():
 
 
 class _Linear(nn.Module):
+    n_classes = 3
+
     def __init__(self):
         super().__init__()
         self.layer = nn.Linear(4, 3)
@@ -174,6 +183,8 @@ def test_ema_weights_are_validated_and_kept():
     features = {"x": torch.nn.functional.one_hot(labels, 4).float() + 0.5 * torch.randn(n, 4)}
 
     class Linear(torch.nn.Module):
+        n_classes = 3
+
         def __init__(self):
             super().__init__()
             self.net = torch.nn.Linear(4, 3)

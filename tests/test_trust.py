@@ -312,7 +312,7 @@ def test_calibrate_gives_a_run_without_a_temperature_the_one_train_fits(dataset,
 
 def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own_protocol(dataset, tmp_path,
                                                                                            capsys):
-    from mmsent.cv import trained_config
+    from mmsent.runfolder import trained_config
     from mmsent.experiments import Cell, _cell_state
 
     run = tmp_path / "run"

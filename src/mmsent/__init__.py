@@ -1,6 +1,8 @@
 """mmsent: image+text sentiment classification (positive / neutral / negative)."""
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__", "load_plugins", "load_run"]
 
 
 def load_plugins() -> None:

@@ -15,13 +15,14 @@ confidence (their highest probability) and ``ECE = sum_b n_b / N * |accuracy_b -
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_FILE = "calibration.json"
+from .runfolder import (RunError, is_ensemble, read_calibration_dict, read_metrics, read_oof, read_run_config,
+                        write_calibration_dict, write_metrics)
+
 BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)  # T between 0.05 and 20 (separable rows would otherwise drive T towards 0)
 EPS = 1e-7
@@ -166,15 +167,13 @@ def _parts(labels: np.ndarray, k: int = 5) -> np.ndarray:
 
 def read_calibration(run_dir: Path) -> Calibration | None:
     """The run's saved calibration (None for a run without one: it predicts with ``T = 1``)."""
-    from .cv import RunError
-
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file():
+    data = read_calibration_dict(run_dir)
+    if data is None:
         return None
     try:
-        return Calibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as error:
-        raise RunError(f"{path} is not a calibration written by 'mmsent train' ({error})") from None
+        return Calibration.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{run_dir}/calibration.json is not a calibration written by 'mmsent train' ({error})") from None
 
 
 def read_temperature(run_dir: Path) -> float:
@@ -192,35 +191,24 @@ def format_calibration(summary: dict) -> str:
 
 
 def calibrate_run(run_dir: Path) -> Calibration:
-    """Fit (again) the calibration of a finished k-fold run from its ``oof_predictions.csv`` (5 decimals) and its
-    folds (rebuilt from config.json's folds and seed); writes calibration.json and metrics.json's
-    ``calibration``. For runs trained before calibration was saved with every run."""
-    from .cv import RunError
+    """Fit (again) the calibration of a finished k-fold run from its out-of-fold probabilities (5 decimals) and its
+    folds (rebuilt from its config's folds and seed); writes calibration.json and metrics.json's ``calibration``.
+    For runs trained before calibration was saved with every run."""
     from .data.folds import stratified_folds
-    from .ensemble import is_ensemble, read_oof
-    from .io import atomic_write_json
-    from .predict import read_run_config
-    from .config import LABELS
 
     run_dir = Path(run_dir)
     if is_ensemble(run_dir):
         raise RunError(f"{run_dir} is an ensemble: it predicts with its members' uncalibrated probabilities")
     config = read_run_config(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise RunError(f"{run_dir} is an unfinished run (no metrics.json)")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = read_metrics(run_dir)
     if metrics.get("protocol", {}).get("name") == "fixed_split":
         raise RunError(f"{run_dir} was trained on a fixed split; 'mmsent train' calibrated it already")
-    _, names, probs = read_oof(run_dir)
-    try:
-        labels = np.array([LABELS.index(name) for name in names])
-    except ValueError:
-        raise RunError(f"{run_dir}/oof_predictions.csv holds a label that is not one of {', '.join(LABELS)}") from None
+    oof = read_oof(run_dir)
+    labels = oof.label_indices()
     fold_of = np.zeros(len(labels), dtype=np.int64)
     for fold, (_, val_idx) in enumerate(stratified_folds(labels.tolist(), config.train.folds, config.train.seed)):
         fold_of[val_idx] = fold
-    calibration = fit_calibration(probs, labels, fold_of)
-    atomic_write_json(run_dir / CALIBRATION_FILE, calibration.to_dict())
-    atomic_write_json(metrics_path, {**metrics, "calibration": calibration.summary()})
+    calibration = fit_calibration(oof.probs, labels, fold_of)
+    write_calibration_dict(run_dir, calibration.to_dict())
+    write_metrics(run_dir, {**metrics, "calibration": calibration.summary()})
     return calibration

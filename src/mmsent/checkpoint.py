@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .io import save_tensors
+from .atomic import save_tensors
 
 INFO_KEY = "mmsent_checkpoint"
 

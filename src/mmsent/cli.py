@@ -12,7 +12,9 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
 from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
@@ -22,6 +24,7 @@ from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES,
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
 DEFAULT_EVAL_FILE = "test.txt"
+_GRID_NOTE = "finished cells are kept, an interrupted grid continues"
 RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written by 'mmsent ensemble'"
 
 # Flags whose values must come from a registry (choices are derived, never hand-listed).
@@ -86,142 +89,151 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
     return resolve_config(user_overrides(args), base)
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, the function adding its options, and the function running it."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}  # filled by @command, in the order of the help text
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None):
+    """Register the decorated ``cmd_*`` function as the subcommand ``name``."""
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(help, arguments, run)
+        return run
+    return register
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmsent", description="Image+text sentiment (positive/neutral/negative).")
+    """One subparser per registered command."""
+    parser = argparse.ArgumentParser(prog="mmsent", description="Image+text sentiment classification of posts.")
     parser.add_argument("--version", action="version", version=f"mmsent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    check = sub.add_parser("check", help="validate a data set and list every problem found")
-    _add_data_args(check)
-    check.add_argument("--all", action="store_true", help="list every problem, not only the first 50")
-    check.set_defaults(func=cmd_check)
-
-    train = sub.add_parser("train", help="stratified k-fold cross-validation; saves fold models and metrics")
-    _add_data_args(train)
-    train.add_argument("--out", type=Path, required=True, help="run folder to write")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run in --out from its last finished epoch, with its saved "
-                            "config.json (only --device, --workers and --backend may change)")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    train.add_argument("--val-file", type=Path,
-                       help="a labelled file of validation posts (of --data): train one model on the training file "
-                            "and choose its epoch on these, instead of cross-validating (the train / validation / "
-                            "test protocol; score the test part with 'mmsent evaluate')")
-    train.add_argument("--seeds", metavar="S1,S2,...",
-                       help="train the same configuration once per seed into OUT/seed_S and report the mean ± std "
-                            "over seeds (OUT/seeds.json, OUT/seeds.md) beside each run's spread over folds")
-    _add_config_args(train)
-    train.set_defaults(func=cmd_train)
-
-    split = sub.add_parser("split", help="cut a labelled file into stratified train / validation / test files "
-                                         "(8:1:1 by default) -> OUT/train.txt, val.txt, test.txt, split.json")
-    _add_data_args(split)
-    split.add_argument("--out", type=Path, required=True, help="folder for the three label files")
-    split.add_argument("--ratios", default="8,1,1", help="TRAIN,VAL,TEST shares (default: 8,1,1)")
-    split.add_argument("--seed", type=int, default=42, help="seed of the stratified shuffles (default: 42)")
-    split.set_defaults(func=cmd_split)
-
-    evaluate = sub.add_parser("evaluate", help="score a run on a labelled file: accuracy, weighted and macro F1, "
-                                               "per-class precision/recall/F1, confusion matrix -> "
-                                               "RUN/evaluations/<file>.json and .md")
-    evaluate.add_argument("--run", type=Path, required=True, help=RUN_HELP)
-    evaluate.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
-                          help="data folder whose data/ holds the posts (default: $MMSENT_DATA or ../shared/data/mvsa)")
-    evaluate.add_argument("--labels-file", type=Path,
-                          help=f"labelled guid,tag file to score (default: DATA/{DEFAULT_EVAL_FILE})")
-    evaluate.add_argument("--out", type=Path, help="folder for the evaluation files (default: RUN/evaluations)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
-                                                              "train.backend)")
-    evaluate.set_defaults(func=cmd_evaluate)
-
-    experiments = {
-        "ablate": "the same configuration on all / image / text -> OUT/ablation.json, OUT/ablation.md",
-        "compare": "every model family x fusion -> OUT/comparison.json, OUT/comparison.md",
-        "sweep": "a grid of config values (--grid KEY=V1,V2 ...) -> OUT/sweep.json, OUT/sweep.md",
-    }
-    for name, text in experiments.items():
-        experiment = sub.add_parser(name, help=f"{text}; finished cells are kept, an interrupted grid continues")
-        _add_data_args(experiment)
-        experiment.add_argument("--out", type=Path, required=True, help="experiment folder (one run per cell)")
-        if name == "sweep":
-            experiment.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                                    help="config key (fusion.heads) or flag name (heads, ffn_dim, lr, dim) with "
-                                         "comma-separated values; list keys take ';'-separated lists")
-        experiment.add_argument("--overwrite", action="store_true", help="retrain every cell")
-        experiment.add_argument("--seeds", metavar="S1,S2,...",
-                                help="train every cell once per seed (cells/<cell>/seed_S); the table shows the mean "
-                                     "and the std over seeds beside the std over folds")
-        _add_config_args(experiment)
-        experiment.set_defaults(func=cmd_experiment)
-
-    report = sub.add_parser("report", help="one HTML page (+ Markdown) with tables and plots of runs / experiments")
-    report.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
-    report.add_argument("folders", type=Path, nargs="+", metavar="RUN",
-                        help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
-    report.add_argument("--data", type=Path, help="the data folder the runs were trained on: adds each run's error "
-                        "analysis (its most confident out-of-fold mistakes explained, and the words most often "
-                        "pushing toward each class)")
-    report.add_argument("--explain-posts", type=int, default=200, metavar="N",
-                        help="with --data: how many posts (evenly spaced) give the words pushing toward each class "
-                             "(0 = every post; default 200)")
-    report.set_defaults(func=cmd_report)
-
-    ensemble = sub.add_parser("ensemble", help="average (or --stack) the probabilities of finished runs "
-                                               "cross-validated on the same folds -> an ensemble folder that predict "
-                                               "and serve take")
-    ensemble.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
-    ensemble.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders written by 'mmsent train'")
-    ensemble.add_argument("--stack", action="store_true",
-                          help="combine the runs with a logistic regression over their probabilities and VADER's "
-                               "lexicon scores of the text, fitted on their out-of-fold predictions, instead of "
-                               "averaging them (needs --data)")
-    ensemble.add_argument("--data", type=Path, help="with --stack: the data folder the runs were trained on")
-    ensemble.add_argument("--stack-c", type=float, default=1.0, help="with --stack: inverse L2 strength (default 1)")
-    ensemble.set_defaults(func=cmd_ensemble)
-
-    predict = sub.add_parser("predict", help="one post (--text/--image), or 'guid,tag' for every post of the test "
-                                             "file (--out); fold ensemble")
-    _add_data_args(predict)
-    predict.add_argument("--run", type=Path, required=True, help=RUN_HELP)
-    predict.add_argument("--out", type=Path, help="predictions file to write (folder mode)")
-    predict.add_argument("--text", help="one post: its text (with --image, or alone)")
-    predict.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
-    predict.add_argument("--json", action="store_true", help="one post: print the result as JSON")
-    predict.add_argument("--explain", action="store_true",
-                         help="one post: also say why: a signed score per word toward the label (coloured on a "
-                              "terminal), the image regions that mattered and the share of each modality")
-    predict.add_argument("--heatmap", type=Path, metavar="PNG",
-                         help="with --explain and --image: write the image with its heat map over it to PNG")
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
-                                                             "train.backend)")
-    predict.set_defaults(func=cmd_predict)
-
-    serve = sub.add_parser("serve", help="a local web page and JSON API (POST /predict) over a trained run")
-    serve.add_argument("--run", type=Path, required=True, help=RUN_HELP)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (MB)")
-    serve.add_argument("--max-image-pixels", type=int, default=None,
-                       help="largest image accepted, in pixels (default and upper bound: the data loader's limit, "
-                            f"{MAX_IMAGE_PIXELS:,})")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
-                                                           "train.backend)")
-    serve.set_defaults(func=cmd_serve)
-
-    calibrate = sub.add_parser("calibrate", help="fit the temperature of a k-fold run trained without one (from its "
-                                                 "out-of-fold predictions) -> RUN/calibration.json; 'train' does this "
-                                                 "for every new run")
-    calibrate.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
-    calibrate.set_defaults(func=cmd_calibrate)
-
-    config = sub.add_parser("config", help="print every config key with its default and the registered names")
-    config.set_defaults(func=cmd_config)
+    for name, spec in COMMANDS.items():
+        subparser = sub.add_parser(name, help=spec.help)
+        spec.arguments(subparser)
+        subparser.set_defaults(func=spec.run)
     return parser
 
 
+def _run_args(parser: argparse.ArgumentParser, help: str = RUN_HELP) -> None:
+    parser.add_argument("--run", type=Path, required=True, help=help)
+
+
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--backend", choices=BACKENDS, help="what runs the frozen encoders (default: the run's "
+                                                            "train.backend)")
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--all", action="store_true", help="list every problem, not only the first 50")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its last finished epoch, with its saved "
+                             "config.json (only --device, --workers and --backend may change)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--val-file", type=Path,
+                        help="a labelled file of validation posts (of --data): train one model on the training file "
+                             "and choose its epoch on these, instead of cross-validating (the train / validation / "
+                             "test protocol; score the test part with 'mmsent evaluate')")
+    parser.add_argument("--seeds", metavar="S1,S2,...",
+                        help="train the same configuration once per seed into OUT/seed_S and report the mean ± std "
+                             "over seeds (OUT/seeds.json, OUT/seeds.md) beside each run's spread over folds")
+    _add_config_args(parser)
+
+
+def _split_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the three label files")
+    parser.add_argument("--ratios", default="8,1,1", help="TRAIN,VAL,TEST shares (default: 8,1,1)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the stratified shuffles (default: 42)")
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_args(parser)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
+                        help="data folder whose data/ holds the posts (default: $MMSENT_DATA or ../shared/data/mvsa)")
+    parser.add_argument("--labels-file", type=Path,
+                        help=f"labelled guid,tag file to score (default: DATA/{DEFAULT_EVAL_FILE})")
+    parser.add_argument("--out", type=Path, help="folder for the evaluation files (default: RUN/evaluations)")
+    _device_args(parser)
+
+
+def _experiment_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="experiment folder (one run per cell)")
+    if grid:
+        parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                            help="config key (fusion.heads) or flag name (heads, ffn_dim, lr, dim) with "
+                                 "comma-separated values; list keys take ';'-separated lists")
+    parser.add_argument("--overwrite", action="store_true", help="retrain every cell")
+    parser.add_argument("--seeds", metavar="S1,S2,...",
+                        help="train every cell once per seed (cells/<cell>/seed_S); the table shows the mean "
+                             "and the std over seeds beside the std over folds")
+    _add_config_args(parser)
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
+    parser.add_argument("folders", type=Path, nargs="+", metavar="RUN",
+                        help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
+    parser.add_argument("--data", type=Path, help="the data folder the runs were trained on: adds each run's error "
+                        "analysis (its most confident out-of-fold mistakes explained, and the words most often "
+                        "pushing toward each class)")
+    parser.add_argument("--explain-posts", type=int, default=200, metavar="N",
+                        help="with --data: how many posts (evenly spaced) give the words pushing toward each class "
+                             "(0 = every post; default 200)")
+
+
+def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
+    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders written by 'mmsent train'")
+    parser.add_argument("--stack", action="store_true",
+                        help="combine the runs with a logistic regression over their probabilities and VADER's "
+                             "lexicon scores of the text, fitted on their out-of-fold predictions, instead of "
+                             "averaging them (needs --data)")
+    parser.add_argument("--data", type=Path, help="with --stack: the data folder the runs were trained on")
+    parser.add_argument("--stack-c", type=float, default=1.0, help="with --stack: inverse L2 strength (default 1)")
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    _run_args(parser)
+    parser.add_argument("--out", type=Path, help="predictions file to write (folder mode)")
+    parser.add_argument("--text", help="one post: its text (with --image, or alone)")
+    parser.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
+    parser.add_argument("--json", action="store_true", help="one post: print the result as JSON")
+    parser.add_argument("--explain", action="store_true",
+                        help="one post: also say why: a signed score per word toward the label (coloured on a "
+                             "terminal), the image regions that mattered and the share of each modality")
+    parser.add_argument("--heatmap", type=Path, metavar="PNG",
+                        help="with --explain and --image: write the image with its heat map over it to PNG")
+    _device_args(parser)
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (MB)")
+    parser.add_argument("--max-image-pixels", type=int, default=None,
+                        help="largest image accepted, in pixels (default and upper bound: the data loader's limit, "
+                             f"{MAX_IMAGE_PIXELS:,})")
+    _device_args(parser)
+
+
+@command("check", "validate a data set and list every problem found", _check_arguments)
 def cmd_check(args) -> int:
     from .data.check import check_data, format_report
 
@@ -251,11 +263,14 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
     return counts, lines
 
 
+@command("train", "stratified k-fold cross-validation; saves fold models and metrics", _train_arguments)
 def cmd_train(args) -> int:
-    from .cv import format_summary, train_cv, trained_config
+    from .cv import format_summary, train_cv
+    from .runfolder import trained_config
     from .data.dataset import open_split
     from .distributed import current_shard
-    from .seeds import format_seeds, is_seed_group, parse_seeds, train_seeds
+    from .runfolder import is_run, is_seed_group
+    from .seeds import format_seeds, parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds and getattr(args, "cfg:train.seed") is not None:
@@ -264,10 +279,10 @@ def cmd_train(args) -> int:
         raise ConfigError("--seeds cross-validates; it does not combine with --val-file")
     if seeds is None and is_seed_group(args.out):
         raise ConfigError(f"{args.out} holds runs over seeds (seeds.json); give --seeds again, or another --out")
-    if seeds is not None and (args.out / "config.json").is_file():
+    if seeds is not None and is_run(args.out):
         raise ConfigError(f"{args.out} holds a single run (config.json); write the seeds to another --out")
     if args.resume and seeds is None:
-        if not (args.out / "config.json").is_file():
+        if not is_run(args.out):
             raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
         config = config_from_args(args, base=trained_config(args.out))  # differences are refused by train_cv
     else:
@@ -296,6 +311,8 @@ def cmd_train(args) -> int:
     return 0
 
 
+@command("split", "cut a labelled file into stratified train / validation / test files (8:1:1 by "
+         "default) -> OUT/train.txt, val.txt, test.txt, split.json", _split_arguments)
 def cmd_split(args) -> int:
     from .data.dataset import open_split
     from .evaluation import parse_ratios, write_split
@@ -312,6 +329,8 @@ def cmd_split(args) -> int:
     return 0
 
 
+@command("evaluate", "score a run on a labelled file: accuracy, weighted and macro F1, per-class "
+         "precision/recall/F1, confusion matrix -> RUN/evaluations/<file>.json and .md", _evaluate_arguments)
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run, format_evaluation
 
@@ -325,6 +344,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+@command("sweep", "a grid of config values (--grid KEY=V1,V2 ...) -> OUT/sweep.json, OUT/sweep.md; " + _GRID_NOTE,
+         lambda parser: _experiment_arguments(parser, grid=True))
+@command("compare", "every model family x fusion -> OUT/comparison.json, OUT/comparison.md; " + _GRID_NOTE,
+         _experiment_arguments)
+@command("ablate", "the same configuration on all / image / text -> OUT/ablation.json, OUT/ablation.md; "
+         + _GRID_NOTE, _experiment_arguments)
 def cmd_experiment(args) -> int:
     from .data.dataset import open_split
     from .experiments import ablation_cells, comparison_cells, parse_grid, run_grid, sweep_cells
@@ -355,6 +380,7 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+@command("report", "one HTML page (+ Markdown) with tables and plots of runs / experiments", _report_arguments)
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -370,9 +396,11 @@ def cmd_report(args) -> int:
     return 0
 
 
+@command("ensemble", "average (or --stack) the probabilities of finished runs cross-validated on the "
+         "same folds -> an ensemble folder that predict and serve take", _ensemble_arguments)
 def cmd_ensemble(args) -> int:
     from .ensemble import build_ensemble, format_ensemble
-    from .predict import RunError
+    from .runfolder import RunError
 
     if args.stack and args.data is None:
         raise RunError("--stack fits on the runs' training texts: give --data, the folder they were trained on")
@@ -392,6 +420,8 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+@command("predict", "one post (--text/--image), or 'guid,tag' for every post of the test file (--out); "
+         "fold ensemble", _predict_arguments)
 def cmd_predict(args) -> int:
     if args.text is not None or args.image is not None:
         return _predict_one(args)
@@ -407,7 +437,7 @@ def cmd_predict(args) -> int:
     split = open_split(args.data, _label_files(args)[1], labelled=False)  # cheap checks first
     run = load_run(args.run, device=args.device, backend=args.backend)
     probs = run.predict_split(split)
-    write_predictions(args.out, split.guids, probs)
+    write_predictions(args.out, split.guids, probs, run.classes)
     _print_problems(split)
     counts, lines = _one_modality_rows(split)
     print(f"wrote {len(split.guids)} predictions to {args.out} ({run.description}; {counts}) "
@@ -455,7 +485,7 @@ def _explain_one(args, run, image) -> int:
     import numpy as np
 
     from .explain import coloured_words, overlay_png
-    from .io import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     explanation = run.explain(text=args.text, image=image)
     if args.heatmap is not None and explanation.image is not None:
@@ -493,6 +523,7 @@ def _explain_one(args, run, image) -> int:
     return 0
 
 
+@command("serve", "a local web page and JSON API (POST /predict) over a trained run", _serve_arguments)
 def cmd_serve(args) -> int:
     from .serve import serve
 
@@ -503,6 +534,9 @@ def cmd_serve(args) -> int:
     return 0
 
 
+@command("calibrate", "fit the temperature of a k-fold run trained without one (from its out-of-fold "
+         "predictions) -> RUN/calibration.json; 'train' does this for every new run",
+         lambda parser: _run_args(parser, "run folder written by 'mmsent train'"))
 def cmd_calibrate(args) -> int:
     from .calibration import calibrate_run, format_calibration
 
@@ -512,6 +546,7 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+@command("config", "print every config key with its default and the registered names")
 def cmd_config(args) -> int:
     from .config import family_defaults
     from .profiles import profile_overrides

@@ -176,11 +176,18 @@ class RunConfig:
         return config
 
     def save(self, path: Path) -> None:
-        from .io import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
+
+
+def run_classes(config: "RunConfig") -> tuple[str, ...]:
+    """The class names a run predicts, in the order of its model's outputs (the data's label set; runs saved
+    before the label set was recorded predict the three polarities)."""
+    data = getattr(config, "data", None)
+    return tuple(getattr(data, "labels", None) or LABELS)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

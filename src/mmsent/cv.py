@@ -1,20 +1,9 @@
-"""Stratified k-fold training of one configuration -> a self-describing run folder.
+"""Stratified k-fold training of one configuration -> a run folder (its layout: :mod:`mmsent.runfolder`).
 
 Each fold's epoch is chosen by early stopping on a stratified inner part of its training posts
 (``train.select_on=inner``, ``train.inner_val``); the fold itself is predicted once by the chosen weights, only to be
 scored. ``select_on=scored_fold`` chooses on the scored fold (the first protocol, optimistic). With a validation
 file instead of folds (the fixed-split protocol), one model is trained and chosen on that file.
-
-RUN/
-  config.json                     the RunConfig (everything needed to rebuild the model)
-  metrics.json                    {"protocol": {...}, "cv": {...}, "folds": [...], "calibration": {...},
-                                   "wall_seconds", "data": {...}}
-  calibration.json                the temperature applied at prediction time and its figures (calibration.py)
-  oof_predictions.csv             out-of-fold probabilities of every training post (fixed split: validation posts)
-  folds/fold_K/model.safetensors  the trainable weights of fold K (best epoch)
-  folds/fold_K/history.json       per-epoch train loss and accuracy, val loss, val accuracy / F1
-  folds/fold_K/result.json        the finished fold's metrics row and validation probabilities (resume skips it)
-  folds/fold_K/checkpoint.safetensors  training state after the last finished epoch (only while K is unfinished)
 
 ``train_cv(resume=True)`` continues an interrupted run: finished folds are kept, an unfinished one continues from
 its checkpoint, and the run ends with the same metrics as an uninterrupted one.
@@ -22,140 +11,118 @@ its checkpoint, and the run ends with the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
+from .atomic import atomic_write_json, save_tensors
+from .calibration import fit_calibration, format_calibration
 from .checkpoint import read_info
-from .calibration import CALIBRATION_FILE, fit_calibration, format_calibration
-from .config import LABELS, ConfigError, RunConfig, TrainConfig
-from .data.records import DataError
+from .config import ConfigError, RunConfig, TrainConfig, run_classes
 from .data.dataset import Split
 from .data.folds import stratified_folds
-from .distributed import current_shard
-from .errors import UserError
-from .features import load_or_compute
-from .io import atomic_write_json, atomic_write_text, save_tensors
-from .metrics import classification_metrics
+from .data.records import DataError
+from .distributed import Shard, current_shard
+from .features import compute_features
+from .metrics import classification_metrics, format_mean_std
 from .model import MultimodalClassifier, Towers, load_towers
+from .runfolder import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, OutOfFold, RunError, finished_fold, fold_dir,
+                        prepare_run_dir, write_calibration_dict, write_fold_result, write_metrics, write_oof)
 from .training import FeatureBatches, fit, predict_probs, resolve_device
 
 
-CHECKPOINT = "checkpoint.safetensors"
-FOLD_FILES = ("model.safetensors", "history.json", "result.json", CHECKPOINT)
-OOF_FILE = "oof_predictions.csv"
-OOF_HEADER = "guid,label," + ",".join(f"p_{name}" for name in LABELS)
-RUN_FILES = ("metrics.json", OOF_FILE)
-# How to run, not what is trained: --resume may change them.
-RESUMABLE_KEYS = ("train.device", "train.workers", "train.backend")
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
 
 
-class RunError(UserError):
-    """A run folder that cannot be used as asked; the message says why."""
+@dataclass
+class _Folds:
+    """The posts a run trains on and how they are split: k stratified folds, or one fixed split."""
+
+    split: Split
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train_idx, val_idx) per fold
+    fixed_split: bool
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor(self.split.labels, dtype=torch.long)
+
+    def fold_of(self) -> np.ndarray:
+        """(N,) the fold that scores each post."""
+        fold_of = np.zeros(len(self.split.records), dtype=np.int64)
+        for fold, (_, val_idx) in enumerate(self.folds):
+            fold_of[val_idx] = fold
+        return fold_of
+
+    def scored(self) -> np.ndarray:
+        """Indices of the posts some fold scores, sorted (every post for k-fold CV)."""
+        return np.sort(np.concatenate([val_idx for _, val_idx in self.folds]))
 
 
-def compute_features(towers: Towers, split: Split, config: RunConfig, log=print,
-                     fingerprint: str | None = None) -> dict[str, torch.Tensor]:
-    """Cached frozen features of every tower, merged into one dict of tensors indexed by post."""
-    fingerprint = fingerprint or split.fingerprint()
-    features = {}
-    for tower in towers.present():
-        features.update(load_or_compute(tower, split, config.text_prep, batch_size=tower.precompute_batch_size,
-                                        workers=config.train.workers, log=log, fingerprint=fingerprint))
-    return features
+def _plan_folds(config: RunConfig, split: Split, val_split: Split | None) -> _Folds:
+    if val_split is None:
+        return _Folds(split, stratified_folds(split.labels, config.train.folds, config.train.seed), False)
+    train_size, joined = len(split.records), join_splits(split, val_split)
+    return _Folds(joined, [(np.arange(train_size), np.arange(train_size, len(joined.records)))], True)
 
 
-def trained_config(run_dir: Path) -> RunConfig:
-    """The config a run was trained with, for continuing or reusing it: as ``read_run_config``, except that a run
-    whose config.json predates ``train.select_on`` chose its epochs on the scored fold (``scored_fold``), so that
-    it is never continued or reused as if it had chosen on an inner part."""
-    from .predict import read_run_config
+@dataclass
+class _FoldTrainer:
+    """Trains (or, on resume, takes back) one fold after another of a run."""
 
-    config = read_run_config(run_dir)
-    try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        legacy = "select_on" not in saved.get("train", {})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        legacy = False
-    if legacy:
-        config.train.select_on = "scored_fold"
-    return config
+    config: RunConfig
+    towers: Towers
+    features: dict[str, torch.Tensor]
+    plan: _Folds
+    fingerprint: str
+    out_dir: Path
+    device: torch.device
+    resume: bool
+    log: object
 
+    def run(self, fold: int) -> tuple[dict, np.ndarray]:
+        """(metrics row, val probabilities (V, C)) of ``fold``, trained now or finished earlier."""
+        train_idx, val_idx = self.plan.folds[fold]
+        folder, n = fold_dir(self.out_dir, fold), len(self.plan.folds)
+        finished = finished_fold(folder, self.fingerprint, len(val_idx)) if self.resume else None
+        if finished is not None:
+            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # left behind if the run stopped right after the fold
+            self.log(f"fold {fold + 1}/{n}: finished earlier; kept")
+            return finished["row"], np.asarray(finished["val_probs"], dtype=np.float32)
+        epochs_done = _check_checkpoint(folder / CHECKPOINT_FILE, self.fingerprint, fold)
+        if epochs_done:
+            self.log(f"fold {fold + 1}/{n}: resuming after epoch {epochs_done} (checkpoint)")
+        return self._train(fold, train_idx, val_idx, folder)
 
-def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
-    """``key: saved -> given`` for every config key that differs and changes what is trained."""
-    from .config import flatten
-
-    old, new = flatten(saved.to_dict()), flatten(given.to_dict())
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-            if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
-
-
-def _fold_dirs(out_dir: Path) -> list[Path]:
-    return sorted(p for p in (out_dir / "folds").glob("fold_*") if p.is_dir())
-
-
-def _remove_partial_writes(folder: Path, names) -> None:
-    """Temporary files of atomic writes that a killed run left behind (``.NAME.*.tmp``, see io.atomic_path)."""
-    for name in names:
-        for leftover in folder.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-
-
-def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
-    """Make ``out_dir`` ready for ``config``: refuse to replace a run unless asked; clear old outputs when starting."""
-    out_dir = Path(out_dir)
-    for fold in _fold_dirs(out_dir):
-        _remove_partial_writes(fold, FOLD_FILES)
-    _remove_partial_writes(out_dir, (*RUN_FILES, "config.json"))
-    if resume:
-        if overwrite:
-            raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite restarts it")
-        saved = trained_config(out_dir)
-        changed = config_differences(saved, config)
-        if changed:
-            raise RunError(f"--resume continues {out_dir} with the config it was started with (config.json), but "
-                           f"these settings differ from it: {'; '.join(changed)}. Drop those flags to resume, or "
-                           "train a new run with another --out")
-        return
-    finished = (out_dir / "metrics.json").is_file()
-    started = any((fold / name).is_file() for fold in _fold_dirs(out_dir) for name in FOLD_FILES)
-    if (finished or started) and not overwrite:
-        state = "a finished run (metrics.json)" if finished else "an unfinished run (fold checkpoints or results)"
-        raise RunError(f"{out_dir} already holds {state}; refusing to overwrite it. Pass --resume to continue it, "
-                       "--overwrite to replace it, or choose another --out")
-    for fold in _fold_dirs(out_dir):  # only files a run writes: anything else in the folder is left alone
-        for name in FOLD_FILES:
-            (fold / name).unlink(missing_ok=True)
-        if not any(fold.iterdir()):
-            fold.rmdir()
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(out_dir / "config.json")
-
-
-def _finished_fold(fold_dir: Path, fingerprint: str, val_size: int) -> dict | None:
-    """The saved result of a finished fold (None if it has not finished); refuses one trained on other data."""
-    path = fold_dir / "result.json"
-    if not path.is_file() or not (fold_dir / "model.safetensors").is_file():
-        return None
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(result, dict) and len(result["val_probs"]) == val_size
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        return None  # unreadable (cannot come from an atomic write): train the fold again
-    if result.get("data") != fingerprint:
-        raise RunError(f"{fold_dir} was trained on other data than the --data given now (its content differs); "
-                       "resume with the same data, or pass --overwrite to start again")
-    return result
+    def _train(self, fold: int, train_idx, val_idx, folder: Path) -> tuple[dict, np.ndarray]:
+        config, labels = self.config, self.plan.labels
+        seed_everything(config.train.seed + fold)
+        model = MultimodalClassifier(config, self.towers)
+        fit_idx, select_idx = selection_split(self.plan.split.labels, train_idx, val_idx, config.train, fold,
+                                              fixed=self.plan.fixed_split)
+        result = fit(model, self.features, labels, fit_idx, select_idx, config.train, self.device,
+                     desc=f"fold {fold + 1}/{len(self.plan.folds)}", checkpoint=folder / CHECKPOINT_FILE,
+                     checkpoint_info={"data": self.fingerprint, "fold": fold})
+        save_tensors(folder / MODEL_FILE, result.best_state, metadata={"mmsent_version": __version__, "fold": str(fold)})
+        atomic_write_json(folder / HISTORY_FILE, result.history)
+        if select_idx is val_idx:  # the chosen epoch's probabilities of the scored posts are already there
+            val_probs = result.val_probs
+        else:  # the scored fold is predicted once, by the weights chosen on the inner part
+            val_probs = score_fold(model, result.best_state, self.features, val_idx, config, self.device)
+        scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1), n_classes=model.n_classes)
+        row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
+               "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "train_size": int(len(fit_idx)), "selection_size": int(len(select_idx)),
+               "val_size": int(len(val_idx))}
+        write_fold_result(folder, row, val_probs, self.fingerprint)  # marks the fold finished
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # then the (large) checkpoint goes
+        return row, val_probs
 
 
 def _check_checkpoint(path: Path, fingerprint: str, fold: int) -> int:
@@ -169,9 +136,37 @@ def _check_checkpoint(path: Path, fingerprint: str, fold: int) -> int:
     return int(info["epoch"])
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+def _shared_features(shard: Shard, towers: Towers, split: Split, config: RunConfig, log,
+                     fingerprint: str) -> dict[str, torch.Tensor]:
+    """Every post's frozen features; under torchrun the main process fills the cache and the others read it."""
+    if not shard.is_main:
+        shard.barrier()
+    features = compute_features(towers.present(), split, config.text_prep, config.train.workers, log, fingerprint)
+    if shard.is_main:
+        shard.barrier()
+    return features
+
+
+def _gather_folds(trainer: _FoldTrainer, shard: Shard, n_classes: int) -> tuple[list[dict], np.ndarray]:
+    """Train this process's folds, then read back the other processes' -> (fold rows, out-of-fold probs (N, C))."""
+    plan = trainer.plan
+    oof = np.zeros((len(plan.split.records), n_classes), dtype=np.float32)
+    rows: list[dict | None] = [None] * len(plan.folds)
+    for fold, (_, val_idx) in enumerate(plan.folds):
+        if shard.owns(fold):
+            rows[fold], oof[val_idx] = trainer.run(fold)
+            _log_fold(trainer.log, rows[fold], len(plan.folds))
+    shard.barrier()  # every process has written its folds
+    for fold, (_, val_idx) in enumerate(plan.folds):
+        if rows[fold] is not None:
+            continue
+        finished = finished_fold(fold_dir(trainer.out_dir, fold), trainer.fingerprint, len(val_idx))
+        if finished is None:
+            raise RunError(f"fold {fold + 1} was assigned to process {fold % shard.world_size}, which did not "
+                           "write its result; run again with --resume")
+        rows[fold], oof[val_idx] = finished["row"], np.asarray(finished["val_probs"], dtype=np.float32)
+        _log_fold(trainer.log, rows[fold], len(plan.folds), f" (process {fold % shard.world_size})")
+    return rows, oof
 
 
 def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: bool = False,
@@ -185,11 +180,8 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    fixed_split = val_split is not None
     check_selection(config.train)
-    if fixed_split:
-        train_size, split = len(split.records), join_splits(split, val_split)
-    protocol = protocol_of(config.train, fixed_split)
+    plan = _plan_folds(config, split, val_split)
     shard = current_shard()
     log = shard.report(log)
     if shard.is_main:
@@ -198,107 +190,48 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     device = shard.device(resolve_device(config.train.device))
     seed_everything(config.train.seed)
     towers = load_towers(config, device, log)
-    fingerprint = split.fingerprint()
-    if not shard.is_main:
-        shard.barrier()  # the main process fills the feature cache first; the others then read it
-    features = compute_features(towers, split, config, log, fingerprint)
-    if shard.is_main:
-        shard.barrier()
+    fingerprint = plan.split.fingerprint()
+    features = _shared_features(shard, towers, plan.split, config, log, fingerprint)
     feature_seconds = time.perf_counter() - start
-    labels = torch.tensor(split.labels, dtype=torch.long)
-    if fixed_split:
-        folds = [(np.arange(train_size), np.arange(train_size, len(labels)))]
-    else:
-        folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
-    oof = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
-    fold_rows = [None] * len(folds)
-    for fold, (train_idx, val_idx) in enumerate(folds):
-        if not shard.owns(fold):
-            continue
-        fold_dir = out_dir / "folds" / f"fold_{fold}"
-        checkpoint = fold_dir / CHECKPOINT
-        finished = _finished_fold(fold_dir, fingerprint, len(val_idx)) if resume else None
-        if finished is not None:
-            checkpoint.unlink(missing_ok=True)  # left behind if the run stopped right after the fold finished
-            row, val_probs = finished["row"], np.asarray(finished["val_probs"], dtype=np.float32)
-            log(f"fold {fold + 1}/{len(folds)}: finished earlier; kept")
-        else:
-            epochs_done = _check_checkpoint(checkpoint, fingerprint, fold)
-            if epochs_done:
-                log(f"fold {fold + 1}/{len(folds)}: resuming after epoch {epochs_done} (checkpoint)")
-            seed_everything(config.train.seed + fold)
-            model = MultimodalClassifier(config, towers)
-            fit_idx, select_idx = selection_split(split.labels, train_idx, val_idx, config.train, fold,
-                                                  fixed=fixed_split)
-            result = fit(model, features, labels, fit_idx, select_idx, config.train, device,
-                         desc=f"fold {fold + 1}/{len(folds)}", checkpoint=checkpoint,
-                         checkpoint_info={"data": fingerprint, "fold": fold})
-            save_tensors(fold_dir / "model.safetensors", result.best_state,
-                         metadata={"mmsent_version": __version__, "fold": str(fold)})
-            atomic_write_json(fold_dir / "history.json", result.history)
-            if select_idx is val_idx:  # the chosen epoch's probabilities of the scored posts are already there
-                val_probs = result.val_probs
-            else:  # the scored fold is predicted once, by the weights chosen on the inner part
-                val_probs = score_fold(model, result.best_state, features, val_idx, config, device)
-            scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1))
-            row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
-                   "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "train_size": int(len(fit_idx)), "selection_size": int(len(select_idx)),
-                   "val_size": int(len(val_idx))}
-            # result.json last: its presence marks the fold finished; then the (large) checkpoint goes
-            atomic_write_json(fold_dir / "result.json",
-                              {"row": row, "val_probs": val_probs.tolist(), "data": fingerprint})
-            checkpoint.unlink(missing_ok=True)
-        oof[val_idx] = val_probs
-        fold_rows[fold] = row
-        _log_fold(log, row, len(folds))
-    shard.barrier()  # every process has written its folds
-    for fold, (_, val_idx) in enumerate(folds):
-        if fold_rows[fold] is None:  # trained by another process: read its result back from the run folder
-            finished = _finished_fold(out_dir / "folds" / f"fold_{fold}", fingerprint, len(val_idx))
-            if finished is None:
-                raise RunError(f"fold {fold + 1} was assigned to process {fold % shard.world_size}, which did not "
-                               "write its result; run again with --resume")
-            fold_rows[fold] = finished["row"]
-            oof[val_idx] = np.asarray(finished["val_probs"], dtype=np.float32)
-            _log_fold(log, fold_rows[fold], len(folds), f" (process {fold % shard.world_size})")
-
-    scored = np.sort(np.concatenate([val_idx for _, val_idx in folds]))  # every post for k-fold CV
-    pooled = classification_metrics(labels.numpy()[scored], oof[scored].argmax(1))
-    fold_of = np.zeros(len(labels), dtype=np.int64)
-    for fold, (_, val_idx) in enumerate(folds):
-        fold_of[val_idx] = fold
-    calibration = fit_calibration(oof[scored], labels.numpy()[scored], fold_of[scored])
-    image_missing = int((~features["image_present"]).sum()) if "image_present" in features else 0
-    repairs = split.summary()
+    trainer = _FoldTrainer(config, towers, features, plan, fingerprint, out_dir, device, resume, log)
+    classes = run_classes(config)
+    rows, oof = _gather_folds(trainer, shard, len(classes))
+    scored, labels = plan.scored(), plan.labels.numpy()
+    calibration = fit_calibration(oof[scored], labels[scored], plan.fold_of()[scored])
     metrics = {
-        "protocol": protocol,
-        "cv": cv_summary(fold_rows),
-        "folds": fold_rows,
-        "out_of_fold": pooled,
+        "protocol": protocol_of(config.train, plan.fixed_split),
+        "cv": cv_summary(rows),
+        "folds": rows,
+        "out_of_fold": classification_metrics(labels[scored], oof[scored].argmax(1), n_classes=len(classes)),
         "calibration": calibration.summary(),
-        "data": {
-            "posts": len(labels), "label_counts": split.label_counts(),
-            "text_encodings": dict(split.encodings), "images_unusable": image_missing,
-            "texts_unusable": len(split.guids_with("text_missing", "text_empty")),
-            "texts_fallback_encoding": repairs["text_fallback_encoding"],
-            "texts_truncated": repairs["text_truncated"], "rows_dropped": repairs["row_dropped"],
-            "headers_missing": repairs["header_missing"],
-            "warnings": len([p for p in split.problems if not p.fatal]),
-        },
+        "data": data_summary(plan.split, features),
         "feature_seconds": feature_seconds,
         "wall_seconds": time.perf_counter() - start,
         "device": str(device),
         "mmsent_version": __version__,
+        **({"processes": shard.world_size} if shard.world_size > 1 else {}),
     }
-    if shard.world_size > 1:
-        metrics["processes"] = shard.world_size
     if shard.is_main:
-        atomic_write_json(out_dir / CALIBRATION_FILE, calibration.to_dict())
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        write_oof(out_dir / OOF_FILE, [split.guids[i] for i in scored],
-                  [LABELS[split.labels[i]] for i in scored], oof[scored])
+        write_calibration_dict(out_dir, calibration.to_dict())
+        write_metrics(out_dir, metrics)
+        write_oof(out_dir, OutOfFold([plan.split.guids[i] for i in scored],
+                                     [classes[plan.split.labels[i]] for i in scored], oof[scored], classes))
     return metrics
+
+
+def data_summary(split: Split, features: dict[str, torch.Tensor]) -> dict:
+    """What a run was trained on and what was repaired or worked around (metrics.json's ``data``)."""
+    repairs = split.summary()
+    return {
+        "posts": len(split.records), "label_counts": split.label_counts(),
+        "text_encodings": dict(split.encodings),
+        "images_unusable": int((~features["image_present"]).sum()) if "image_present" in features else 0,
+        "texts_unusable": len(split.guids_with("text_missing", "text_empty")),
+        "texts_fallback_encoding": repairs["text_fallback_encoding"],
+        "texts_truncated": repairs["text_truncated"], "rows_dropped": repairs["row_dropped"],
+        "headers_missing": repairs["header_missing"],
+        "warnings": len([p for p in split.problems if not p.fatal]),
+    }
 
 
 def protocol_of(config: TrainConfig, fixed_split: bool = False) -> dict:
@@ -368,7 +301,7 @@ def score_fold(model: MultimodalClassifier, state: dict, features: dict, val_idx
     model.to(device)
     batches = FeatureBatches(features, None, val_idx, max(config.train.batch_size, 64),
                              pin_memory=device.type == "cuda")
-    probs, _ = predict_probs(model, batches, config.train.loss, device)
+    probs, _ = predict_probs([model], batches, config.train.loss, device)
     return probs
 
 
@@ -393,13 +326,6 @@ def cv_summary(fold_rows: list[dict]) -> dict:
     return summary
 
 
-def write_oof(path: Path, guids: list[str], label_names: list[str], probs: np.ndarray) -> None:
-    """``guid,label,p_negative,p_neutral,p_positive`` rows (OOF_HEADER) of out-of-fold probabilities, atomically."""
-    rows = [OOF_HEADER] + [f"{guid},{name}," + ",".join(f"{v:.5f}" for v in p)
-                           for guid, name, p in zip(guids, label_names, probs)]
-    atomic_write_text(Path(path), "\n".join(rows) + "\n")
-
-
 def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:
     log(f"fold {row['fold'] + 1}/{folds}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
         f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']}){suffix}")
@@ -416,9 +342,9 @@ def format_summary(metrics: dict) -> str:
     cv = metrics["cv"]
     data = metrics["data"]
     return "\n".join([
-        f"{figures_name(metrics)}: accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  "
-        f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}  "
-        f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}",
+        f"{figures_name(metrics)}: accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}  "
+        f"weighted F1 {format_mean_std(cv['weighted_f1_mean'], cv['weighted_f1_std'])}  "
+        f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}",
         f"protocol: {describe_protocol(metrics)}",
         *([format_calibration(metrics["calibration"])] if "calibration" in metrics else []),
         f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",

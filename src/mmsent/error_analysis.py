@@ -9,9 +9,7 @@ the run's fold count and seed, and the data must be the run's own (its fingerpri
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import re
 from collections import defaultdict
 from dataclasses import replace
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import LABELS
+from .runfolder import data_fingerprint, read_oof, read_protocol, read_run_config
 from .errors import InputError
 from .progress import progress
 
@@ -28,10 +26,11 @@ TOP_WORDS = 12
 MIN_POSTS = 2  # a word pushing toward a class in fewer posts than this is not listed
 
 
-def _oof_rows(run: Path) -> list[dict]:
-    with open(run / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
-        return [{"guid": row["guid"], "label": row["label"],
-                 "probs": np.array([float(row[f"p_{name}"]) for name in LABELS])} for row in csv.DictReader(handle)]
+def _oof_rows(run: Path) -> tuple[list[dict], tuple[str, ...]]:
+    """The run's out-of-fold rows ({"guid", "label", "probs" (C,)}) and its class names."""
+    oof = read_oof(run)
+    return [{"guid": guid, "label": label, "probs": probs}
+            for guid, label, probs in zip(oof.guids, oof.labels, oof.probs)], oof.classes
 
 
 def _fold_of(run: Path, data: Path, config) -> tuple[dict[str, int] | None, object, str]:
@@ -39,12 +38,11 @@ def _fold_of(run: Path, data: Path, config) -> tuple[dict[str, int] | None, obje
     from .data.dataset import open_split
     from .data.folds import stratified_folds
 
-    result = run / "folds" / "fold_0" / "result.json"
     weights = sorted((run / "folds").glob("fold_*/model.safetensors"))
-    if len(weights) != config.train.folds or not result.is_file():
+    if len(weights) != config.train.folds or (read_protocol(run) or {}).get("name") == "fixed_split":
         return None, None, "the run is not a k-fold cross-validation run with every fold's weights"
     split = open_split(data, data / "train.txt", labelled=True)
-    if json.loads(result.read_text(encoding="utf-8")).get("data") != split.fingerprint():
+    if data_fingerprint(run) != split.fingerprint():
         return None, None, f"{data / 'train.txt'} is not the data this run was trained on"
     folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
     return {split.guids[i]: k for k, (_, val_idx) in enumerate(folds) for i in val_idx}, split, ""
@@ -91,7 +89,7 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     """Report items (see :mod:`mmsent.report`) of the error-analysis section of ``run_dir`` on its data ``data``;
     ``sample`` posts (evenly spaced; 0 = all) give the words pushing toward each class."""
     from .explain import overlay_png
-    from .predict import load_run, read_run_config
+    from .predict import load_run
 
     config = read_run_config(run_dir)
     fold_of, split, why = _fold_of(run_dir, data, config)
@@ -99,17 +97,17 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
         return [("text", f"Error analysis not available: {why}.")]
     run = load_run(run_dir, device="cpu")
     fold_runs = [replace(run, models=[model]) for model in run.models]  # one fold model each, same inference thread
-    rows = _oof_rows(run_dir)
+    rows, classes = _oof_rows(run_dir)
     items = [("text", "Each post is explained by the fold model that held it out (its out-of-fold prediction); "
                       "words and image regions are coloured orange where they pushed toward the predicted label "
                       "and blue where they pushed away (integrated gradients, mmsent.explain); the modality "
                       "shares say how much the prediction drops without the text and without the image.")]
     pairs = defaultdict(list)
     for row in rows:
-        predicted = LABELS[int(np.argmax(row["probs"]))]
+        predicted = classes[int(np.argmax(row["probs"]))]
         if predicted != row["label"]:
             pairs[(row["label"], predicted)].append((float(row["probs"].max()), row["guid"]))
-    class_sizes = {name: sum(row["label"] == name for row in rows) for name in LABELS}
+    class_sizes = {name: sum(row["label"] == name for row in rows) for name in classes}
     table = [{"true": t, "predicted": p, "posts": len(v), "share of the true class": f"{len(v) / class_sizes[t]:.1%}"}
              for (t, p), v in sorted(pairs.items(), key=lambda kv: -len(kv[1]))]
     items.append(("text", "Out-of-fold confusion pairs (true label, predicted label), most frequent first:"))
@@ -161,8 +159,8 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     guids = list(by_guid)
     if sample and sample < len(guids):
         guids = [guids[int(i)] for i in np.linspace(0, len(guids) - 1, sample)]
-    counts = {name: defaultdict(int) for name in LABELS}
-    totals = {name: defaultdict(float) for name in LABELS}
+    counts = {name: defaultdict(int) for name in classes}
+    totals = {name: defaultdict(float) for name in classes}
     for guid in progress(guids, desc="explaining posts", unit="post"):
         text, image = _post(split, guid)
         if text is None or (image is None and "text" not in run.modalities):
@@ -182,7 +180,7 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     table = []
     for rank in range(TOP_WORDS):
         row = {"rank": rank + 1}
-        for name in LABELS:
+        for name in classes:
             top = sorted(((w, c) for w, c in counts[name].items() if c >= MIN_POSTS),
                          key=lambda kv: (-totals[name][kv[0]], -kv[1], kv[0]))
             if rank < len(top):

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import LABELS, ConfigError
-from .io import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text
+from .runfolder import is_ensemble, is_finished, member_dirs, read_oof
 
 EVALUATIONS_DIR = "evaluations"
 SPLIT_NAMES = ("train", "val", "test")
@@ -103,15 +104,11 @@ def classification_report(y_true, y_pred) -> dict:
 
 def _training_guids(run_dir: Path) -> set[str]:
     """Guids the run scored out of fold (for k-fold CV: every training post); empty if unknown."""
-    from .cv import OOF_FILE
-    from .ensemble import is_ensemble, member_dirs
-
     dirs = member_dirs(run_dir) if is_ensemble(run_dir) else [Path(run_dir)]
     guids = set()
     for folder in dirs:
-        path = Path(folder) / OOF_FILE
-        if path.is_file():
-            guids.update(line.split(",", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()[1:] if line)
+        if is_finished(folder):
+            guids.update(read_oof(folder).guids)
     return guids
 
 
@@ -156,7 +153,7 @@ def evaluation_tables(evaluation: dict) -> tuple[list[dict], list[dict], list[di
 
 
 def evaluation_markdown(evaluation: dict) -> str:
-    from .experiments import dict_table_markdown
+    from .tables import dict_table_markdown
 
     headline, per_class, confusion = evaluation_tables(evaluation)
     lines = [f"# evaluation of {evaluation['run']} on {evaluation['labels_file']}", "",

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
-from .cv import RunError, config_differences, format_summary, train_cv, trained_config
-from .io import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text
+from .cv import format_summary, protocol_of, train_cv
+from .runfolder import RunError, config_differences, is_finished, is_run, read_metrics, trained_config
+from .tables import dict_table_markdown
 from .model import MODALITIES
 from .registry import FUSIONS, MODEL_FAMILIES
 
@@ -117,13 +119,13 @@ def cell_config(overrides: dict[str, Any], cell: Cell) -> RunConfig:
 
 def _cell_state(cell_dir: Path, config: RunConfig) -> str:
     """'new', 'finished' or 'started'; refuses a cell folder trained with other settings."""
-    if not (cell_dir / "config.json").is_file():
+    if not is_run(cell_dir):
         return "new"
     changed = config_differences(trained_config(cell_dir), config)
     if changed:
         raise RunError(f"{cell_dir} was trained with other settings ({'; '.join(changed)}); use another --out for "
                        "a different base configuration, or pass --overwrite to retrain every cell")
-    return "finished" if (cell_dir / "metrics.json").is_file() else "started"
+    return "finished" if is_finished(cell_dir) else "started"
 
 
 def _train_cell(config: RunConfig, cell_dir: Path, split, label: str, log, overwrite: bool) -> dict:
@@ -131,7 +133,7 @@ def _train_cell(config: RunConfig, cell_dir: Path, split, label: str, log, overw
     state = "new" if overwrite else _cell_state(cell_dir, config)
     if state == "finished":
         log(f"{label}: finished earlier; kept")
-        return json.loads((cell_dir / "metrics.json").read_text(encoding="utf-8"))
+        return read_metrics(cell_dir)
     log(f"{label}: {'continuing' if state == 'started' else 'training'}")
     metrics = train_cv(config, split, cell_dir, log=log, resume=state == "started", overwrite=overwrite)
     log(format_summary(metrics).splitlines()[0])
@@ -179,7 +181,6 @@ def run_grid(kind: str, overrides: dict[str, Any], cells: list[Cell], split, out
 
 
 def write_tables(out_dir: Path, kind: str, rows: list[dict], base: RunConfig) -> None:
-    from .cv import protocol_of
 
     atomic_write_json(out_dir / f"{kind}.json", {"rows": rows, "base_config": base.to_dict(),
                                                  "protocol": protocol_of(base.train)})
@@ -219,16 +220,6 @@ def _gap_to_best(row: dict, best: dict) -> str:
     gap = best["accuracy"] - row["accuracy"]
     spread = max(row.get("accuracy_seed_std") or 0.0, best.get("accuracy_seed_std") or 0.0)
     return f"{gap:.4f} ({'within' if gap <= spread else 'beyond'} seed spread)"
-
-
-def dict_table_markdown(rows: list[dict]) -> str:
-    """Rows of equal keys as a Markdown table (the keys are the header)."""
-    if not rows:
-        return "(no rows)"
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:

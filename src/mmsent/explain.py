@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import LABELS
 from .data.text import clean_text
 from .errors import InputError
 
@@ -229,15 +228,13 @@ def _why_not(tower, given: bool, what: str, other: str) -> str | None:
 
 def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanation:
     """Explain one post with a :class:`~mmsent.predict.LoadedRun` (see the module's docstring for the method)."""
-    from .predict import Prediction
-
     used = run._modalities_used(text, image, None)  # InputError for a post that gives the run nothing
     towers, prep = run.towers, run.config.text_prep
     pixels = towers.image.load(image) if towers.image is not None and image is not None else None
     cleaned = clean_text(text or "", prep) if towers.text is not None else None
     probs, scores, without = run._call(_explain_tensors, run, cleaned, pixels, steps)
-    prediction = Prediction.from_probs(probs[0], used)  # the same as run.predict(text, image)
-    label = LABELS.index(prediction.label)
+    prediction = run.prediction(probs[0], used)  # the same as run.predict(text, image)
+    label = run.classes.index(prediction.label)
     has_text, has_image = "text" in used, "image" in used
     explanation = Explanation(prediction.label, prediction.probabilities, prediction.modalities_used,
                               method=METHOD.format(steps=steps, folds=len(run.models)))

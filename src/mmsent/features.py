@@ -12,7 +12,7 @@ import torch
 
 from .config import TextPrepConfig
 from .encoders.base import Tower
-from .io import save_tensors
+from .atomic import save_tensors
 
 
 def cache_dir() -> Path:
@@ -89,3 +89,14 @@ def _report_missing_images(split, present: torch.Tensor) -> None:
     for index in torch.nonzero(~present).flatten().tolist():
         split.warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only",
                     "image_unusable")
+
+
+def compute_features(towers, split, text_prep: TextPrepConfig, workers: int = 1, log=print,
+                     fingerprint: str | None = None) -> dict[str, torch.Tensor]:
+    """Cached frozen features of every tower in ``towers``, merged into one dict of tensors indexed by post."""
+    fingerprint = fingerprint or split.fingerprint()
+    features = {}
+    for tower in towers:
+        features.update(load_or_compute(tower, split, text_prep, batch_size=tower.precompute_batch_size,
+                                        workers=workers, log=log, fingerprint=fingerprint))
+    return features

@@ -30,3 +30,8 @@ def classification_metrics(y_true, y_pred, n_classes: int = len(LABELS)) -> dict
         },
         "confusion": confusion.tolist(),
     }
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """"0.7190 ± 0.0122": how every figure with its spread is printed."""
+    return f"{mean:.4f} ± {std:.4f}"

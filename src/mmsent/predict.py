@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,26 +11,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_write_text
 from .calibration import apply_temperature, read_temperature
-from .config import CONFIG_VERSION, LABELS, ConfigError, RunConfig
-from .cv import RunError, compute_features
+from .config import RunConfig, run_classes
 from .data.dataset import Split, open_split
 from .data.text import clean_text, decode_text
 from .errors import InputError
-from .io import atomic_write_text
+from .features import compute_features
 from .model import MultimodalClassifier, Towers, load_towers
+from .runfolder import (RunError, is_ensemble, is_seed_group, member_dirs, read_run_config, read_stacker_dict,
+                        read_weights, weight_files)
 from .stacking import Stacker, lexicon_scores_of_raw, stack_inputs
-from .training import FeatureBatches, ensemble_probs, resolve_device
+from .training import FeatureBatches, predict_probs, resolve_device
 
 
-__all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "read_run_config",
-           "write_predictions"]
+__all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "write_predictions"]
 
 _thread_state = threading.local()  # .inference is True on a run's inference thread
 
 
 def _inference_thread() -> ThreadPoolExecutor:
-    """The one thread that loads a run and runs all of its tensor work.
+    """The one thread that loads a run and runs all of its tensor work (closed with the run: ``close()``).
 
     Torch's CPU kernels use OpenMP, which keeps a team of threads per calling thread. Once the teams hold more
     threads than there are cores, OpenMP stops spinning between parallel regions and every region pays a sleep and
@@ -42,48 +42,18 @@ def _inference_thread() -> ThreadPoolExecutor:
                               initializer=lambda: setattr(_thread_state, "inference", True))
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The RunConfig a run folder was trained with (its config.json); RunError if it cannot be used."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run folder (no config.json); train one with 'mmsent train'")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RunError(f"{path} is not a JSON config (refused: run folders hold only JSON and safetensors)") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} does not hold a JSON object")
-    if data.get("version") != CONFIG_VERSION:
-        raise RunError(f"{run_dir} was written by an incompatible mmsent (config version {data.get('version')!r}, "
-                       f"this mmsent reads version {CONFIG_VERSION}); retrain it")
-    try:
-        return RunConfig.from_dict({k: v for k, v in data.items() if k != "version"})
-    except ConfigError as error:
-        raise RunError(f"{path}: {error}") from None
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as error:
-        raise RunError(f"{path} is not a valid safetensors file ({type(error).__name__}); refused, nothing was "
-                       "executed. Weights are only read from safetensors, never unpickled.") from None
-
-
 @dataclass
 class Prediction:
     """One post's fold-ensemble prediction."""
 
     label: str
-    probabilities: dict[str, float]  # label -> probability, in LABELS order
+    probabilities: dict[str, float]  # label -> probability, in the run's class order
     modalities_used: list[str]  # "text", "image": what the post gave and the run reads
 
     @classmethod
-    def from_probs(cls, probs: np.ndarray, modalities_used: list[str]) -> "Prediction":
-        """From one row of class probabilities (C,)."""
-        return cls(LABELS[int(np.argmax(probs))], {name: float(p) for name, p in zip(LABELS, probs)},
+    def from_probs(cls, probs: np.ndarray, modalities_used: list[str], classes) -> "Prediction":
+        """From one row of class probabilities (C,), columns in ``classes`` order."""
+        return cls(classes[int(np.argmax(probs))], {name: float(p) for name, p in zip(classes, probs)},
                    modalities_used)
 
     def to_dict(self) -> dict:
@@ -100,6 +70,25 @@ class Predictor:
     @property
     def modalities(self) -> list[str]:
         raise NotImplementedError
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in the order of every probability row."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the run's inference thread (a closed run predicts no more)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def prediction(self, probs: np.ndarray, modalities_used: list[str]) -> Prediction:
+        """A :class:`Prediction` from one row of this run's class probabilities (C,)."""
+        return Prediction.from_probs(probs, modalities_used, self.classes)
 
     @property
     def description(self) -> str:
@@ -120,7 +109,7 @@ class Predictor:
         probs = self.predict_split(split, log)
         lacking = {"image": set(split.guids_with("image_unusable")),
                    "text": set(split.guids_with("text_missing", "text_empty"))}
-        return {guid: Prediction.from_probs(row, [m for m in self.modalities if guid not in lacking[m]])
+        return {guid: self.prediction(row, [m for m in self.modalities if guid not in lacking[m]])
                 for guid, row in zip(split.guids, probs)}
 
     def predict(self, text: str | None = None, image=None) -> Prediction:
@@ -143,7 +132,7 @@ class Predictor:
         used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
                 enumerate(zip(texts, images))]
         probs = self._batch_probs(texts, images, n)  # (N, 3)
-        return [Prediction.from_probs(row, modalities) for row, modalities in zip(probs, used)]
+        return [self.prediction(row, modalities) for row, modalities in zip(probs, used)]
 
     def explain(self, text: str | None = None, image=None, steps: int | None = None):
         """One post's prediction and why: an :class:`mmsent.explain.Explanation` with a signed score per word of
@@ -196,6 +185,13 @@ class LoadedRun(Predictor):
         return [tower.kind for tower in self.towers.present()]
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        return run_classes(self.config)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    @property
     def description(self) -> str:
         calibrated = f", temperature {self.temperature:.3f}" if self.temperature != 1.0 else ", uncalibrated"
         models = "one model" if len(self.models) == 1 else f"{len(self.models)}-fold ensemble"
@@ -204,13 +200,15 @@ class LoadedRun(Predictor):
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) from frozen features of N posts, temperature-scaled."""
         batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
-        return apply_temperature(ensemble_probs(self.models, batches, self.config.train.loss, self.device),
-                                 self.temperature)
+        probs, _ = predict_probs(self.models, batches, self.config.train.loss, self.device)
+        return apply_temperature(probs, self.temperature)
 
     def predict_split(self, split: Split, log=print) -> np.ndarray:
         """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
         def work():
-            return self._ensemble(compute_features(self.towers, split, self.config, log), len(split.records))
+            features = compute_features(self.towers.present(), split, self.config.text_prep,
+                                        self.config.train.workers, log)
+            return self._ensemble(features, len(split.records))
 
         return self._call(work)
 
@@ -252,6 +250,14 @@ class LoadedEnsemble(Predictor):
         return [m for m in ("text", "image") if any(m in member.modalities for member in self.members)]
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        return self.members[0].classes
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    @property
     def description(self) -> str:
         stacked = ", stacked with VADER's lexicon scores" if self.stacker else ""
         calibrated = f", temperature {self.temperature:.3f}" if self.temperature != 1.0 else ", uncalibrated"
@@ -277,53 +283,67 @@ class LoadedEnsemble(Predictor):
 
 def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
     """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
-    :class:`LoadedEnsemble` of its member runs).
+    :class:`LoadedEnsemble` of its member runs). Close it (``close()`` or ``with``) to stop its inference thread.
 
     ``backend``: what runs the frozen encoders (one of ``config.BACKENDS``); None = the run's ``train.backend``."""
-    from .ensemble import is_ensemble, member_dirs, read_stacker
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
-    if (run_dir / "seeds.json").is_file():
+    if is_seed_group(run_dir):
         raise RunError(f"{run_dir} holds one run per seed (mmsent train --seeds); give one of them, e.g. "
                        f"{run_dir / 'seed_' }S, or combine runs with 'mmsent ensemble'")
     if is_ensemble(run_dir):
-        members = [load_run(member, device, backend) for member in member_dirs(run_dir)]
-        for member in members:  # the ensemble combines (and was fitted on) its members' uncalibrated probabilities
-            member.temperature = 1.0
-        return LoadedEnsemble(members, run_dir, read_stacker(run_dir), temperature=read_temperature(run_dir))
+        return _load_ensemble(run_dir, device, backend)
     config = read_run_config(run_dir)
     if backend is not None:
         config.train.backend = backend
-    weight_files = sorted((run_dir / "folds").glob("fold_*/model.safetensors"))
-    if not weight_files:
-        raise RunError(f"{run_dir} holds no fold weights (folds/fold_K/model.safetensors); did training finish?")
-    if not (run_dir / "metrics.json").is_file():  # an interrupted run: some folds are missing
-        raise RunError(f"{run_dir} is an unfinished run (no metrics.json); finish it with "
-                       f"'mmsent train --resume --out {run_dir} --data ...' first")
+    files = weight_files(run_dir)
     target = resolve_device(device)
     worker = _inference_thread()
-    towers, models = worker.submit(_build_models, config, weight_files, target).result()
+    try:
+        towers, models = worker.submit(_build_models, config, files, target).result()
+    except BaseException:
+        worker.shutdown(wait=False)
+        raise
     return LoadedRun(config, towers, models, target, run_dir, worker, temperature=read_temperature(run_dir))
 
 
-def _build_models(config: RunConfig, weight_files: list[Path], target: torch.device):
+def _load_ensemble(run_dir: Path, device: str, backend: str | None) -> "LoadedEnsemble":
+    members: list[LoadedRun] = []
+    try:
+        for member in member_dirs(run_dir):
+            members.append(load_run(member, device, backend))
+    except BaseException:
+        for loaded in members:
+            loaded.close()
+        raise
+    for member in members:  # the ensemble combines (and was fitted on) its members' uncalibrated probabilities
+        member.temperature = 1.0
+    if len({member.classes for member in members}) > 1:
+        raise RunError(f"{run_dir}: its member runs predict different classes")
+    stacker = read_stacker_dict(run_dir)
+    try:
+        stacker = Stacker.from_dict(stacker) if stacker is not None else None
+    except ValueError as error:
+        raise RunError(f"{run_dir}/ensemble.json: its stacker cannot be used ({error})") from None
+    return LoadedEnsemble(members, run_dir, stacker, temperature=read_temperature(run_dir))
+
+
+def _build_models(config: RunConfig, files: list[Path], target: torch.device):
     """The run's encoders and one model per fold file (on the run's inference thread)."""
     towers = load_towers(config, target, log=lambda message: None)
     models = []
-    for path in weight_files:
+    for path in files:
         model = MultimodalClassifier(config, towers)
-        state = _load_weights(path)
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(read_weights(path), strict=True)
         except RuntimeError as error:
             raise RunError(f"{path} does not match the model described by config.json: {error}") from None
         models.append(model.to(target).eval())
     return towers, models
 
 
-def write_predictions(path: Path, guids: list[str], probs: np.ndarray) -> None:
-    """Write ``guid,tag`` rows (the test file's layout), atomically."""
-    rows = ["guid,tag"] + [f"{guid},{LABELS[int(i)]}" for guid, i in zip(guids, probs.argmax(1))]
+def write_predictions(path: Path, guids: list[str], probs: np.ndarray, classes) -> None:
+    """Write ``guid,tag`` rows (the test file's layout), atomically; ``classes`` names the columns of ``probs``."""
+    rows = ["guid,tag"] + [f"{guid},{classes[int(i)]}" for guid, i in zip(guids, probs.argmax(1))]
     atomic_write_text(Path(path), "\n".join(rows) + "\n")

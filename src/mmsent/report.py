@@ -14,20 +14,22 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .calibration import CALIBRATION_FILE, format_calibration
-from .config import LABELS
-from .cv import RunError, describe_protocol, figures_name
+from .atomic import atomic_write_bytes, atomic_write_text
+from .calibration import format_calibration
+from .cv import describe_protocol, figures_name
+from .ensemble import summary_rows
 from .evaluation import evaluation_tables, read_evaluations
-from .seeds import is_seed_group, read_seed_summary, seeds_table
-from .ensemble import is_ensemble, summary_rows
-from .experiments import dict_table_markdown, display_rows, setting_columns
-from .io import atomic_write_bytes, atomic_write_text
+from .experiments import display_rows, setting_columns
+from .metrics import format_mean_std
+from .runfolder import (CONFIG_FILE, HISTORY_FILE, RunError, is_ensemble, is_finished, is_run, is_seed_group,
+                        read_calibration_dict, read_json, read_metrics)
+from .seeds import read_seed_summary, seeds_table
+from .tables import dict_table_markdown
 
 EXPERIMENT_KINDS = ("ablation", "comparison", "sweep")
 
@@ -50,11 +52,11 @@ def _pyplot():
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, "a file of mmsent's results")
 
 
-def is_run(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file() and (folder / "config.json").is_file()
+def is_finished_run(folder: Path) -> bool:
+    return is_run(folder) and is_finished(folder)
 
 
 def experiment_kinds(folder: Path) -> list[str]:
@@ -65,8 +67,8 @@ def _histories(run: Path) -> list[list[dict]]:
     """Per-fold histories of a run (of every seed's run for a folder of runs over seeds)."""
     if is_seed_group(run):
         return [h for sub in sorted(run.glob("seed_*")) for h in _histories(sub)]
-    return [_read_json(fold / "history.json") for fold in sorted((run / "folds").glob("fold_*"))
-            if (fold / "history.json").is_file()]
+    return [read_json(fold / HISTORY_FILE, "a fold's history", list) for fold in sorted((run / "folds").glob("fold_*"))
+            if (fold / HISTORY_FILE).is_file()]
 
 
 def _integer_epochs(*axes) -> None:
@@ -79,9 +81,11 @@ def _integer_epochs(*axes) -> None:
 def label_distribution_figure(counts: dict[str, int]):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3))
-    names = [n for n in LABELS if n in counts]
+    names = list(counts)
     values = [counts[n] for n in names]
-    bars = ax.bar(names, values, color=["#c0392b", "#7f8c8d", "#27ae60"][: len(names)])
+    polarity = {"negative": "#c0392b", "neutral": "#7f8c8d", "positive": "#27ae60"}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bars = ax.bar(names, values, color=[polarity.get(n, cycle[i % len(cycle)]) for i, n in enumerate(names)])
     total = max(sum(values), 1)
     for bar, value in zip(bars, values):
         ax.annotate(f"{value} ({value / total:.0%})", (bar.get_x() + bar.get_width() / 2, value), ha="center",
@@ -115,16 +119,18 @@ def curves_figure(histories: list[list[dict]], title: str):
     return fig
 
 
-def confusion_figure(confusion: list[list[int]], title: str):
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str):
+    """A confusion matrix (rows: true, columns: predicted), axes named by ``classes``."""
     plt = _pyplot()
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(4, 3.4))
+    side = 2.6 + 0.45 * len(classes)
+    fig, ax = plt.subplots(figsize=(side, side * 0.85))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center",
                 color="white" if value > matrix.max() / 2 else "black", fontsize=9)
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 4 else 0)
+    ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     return fig
@@ -183,14 +189,14 @@ def per_class_table(out_of_fold: dict) -> list[dict]:
 
 
 def run_section(run: Path, title: str) -> Section:
-    metrics, config = _read_json(run / "metrics.json"), _read_json(run / "config.json")
+    metrics, config = read_metrics(run), _read_json(run / CONFIG_FILE)
     cv = metrics["cv"]
     section = Section(title)
     section.items.append(("text", (
         f"{config['model']} / fusion {config['fusion']['name']} / modality {config['modality']}: "
-        f"{figures_name(metrics)} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, "
-        f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}, "
-        f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}; "
+        f"{figures_name(metrics)} accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}, "
+        f"weighted F1 {format_mean_std(cv['weighted_f1_mean'], cv['weighted_f1_std'])}, "
+        f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}; "
         f"wall time {metrics['wall_seconds']:.0f} s on {metrics.get('device', '?')}.")))
     section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
     evaluations = read_evaluations(run)
@@ -200,7 +206,8 @@ def run_section(run: Path, title: str) -> Section:
         for evaluation in evaluations:
             _, per_class, confusion = evaluation_tables(evaluation)
             name = Path(evaluation["labels_file"]).name
-            section.items.append(("figure", (confusion_figure(evaluation["confusion"], f"{name}: confusion matrix"),
+            section.items.append(("figure", (confusion_figure(evaluation["confusion"], list(evaluation["per_class"]),
+                                                              f"{name}: confusion matrix"),
                                              f"{name}: confusion matrix (rows: true, columns: predicted)")))
             section.items.append(("table", per_class))
     section.items.append(("table", [{"fold": r["fold"] + 1, "accuracy": f"{r['accuracy']:.4f}",
@@ -213,7 +220,8 @@ def run_section(run: Path, title: str) -> Section:
                                          "per-epoch train/validation loss and accuracy, every fold (validation: "
                                          "the posts early stopping chose on, see the protocol)")))
     if "out_of_fold" in metrics:
-        confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
+        confusion = confusion_figure(metrics["out_of_fold"]["confusion"], list(metrics["out_of_fold"]["per_class"]),
+                                 "out-of-fold confusion matrix")
         section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
         section.items.append(("table", per_class_table(metrics["out_of_fold"])))
     section.items.extend(_calibration_items(run, title, "the")
@@ -233,8 +241,7 @@ def _calibration_items(folder: Path, title: str, whose: str) -> list:
 
 
 def _calibration_of(run: Path) -> dict | None:
-    path = run / CALIBRATION_FILE
-    return _read_json(path) if path.is_file() else None
+    return read_calibration_dict(run)
 
 
 def evaluation_rows(metrics: dict, evaluations: list[dict]) -> list[dict]:
@@ -243,7 +250,7 @@ def evaluation_rows(metrics: dict, evaluations: list[dict]) -> list[dict]:
     own = ("validation file" if metrics.get("protocol", {}).get("name") == "fixed_split"
            else f"{figures_name(metrics)} (mean ± std over folds)")
     rows = [{"figures": own, "posts": sum(row.get("val_size", 0) for row in metrics["folds"]),
-             "accuracy": f"{cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}",
+             "accuracy": format_mean_std(cv['accuracy_mean'], cv['accuracy_std']),
              "weighted F1": f"{cv['weighted_f1_mean']:.4f}", "macro F1": f"{cv['macro_f1_mean']:.4f}",
              "ECE": (f"{metrics['calibration']['ece_after']:.4f}" if metrics.get("calibration", {}).get("ece_after")
                      is not None else "-")}]
@@ -270,15 +277,16 @@ def seeds_section(folder: Path) -> Section:
 
 def ensemble_section(folder: Path) -> Section:
     """An ensemble folder (``mmsent ensemble``): each member's CV and the ensemble's, its confusion matrix."""
-    metrics = _read_json(folder / "metrics.json")
+    metrics = read_metrics(folder)
     section = Section(f"ensemble {folder.name}")
     section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
     rows = [{"run": name, **cv} for name, cv in summary_rows(metrics)]
-    section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
-                                                                  f"{r['accuracy_std']:.4f}",
+    section.items.append(("table", [{"run": r["run"], "accuracy": format_mean_std(r['accuracy_mean'],
+                                                                                  r['accuracy_std']),
                                      "weighted F1": f"{r['weighted_f1_mean']:.4f}",
                                      "macro F1": f"{r['macro_f1_mean']:.4f}"} for r in rows]))
-    confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
+    confusion = confusion_figure(metrics["out_of_fold"]["confusion"], list(metrics["out_of_fold"]["per_class"]),
+                                 "out-of-fold confusion matrix")
     section.items.append(("figure", (confusion, "out-of-fold confusion matrix (rows: true, columns: predicted)")))
     section.items.append(("table", per_class_table(metrics["out_of_fold"])))
     section.items.extend(_calibration_items(folder, f"ensemble {folder.name}", "the ensemble's"))
@@ -299,12 +307,12 @@ def experiment_section(folder: Path, kind: str) -> Section:
 
 def _label_counts(folders: list[Path]) -> dict | None:
     for folder in folders:
-        candidates = [folder] if is_run(folder) else [*sorted(folder.glob("seed_*")),
+        candidates = [folder] if is_finished_run(folder) else [*sorted(folder.glob("seed_*")),
                                                        *sorted((folder / "cells").glob("*")),
                                                        *sorted((folder / "cells").glob("*/seed_*"))]
         for candidate in candidates:
-            if is_run(candidate):
-                return _read_json(candidate / "metrics.json")["data"]["label_counts"]
+            if is_finished_run(candidate):
+                return read_metrics(candidate)["data"]["label_counts"]
     return None
 
 
@@ -323,7 +331,7 @@ def build_sections(folders: list[Path], data: Path | None = None, explain_posts:
         sections.append(overview)
     for folder in folders:
         kinds = experiment_kinds(folder)
-        if is_run(folder):
+        if is_finished_run(folder):
             sections.append(run_section(folder, f"run {folder.name}"))
             if data is not None:
                 from .error_analysis import error_analysis_items

@@ -13,15 +13,15 @@ and the mean over seeds of the spread over folds (``accuracy_fold_std``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
-from .io import atomic_write_json, atomic_write_text
+from .runfolder import SEEDS_FILE, is_finished, is_run, read_json, read_metrics
+from .tables import dict_table_markdown
 
-SEEDS_FILE = "seeds.json"
 FIGURES = ("accuracy", "weighted_f1", "macro_f1")
 
 
@@ -34,10 +34,6 @@ def parse_seeds(text: str) -> list[int]:
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs at least two different seeds (e.g. 1,2,3), got {text!r}")
     return seeds
-
-
-def is_seed_group(folder: Path) -> bool:
-    return (Path(folder) / SEEDS_FILE).is_file()
 
 
 def seed_dir(out_dir: Path, seed: int) -> Path:
@@ -90,8 +86,6 @@ def seeds_table(summary: dict) -> list[dict]:
 
 
 def seeds_markdown(summary: dict) -> str:
-    from .experiments import dict_table_markdown
-
     return dict_table_markdown(seeds_table(summary))
 
 
@@ -117,16 +111,16 @@ def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=p
         run_dir = seed_dir(out_dir, seed)
         seeded = RunConfig.from_dict(config.to_dict())
         seeded.train.seed = seed
-        if resume and (run_dir / "metrics.json").is_file():
+        if resume and is_finished(run_dir):
             log(f"[seed {seed}: {index}/{len(seeds)}] finished earlier; kept")
-            metrics_by_seed[seed] = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            metrics_by_seed[seed] = read_metrics(run_dir)
             continue
         log(f"[seed {seed}: {index}/{len(seeds)}] -> {run_dir}")
-        started = resume and (run_dir / "config.json").is_file()
+        started = resume and is_run(run_dir)
         metrics_by_seed[seed] = train_cv(seeded, split, run_dir, log=log, resume=started, overwrite=overwrite)
         log(format_summary(metrics_by_seed[seed]).splitlines()[0])
     return write_seed_summary(out_dir, metrics_by_seed)
 
 
 def read_seed_summary(folder: Path) -> dict:
-    return json.loads((Path(folder) / SEEDS_FILE).read_text(encoding="utf-8"))
+    return read_json(Path(folder) / SEEDS_FILE, "a seed group's summary")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import LABELS, TextPrepConfig
-from .cv import RunError
+from .errors import PackageError
 from .data.text import clean_text
 
 LEXICON_SCORES = ("neg", "neu", "pos", "compound")
@@ -27,7 +27,7 @@ def lexicon_scores(texts: list[str]) -> np.ndarray:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
-        raise RunError("stacking reads the VADER sentiment lexicon: pip install vaderSentiment") from None
+        raise PackageError("stacking reads the VADER sentiment lexicon: pip install vaderSentiment") from None
     analyzer = SentimentIntensityAnalyzer()
     rows = [analyzer.polarity_scores(text) for text in texts]
     return np.array([[row[name] for name in LEXICON_SCORES] for row in rows], dtype=np.float64).reshape(-1, 4)
@@ -55,7 +55,7 @@ class Stacker:
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(N, F) -> (N, C)."""
         if inputs.shape[1] != self.weights.shape[1]:
-            raise RunError(f"the stacker takes {self.weights.shape[1]} inputs per post, got {inputs.shape[1]}")
+            raise ValueError(f"the stacker takes {self.weights.shape[1]} inputs per post, got {inputs.shape[1]}")
         logits = inputs @ self.weights.T + self.bias  # (N, C)
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
@@ -70,11 +70,11 @@ class Stacker:
         try:
             weights = np.array(data["weights"], dtype=np.float64)
             bias = np.array(data["bias"], dtype=np.float64)
-            if weights.ndim != 2 or bias.shape != (weights.shape[0],) or weights.shape[0] != len(LABELS):
+            if weights.ndim != 2 or bias.shape != (weights.shape[0],):
                 raise ValueError
             return cls(weights, bias, float(data["c"]))
         except (KeyError, TypeError, ValueError):
-            raise RunError("the ensemble's stacker is malformed (weights (3, F), bias (3,), c)") from None
+            raise ValueError("malformed: expected weights (C, F), bias (C,) and c") from None
 
 
 def fit_stacker(inputs: np.ndarray, labels: np.ndarray, c: float = 1.0) -> Stacker:

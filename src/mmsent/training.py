@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
-from .config import LABELS, TrainConfig
+from .config import TrainConfig
 from .errors import ConfigError
 from .losses import create_loss, probabilities
 from .metrics import classification_metrics
@@ -108,40 +108,34 @@ def _warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], flo
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, batches: FeatureBatches, loss_name: str, device: torch.device,
+def predict_probs(models: list[nn.Module], batches: FeatureBatches, loss_name: str, device: torch.device,
                   loss_fn: nn.Module | None = None) -> tuple[np.ndarray, float]:
-    """Class probabilities (N, C) for every post of ``batches``, and the mean loss when labels are given."""
-    model.eval()
-    probs = np.zeros((len(batches.indices), len(LABELS)), dtype=np.float32)
+    """The one inference loop: class probabilities (N, C) averaged over ``models`` for every post of ``batches``,
+    and the mean loss of the averaged probabilities' model when labels and ``loss_fn`` are given (one model).
+
+    Each batch is gathered and converted to float once for all models."""
+    for model in models:
+        model.eval()
+    probs: np.ndarray | None = None
     total, count = 0.0, 0
     autocast = autocast_for(device)
     for batch, labels, positions in batches:
-        with autocast:
-            logits = model(to_device(batch, device)).float()
-        if loss_fn is not None and labels is not None:
-            total += float(loss_fn(logits, labels.to(device))) * len(labels)
-            count += len(labels)
-        probs[positions] = probabilities(loss_name, logits).cpu().numpy()
-    return probs, total / max(count, 1)
-
-
-@torch.inference_mode()
-def ensemble_probs(models: list[nn.Module], batches: FeatureBatches, loss_name: str,
-                   device: torch.device) -> np.ndarray:
-    """Class probabilities (N, C) averaged over ``models``; each batch is gathered and converted to float once for
-    all of them (float16 cached features: 0.35 s of a 511-post, 5-fold prediction went to doing that per model)."""
-    for model in models:
-        model.eval()
-    probs = np.zeros((len(batches.indices), len(LABELS)), dtype=np.float32)
-    autocast = autocast_for(device)
-    for batch, _, positions in batches:
         batch = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in to_device(batch, device).items()}
-        total = 0.0
+        summed = 0.0
         for model in models:
             with autocast:
-                total = total + probabilities(loss_name, model(batch).float())
-        probs[positions] = (total / len(models)).cpu().numpy()
-    return probs
+                logits = model(batch).float()  # (B, C)
+            summed = summed + probabilities(loss_name, logits)
+        if loss_fn is not None and labels is not None and len(models) == 1:
+            total += float(loss_fn(logits, labels.to(device))) * len(labels)
+            count += len(labels)
+        batch_probs = (summed / len(models)).cpu().numpy()  # (B, C)
+        if probs is None:
+            probs = np.zeros((len(batches.indices), batch_probs.shape[1]), dtype=np.float32)
+        probs[positions] = batch_probs
+    if probs is None:
+        probs = np.zeros((0, 0), dtype=np.float32)
+    return probs, total / max(count, 1)
 
 
 def autocast_for(device: torch.device):
@@ -193,8 +187,7 @@ def _restore_state(path: Path, model: nn.Module, optimizer, scheduler, batches: 
 
 
 def _make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """Adam/AdamW, fused (one kernel for the whole update: 0.13 -> 0.02 s a step for the 24M-parameter custom model
-    on this CPU) where this torch build supports it for the parameters' device."""
+    """Adam/AdamW, fused (one kernel for the whole update) where this torch build supports it for the parameters' device."""
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
     try:
@@ -229,6 +222,75 @@ def _make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool):
+    """cuDNN's benchmark mode (image batches of one fixed shape: pick the fastest kernels once) for the block only."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+@dataclass
+class _Loop:
+    """What one training run works with: the model, its optimisation and the batches."""
+
+    model: nn.Module
+    evaluated: nn.Module  # what is validated and kept: the EMA of the model's weights, or the model itself
+    ema: nn.Module | None
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_batches: FeatureBatches
+    val_batches: FeatureBatches
+    device: torch.device
+
+
+def _make_loop(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
+               device: torch.device) -> _Loop:
+    model.to(device)
+    n_classes = model.n_classes
+    train_labels = labels[torch.as_tensor(np.asarray(train_idx))]
+    loss_fn = create_loss(config, torch.bincount(train_labels, minlength=n_classes)).to(device)
+    optimizer = _make_optimizer(config, _parameter_groups(model, config))
+    on_gpu = device.type == "cuda"
+    train_batches = FeatureBatches(features, labels, train_idx, config.batch_size, shuffle=True, seed=config.seed,
+                                   pin_memory=on_gpu)
+    val_batches = FeatureBatches(features, labels, val_idx, max(config.batch_size, 64), pin_memory=on_gpu)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
+    ema = _make_ema(model, config.ema_decay)
+    return _Loop(model, ema.module if ema is not None else model, ema, loss_fn, optimizer, scheduler,
+                 train_batches, val_batches, device)
+
+
+def _train_epoch(loop: _Loop, desc: str) -> tuple[float, float]:
+    """One pass over the training batches -> (mean loss, accuracy)."""
+    loop.model.train()
+    autocast = autocast_for(loop.device)
+    running, seen, correct = 0.0, 0, 0
+    bar = progress(loop.train_batches, desc=desc, unit="batch")
+    for batch, targets, _ in bar:
+        targets = targets.to(loop.device)
+        with autocast:
+            logits = loop.model(to_device(batch, loop.device)).float()  # (B, C)
+        loss = loop.loss_fn(logits, targets)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), 1.0)
+        loop.optimizer.step()
+        loop.scheduler.step()
+        if loop.ema is not None:
+            loop.ema.update_parameters(loop.model)
+        running += float(loss.detach()) * len(targets)
+        correct += int((logits.detach().argmax(1) == targets).sum())
+        seen += len(targets)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    return running / max(seen, 1), correct / max(seen, 1)
+
+
 def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
         device: torch.device, desc: str = "train", on_epoch_end: Callable[[dict], None] | None = None,
         checkpoint: Path | None = None, checkpoint_info: dict | None = None) -> FitResult:
@@ -239,73 +301,37 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
     ``checkpoint_info`` added to its JSON; if the file exists when ``fit`` starts, training continues from it and
     ends exactly as an uninterrupted run would.
     """
-    model.to(device)
-    train_labels = labels[torch.as_tensor(np.asarray(train_idx))]
-    loss_fn = create_loss(config, torch.bincount(train_labels, minlength=len(LABELS))).to(device)
-    groups = _parameter_groups(model, config)
-    optimizer = _make_optimizer(config, groups)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True  # image batches have one fixed shape: pick the fastest kernels once
-    train_batches = FeatureBatches(features, labels, train_idx, config.batch_size, shuffle=True, seed=config.seed,
-                                   pin_memory=on_gpu)
-    val_batches = FeatureBatches(features, labels, val_idx, max(config.batch_size, 64), pin_memory=on_gpu)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
-    autocast = autocast_for(device)
-    ema = _make_ema(model, config.ema_decay)
-    evaluated = ema.module if ema is not None else model  # what is validated and kept
-
+    loop = _make_loop(model, features, labels, train_idx, val_idx, config, device)
     best = FitResult(best_state={}, best_epoch=0)
     best_accuracy, stale, done = -1.0, 0, 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        done, best, best_accuracy, stale = _restore_state(checkpoint, model, optimizer, scheduler, train_batches,
-                                                          device, ema)
+        done, best, best_accuracy, stale = _restore_state(checkpoint, model, loop.optimizer, loop.scheduler,
+                                                          loop.train_batches, device, loop.ema)
         if stale >= config.patience:  # it had already stopped early
             done = config.epochs
     val_labels = labels[torch.as_tensor(np.asarray(val_idx))].numpy()
-    for epoch in range(done + 1, config.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        running, seen, correct = 0.0, 0, 0
-        bar = progress(train_batches, desc=f"{desc} epoch {epoch}", unit="batch")
-        for batch, targets, _ in bar:
-            targets = targets.to(device)
-            with autocast:
-                logits = model(to_device(batch, device)).float()
-            loss = loss_fn(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            running += float(loss.detach()) * len(targets)
-            correct += int((logits.detach().argmax(1) == targets).sum())
-            seen += len(targets)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        probs, val_loss = predict_probs(evaluated, val_batches, config.loss, device, loss_fn)
-        scores = classification_metrics(val_labels, probs.argmax(1))
-        record = {
-            "epoch": epoch, "train_loss": running / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "val_loss": val_loss,
-            "val_accuracy": scores["accuracy"], "val_weighted_f1": scores["weighted_f1"],
-            "val_macro_f1": scores["macro_f1"], "seconds": time.perf_counter() - start,
-        }
-        best.history.append(record)
-        improved = scores["accuracy"] > best_accuracy
-        if improved:
-            best_accuracy, stale = scores["accuracy"], 0
-            best.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
-            best.best_epoch, best.val_probs = epoch, probs
-        else:
-            stale += 1
-        if checkpoint is not None:
-            _save_state(checkpoint, epoch, model, optimizer, scheduler, train_batches, best, best_accuracy, stale,
-                        device, checkpoint_info or {}, ema)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if stale >= config.patience:
-            break
+    with cudnn_benchmark(device.type == "cuda"):
+        for epoch in range(done + 1, config.epochs + 1):
+            start = time.perf_counter()
+            train_loss, train_accuracy = _train_epoch(loop, f"{desc} epoch {epoch}")
+            probs, val_loss = predict_probs([loop.evaluated], loop.val_batches, config.loss, device, loop.loss_fn)
+            scores = classification_metrics(val_labels, probs.argmax(1), n_classes=model.n_classes)
+            record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                      "val_loss": val_loss, "val_accuracy": scores["accuracy"],
+                      "val_weighted_f1": scores["weighted_f1"], "val_macro_f1": scores["macro_f1"],
+                      "seconds": time.perf_counter() - start}
+            best.history.append(record)
+            if scores["accuracy"] > best_accuracy:
+                best_accuracy, stale = scores["accuracy"], 0
+                best.best_state = {k: v.detach().to("cpu", copy=True) for k, v in loop.evaluated.state_dict().items()}
+                best.best_epoch, best.val_probs = epoch, probs
+            else:
+                stale += 1
+            if checkpoint is not None:
+                _save_state(checkpoint, epoch, model, loop.optimizer, loop.scheduler, loop.train_batches, best,
+                            best_accuracy, stale, device, checkpoint_info or {}, loop.ema)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if stale >= config.patience:
+                break
     return best

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+def _create_temporary(folder: Path, name: str) -> Path:
+    """An empty new file ``.NAME.<random>.tmp`` in ``folder``, with the permissions the process's umask gives."""
+    while True:
+        path = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -23,15 +25,13 @@ def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the final file gets the usual permissions
+    tmp = _create_temporary(path.parent, path.name)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
