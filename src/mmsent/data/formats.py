@@ -57,7 +57,7 @@ def describe_formats() -> str:
 def detect_format(source: DataSource) -> str:
     """The first registered format that recognises ``source.path``; DataError listing the formats if none does."""
     if not source.path.exists():
-        raise DataError(f"data not found: {source.path}")
+        raise DataError(f"data {'file' if source.path.suffix else 'folder'} not found: {source.path}")
     for name in FORMATS.names():
         if FORMATS.metadata(name)["detect"](source):
             return name
@@ -79,7 +79,7 @@ def read_part(source: DataSource, part: str) -> PartRead:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     read = FORMATS.get(format_of(source))(source, part)
     fixed = source.fixed_labels
-    if part == "train" and not any(p.fatal for p in read.problems):
+    if part == "train":
         read.label_names, problems = settle_labels(read.posts, fixed)
         read.problems.extend(problems)
         read.posts = [post for post in read.posts if post.label in read.label_names]

@@ -43,7 +43,7 @@ def _read_json(path: Path):
 
     array = path.suffix.lower() == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("[")
     try:
-        return pd.read_json(path, lines=not array, dtype=False, convert_dates=False, encoding="utf-8"), []
+        return pd.read_json(path, lines=not array, dtype=False, encoding="utf-8"), []
     except ValueError as error:
         return None, _bad_json_lines(path) or [Problem(path.name, f"not readable as JSON: {error}", fatal=True)]
 
