@@ -1,4 +1,4 @@
-"""Command line: ``mmsent check | split | train | evaluate | ablate | compare | sweep | report | ensemble | predict |
+"""Command line: ``mmsent check | convert | split | train | evaluate | ablate | compare | sweep | report | ensemble | predict |
 serve | config``.
 
 ``main(argv)`` is callable from tests.
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,10 +33,42 @@ _REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.los
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
-                        help="data folder with train.txt, test_without_label.txt and data/ (default: $MMSENT_DATA "
-                             "or ../shared/data/mvsa)")
-    parser.add_argument("--train-file", type=Path, help=f"labelled file (default: DATA/{DEFAULT_TRAIN_FILE})")
-    parser.add_argument("--test-file", type=Path, help=f"unlabelled file (default: DATA/{DEFAULT_TEST_FILE})")
+                        help="data set: a lab folder (train.txt, test_without_label.txt, data/), an MVSA release "
+                             "folder or a table file (.csv .tsv .jsonl .json .parquet) (default: $MMSENT_DATA or "
+                             "../shared/data/mvsa)")
+    parser.add_argument("--train-file", type=Path, help=f"lab folder: labelled file (default: DATA/{DEFAULT_TRAIN_FILE})")
+    parser.add_argument("--test-file", type=Path, help=f"lab folder: unlabelled file (default: DATA/{DEFAULT_TEST_FILE})")
+    add_data_options(parser)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
+    from .data.formats import FORMATS
+
+    group = parser.add_argument_group("data format (config keys data.*)")
+    group.add_argument("--format", dest="cfg:data.format", choices=FORMATS.names(),
+                       help="format of --data (default: detected from what --data is)")
+    group.add_argument("--labels", dest="cfg:data.labels", metavar="A,B,...",
+                       help="the label names in class order; rows with another label are refused (default: the "
+                            "sorted names found in the labelled rows)")
+    for column in ("text", "image", "label", "id"):
+        group.add_argument(f"--{column}-column", dest=f"cfg:data.{column}_column", metavar="NAME",
+                           help=f"table column of the {column} (default: {column})")
+    group.add_argument("--allow-outside-paths", dest="cfg:data.allow_outside_paths", action="store_const", const=True,
+                       help="accept table image paths that are absolute or leave the table's folder")
+
+
+def data_config(args):
+    """The DataConfig of the data options given (the rest at their defaults)."""
+    keys = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:data.") and v is not None}
+    return resolve_config(keys).data
+
+
+def _open_data(args, part: str, **kw):
+    """``part`` ("train" or "test") of --data in its format, with the data options."""
+    from .data.dataset import open_data
+
+    return open_data(args.data, part, data_config(args), args.train_file, args.test_file, **kw)
 
 
 def _label_files(args) -> tuple[Path, Path]:
@@ -237,9 +269,33 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_check(args) -> int:
     from .data.check import check_data, format_report
 
-    report = check_data(args.data, *_label_files(args))
+    report = check_data(args.data, args.train_file, args.test_file, data=data_config(args))
     print(format_report(report, limit=10**9 if args.all else 50))
     return 0 if report.usable else 1
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="table file or folder to write")
+    parser.add_argument("--link-images", action="store_true",
+                        help="folder output: link the images instead of copying them")
+    parser.add_argument("--overwrite", action="store_true", help="replace what is at --out")
+
+
+@command("convert", "write a data set in another format: OUT.csv, .tsv, .jsonl, .parquet or a folder (the lab "
+                    "layout); row order is kept", _convert_arguments)
+def cmd_convert(args) -> int:
+    from .data.convert import convert
+
+    counts = convert(args.data, args.out, data_config(args), link_images=args.link_images, overwrite=args.overwrite,
+                     train_file=args.train_file, test_file=args.test_file)
+    print(f"wrote {counts['train']} labelled posts and {counts['test']} posts to predict to {args.out}")
+    if counts.get("absolute_image_paths"):
+        print(f"{counts['absolute_image_paths']} image paths are absolute (the images lie outside {args.out.parent}): "
+              "read it with --allow-outside-paths")
+    if counts.get("missing_images"):
+        print(f"{counts['missing_images']} posts have no image file to copy")
+    return 0
 
 
 def _print_problems(split, limit: int = 10) -> None:
@@ -266,10 +322,9 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
 @command("train", "stratified k-fold cross-validation; saves fold models and metrics", _train_arguments)
 def cmd_train(args) -> int:
     from .cv import format_summary, train_cv
-    from .runfolder import trained_config
-    from .data.dataset import open_split
+    from .data.dataset import open_data
     from .distributed import current_shard
-    from .runfolder import is_run, is_seed_group
+    from .runfolder import is_run, is_seed_group, trained_config
     from .seeds import format_seeds, parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -287,8 +342,9 @@ def cmd_train(args) -> int:
         config = config_from_args(args, base=trained_config(args.out))  # differences are refused by train_cv
     else:
         config = config_from_args(args)
-    split = open_split(args.data, _label_files(args)[0], labelled=True)
-    val_split = open_split(args.data, args.val_file, labelled=True) if args.val_file is not None else None
+    split = _open_data(args, "train")
+    val_split = (open_data(args.data, "train", replace(data_config(args), labels=list(split.label_names)),
+                           train_file=args.val_file) if args.val_file is not None else None)
     shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
     say = shard.report(print)
     processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
@@ -351,7 +407,6 @@ def cmd_evaluate(args) -> int:
 @command("ablate", "the same configuration on all / image / text -> OUT/ablation.json, OUT/ablation.md; "
          + _GRID_NOTE, _experiment_arguments)
 def cmd_experiment(args) -> int:
-    from .data.dataset import open_split
     from .experiments import ablation_cells, comparison_cells, parse_grid, run_grid, sweep_cells
 
     overrides = user_overrides(args)
@@ -369,7 +424,7 @@ def cmd_experiment(args) -> int:
         seeds = parse_seeds(args.seeds)
         if "train.seed" in overrides:
             raise ConfigError("--seeds and --seed exclude each other: --seeds 1,2,3 trains every cell once per seed")
-    split = open_split(args.data, _label_files(args)[0], labelled=True)
+    split = _open_data(args, "train")
     per_seed = f" x {len(seeds)} seeds" if seeds else ""
     print(f"{kind}: {len(cells)} cells x {base.train.folds} folds{per_seed} on {len(split.records)} posts -> "
           f"{args.out}")
@@ -430,11 +485,10 @@ def cmd_predict(args) -> int:
                           "predict one post)")
     if args.json:
         raise ConfigError("--json applies to one post (--text/--image); folder mode writes --out")
-    from .data.dataset import open_split
     from .predict import load_run, write_predictions
 
     start = time.perf_counter()
-    split = open_split(args.data, _label_files(args)[1], labelled=False)  # cheap checks first
+    split = _open_data(args, "test")  # cheap checks first
     run = load_run(args.run, device=args.device, backend=args.backend)
     probs = run.predict_split(split)
     write_predictions(args.out, split.guids, probs, run.classes)

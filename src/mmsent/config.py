@@ -24,10 +24,11 @@ PRECISIONS = ("f32", "bf16")  # arithmetic of the frozen encoders' graph runtime
 SELECTION_SETS = ("inner", "scored_fold")  # train.select_on: where early stopping chooses (cv.py)
 
 
-def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
+def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, item: type | None = None,
+         **kw):
     """A dataclass field with CLI metadata (``flag``: the short option, ``help``: its text, ``choices``: the only
-    values allowed)."""
-    metadata = {"flag": flag, "help": help, "choices": choices}
+    values allowed, ``item``: the element type of a list field whose default is empty)."""
+    metadata = {"flag": flag, "help": help, "choices": choices, "item": item}
     if callable(default):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
@@ -152,6 +153,30 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    """How the data set is read (mmsent.data.formats): its format, a table's columns and the label set.
+
+    No field has a short flag here: ``cli.add_data_options`` declares ``--format``, ``--labels`` and the column
+    flags for every command that reads data.
+    """
+
+    format: str = _opt("", help="data format registered in mmsent.data.formats; '' = detected from --data")
+    text_column: str = _opt("text", help="table column of each post's text (inline)")
+    image_column: str = _opt("image", help="table column of each post's image path (relative to the table's folder)")
+    label_column: str = _opt("label", help="table column of each post's label (empty = a post to predict)")
+    id_column: str = _opt("id", help="table column of each post's id (absent = row numbers)")
+    labels: list = _opt(list, item=str, help="the label names in class order; empty = the sorted names found in "
+                                             "the labelled rows (a saved run without them: negative,neutral,positive)")
+    allow_outside_paths: bool = _opt(False, help="accept table image paths that are absolute or leave the table's "
+                                                 "folder")
+
+
+def run_labels(config: "RunConfig") -> tuple[str, ...]:
+    """The class names of a run, in class order: ``config.data.labels``, or ``LABELS`` for a run saved without them."""
+    return tuple(config.data.labels) or LABELS
+
+
+@dataclass
 class RunConfig:
     """Everything needed to rebuild and retrain a model; saved as ``RUN/config.json``."""
 
@@ -163,6 +188,7 @@ class RunConfig:
     custom: CustomConfig = field(default_factory=CustomConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict:
@@ -181,13 +207,6 @@ class RunConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
-
-
-def run_classes(config: "RunConfig") -> tuple[str, ...]:
-    """The class names a run predicts, in the order of its model's outputs (the data's label set; runs saved
-    before the label set was recorded predict the three polarities)."""
-    data = getattr(config, "data", None)
-    return tuple(getattr(data, "labels", None) or LABELS)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -259,7 +278,8 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}")
         spec, default = known[key]
-        value = _coerce(key, value, default)
+        item = spec.metadata.get("item")
+        value = _coerce(key, value, [item()] if item and default == [] else default)
         choices = spec.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")

@@ -23,7 +23,7 @@ from ._version import __version__
 from .atomic import atomic_write_json, save_tensors
 from .calibration import fit_calibration, format_calibration
 from .checkpoint import read_info
-from .config import ConfigError, RunConfig, TrainConfig, run_classes
+from .config import ConfigError, RunConfig, TrainConfig, run_labels
 from .data.dataset import Split
 from .data.folds import stratified_folds
 from .data.records import DataError
@@ -194,7 +194,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     features = _shared_features(shard, towers, plan.split, config, log, fingerprint)
     feature_seconds = time.perf_counter() - start
     trainer = _FoldTrainer(config, towers, features, plan, fingerprint, out_dir, device, resume, log)
-    classes = run_classes(config)
+    classes = run_labels(config)
     rows, oof = _gather_folds(trainer, shard, len(classes))
     scored, labels = plan.scored(), plan.labels.numpy()
     calibration = fit_calibration(oof[scored], labels[scored], plan.fold_of()[scored])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import MODALITIES, RunConfig, run_classes
+from .config import MODALITIES, RunConfig, run_labels
 from .errors import ConfigError
 from .encoders.base import Tower, TrainableEncoder
 from .fusion import create_fusion, masked_mean
@@ -102,7 +102,7 @@ def build_towers(config: RunConfig) -> Towers:
 
 
 class MultimodalClassifier(nn.Module):
-    """Logits over the run's classes (``config.run_classes``) from a batch of cached encoder features.
+    """Logits over the run's classes (``config.run_labels``) from a batch of cached encoder features.
 
     With ``modality == "all"`` the two token streams are fused; with one modality its tokens are mean-pooled.
     A post whose image could not be read gets a learned "missing image" token instead.
@@ -113,7 +113,7 @@ class MultimodalClassifier(nn.Module):
         fusion_cfg = config.fusion
         dim = fusion_cfg.dim
         self.modality = config.modality
-        self.n_classes = len(run_classes(config))
+        self.n_classes = len(run_labels(config))
         self.text_encoder: TrainableEncoder | None = towers.text.make_trainable() if towers.text else None
         self.image_encoder: TrainableEncoder | None = towers.image.make_trainable() if towers.image else None
         if self.text_encoder is not None:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .atomic import atomic_write_text
 from .calibration import apply_temperature, read_temperature
-from .config import RunConfig, run_classes
+from .config import RunConfig, run_labels
 from .data.dataset import Split, open_split
 from .data.text import clean_text, decode_text
 from .errors import InputError
@@ -186,7 +186,7 @@ class LoadedRun(Predictor):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return run_classes(self.config)
+        return run_labels(self.config)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)

@@ -1,4 +1,4 @@
-"""``mmsent check``: validate a data folder and report every problem with the file and line it came from."""
+"""``mmsent check``: validate a data set of any format and report every problem with the file and row it came from."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..config import TextPrepConfig
+from ..config import DataConfig, TextPrepConfig
 from ..progress import progress
 from .dataset import Split
+from .formats import PARTS, DataSource, format_of, read_part
 from .images import ImageError, load_square_rgb
-from .records import DataError, Problem, read_label_file
+from .mvsa import RULES
+from .records import Problem
 
 
 @dataclass
@@ -26,38 +28,43 @@ class CheckReport:
         return not any(p.fatal for p in self.problems)
 
 
-def check_data(data_dir: Path, train_file: Path, test_file: Path, log=print) -> CheckReport:
-    """Read both label files (paths) and every post they name; collect problems (fatal ones make the data unusable)."""
-    data_dir = Path(data_dir)
+def check_data(data_dir: Path, train_file: Path | None = None, test_file: Path | None = None, log=print,
+               data: DataConfig | None = None) -> CheckReport:
+    """Read both parts of a data set of any format and every post they name; collect problems (fatal ones make
+    the data unusable). ``train_file`` / ``test_file``: the lab folder's label files (default: the standard names)."""
+    source = DataSource(Path(data_dir), data or DataConfig(), train_file, test_file)
     report = CheckReport()
-    if not data_dir.is_dir():
-        raise DataError(f"data folder not found: {data_dir}")
-    if not (data_dir / "data").is_dir():
-        report.problems.append(Problem(str(data_dir), "no 'data' folder with <guid>.txt and <guid>.jpg", fatal=True))
-        return report
-    for name, label_file, labelled in (("train", train_file, True), ("test", test_file, False)):
-        parsed = read_label_file(Path(label_file), labelled)
-        report.problems.extend(parsed.problems)
-        split = Split(data_dir, parsed.records)
-        report.posts[name] = len(parsed.records)
-        if labelled:
+    format_of(source)  # DataError for data that is absent or of no known format
+    for name in PARTS:
+        read = read_part(source, name)
+        report.problems.extend(p for p in read.problems if p not in report.problems)
+        split = Split(read.data_dir, read.posts, label_names=read.label_names)
+        report.posts[name] = len(read.posts)
+        if name == "train":
             report.label_counts[name] = split.label_counts()
         split.texts(TextPrepConfig())
         report.encodings.update(split.encodings)
         report.problems.extend(split.problems)
-        for record in progress(parsed.records, desc=f"checking {name} images", unit="image"):
-            raw = split.read_image_bytes(record.guid)
-            where = f"data/{record.guid}.jpg"
-            if raw is None:
-                report.problems.append(Problem(where, "image file missing; the post will be used as text only",
-                                               kind="image_unusable"))
-                continue
-            try:
-                load_square_rgb(raw, 32)
-            except ImageError as error:
-                report.problems.append(Problem(where, f"{error}; the post will be used as text only",
-                                               kind="image_unusable"))
+        report.problems.extend(_image_problems(split, name))
     return report
+
+
+def _image_problems(split: Split, name: str) -> list[Problem]:
+    """A warning for every post whose image is missing or cannot be decoded (it will rest on its text)."""
+    problems = []
+    for post in progress(split.records, desc=f"checking {name} images", unit="image"):
+        raw = split.read_image_bytes(post.guid)
+        if raw is None:
+            missing = "image file missing" if post.image_path is not None else "no image"
+            problems.append(Problem(post.image_where, f"{missing}; the post will be used as text only",
+                                    kind="image_unusable"))
+            continue
+        try:
+            load_square_rgb(raw, 32)
+        except ImageError as error:
+            problems.append(Problem(post.image_where, f"{error}; the post will be used as text only",
+                                    kind="image_unusable"))
+    return problems
 
 
 def format_report(report: CheckReport, limit: int = 50) -> str:
@@ -71,6 +78,10 @@ def format_report(report: CheckReport, limit: int = 50) -> str:
     fatal = [p for p in report.problems if p.fatal]
     warnings = [p for p in report.problems if not p.fatal]
     lines.append(f"problems: {len(fatal)} fatal, {len(warnings)} warnings")
+    dropped = Counter(p.kind for p in report.problems if p.kind in RULES)
+    if dropped:
+        lines.append("posts dropped by cleaning rule: " + ", ".join(f"{RULES[kind]}: {dropped[kind]}"
+                                                                    for kind in RULES if dropped[kind]))
     for problem in (fatal + warnings)[:limit]:
         lines.append(f"  {problem}")
     if len(report.problems) > limit:

@@ -1,4 +1,4 @@
-"""A data folder (``train.txt``, ``test_without_label.txt``, ``data/<guid>.txt|.jpg``) and its posts."""
+"""A part of a data set of any format (:mod:`mmsent.data.formats`) and its posts: :class:`Split`."""
 
 from __future__ import annotations
 
@@ -7,65 +7,98 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import LABELS, TextPrepConfig
+from ..config import LABELS, DataConfig, TextPrepConfig
+from .formats import DataSource, read_part
+from .posts import Post, folder_post
 from .records import KINDS, DataError, Problem, Record, read_label_file, require_usable
 from .text import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, clean_text, decode_text
 
 
 @dataclass
 class Split:
-    """The posts of one label file inside a data folder."""
+    """The posts of one part of a data set, of any format, and their label set.
+
+    ``records`` are :class:`Post` records; :class:`Record` rows of a lab-folder label file (label indices into
+    ``LABELS``, the original API) are turned into the posts of ``data_dir``. ``label_names``: the class names in
+    class order (empty = the sorted names of the posts' labels); ``labels`` are indices into it.
+    """
 
     data_dir: Path
-    records: list[Record]
+    records: list[Post]
     problems: list[Problem] = field(default_factory=list)
     encodings: Counter = field(default_factory=Counter)
+    label_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(isinstance(record, Record) for record in self.records):
+            self.label_names = self.label_names or LABELS
+            self.records = [folder_post(Path(self.data_dir), r.guid, None if r.label is None else LABELS[r.label],
+                                        f"line {r.line}") for r in self.records]
+        self.label_names = tuple(self.label_names) or tuple(sorted({p.label for p in self.records if p.label}))
 
     @property
     def guids(self) -> list[str]:
         return [r.guid for r in self.records]
 
     @property
-    def labels(self) -> list[int]:
-        return [r.label for r in self.records]
+    def labels(self) -> list[int | None]:
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return [None if r.label is None else index[r.label] for r in self.records]
 
-    def text_path(self, guid: str) -> Path:
-        return self.data_dir / "data" / f"{guid}.txt"
+    def post(self, guid: str) -> Post:
+        if len(getattr(self, "_by_guid", ())) != len(self.records):
+            self._by_guid = {post.guid: post for post in self.records}
+        return self._by_guid[guid]
 
-    def image_path(self, guid: str) -> Path:
-        return self.data_dir / "data" / f"{guid}.jpg"
+    def text_path(self, guid: str) -> Path | None:
+        return self.post(guid).text_path
+
+    def image_path(self, guid: str) -> Path | None:
+        return self.post(guid).image_path
+
+    def image_where(self, guid: str) -> str:
+        """How problems name the post's image (``data/<guid>.jpg``, ``posts.csv:row 3 (image)``)."""
+        return self.post(guid).image_where
+
+    def text_where(self, guid: str) -> str:
+        return self.post(guid).text_where
 
     def read_image_bytes(self, guid: str) -> bytes | None:
         path = self.image_path(guid)
         try:
-            return path.read_bytes()
+            return None if path is None else path.read_bytes()
         except OSError:
             return None
 
     def read_text_bytes(self, guid: str) -> bytes | None:
+        """The text's bytes (at most one byte past ``MAX_TEXT_BYTES``); inline text as UTF-8; None if missing."""
+        post = self.post(guid)
+        if post.text is not None:
+            return post.text.encode("utf-8")[: MAX_TEXT_BYTES + 1]
         try:
-            with open(self.text_path(guid), "rb") as handle:
+            with open(post.text_path, "rb") as handle:
                 return handle.read(MAX_TEXT_BYTES + 1)
-        except OSError:
+        except (OSError, TypeError):
             return None
 
     def texts(self, prep: TextPrepConfig) -> list[str]:
         """Cleaned text of every post; missing files give "" and a warning (recorded in ``problems``)."""
         texts = []
         self.encodings.clear()
-        for guid in self.guids:
-            raw = self.read_text_bytes(guid)
+        for post in self.records:
+            raw = self.read_text_bytes(post.guid)
             if raw is None:
-                self.warn(f"data/{guid}.txt", "text file missing; using an empty text", "text_missing")
+                missing = "text file missing" if post.has_text_source else "no text column"
+                self.warn(post.text_where, f"{missing}; using an empty text", "text_missing")
                 texts.append("")
                 continue
             decoded = decode_text(raw)
             self.encodings[decoded.encoding] += 1
             if decoded.truncated:
-                self.warn(f"data/{guid}.txt", f"longer than {MAX_TEXT_BYTES} bytes; truncated", "text_truncated")
+                self.warn(post.text_where, f"longer than {MAX_TEXT_BYTES} bytes; truncated", "text_truncated")
             text = clean_text(decoded.text, prep)
             if not decoded.text.strip():
-                self.warn(f"data/{guid}.txt", "empty text", "text_empty")
+                self.warn(post.text_where, "empty text", "text_empty")
             texts.append(text)
         return texts
 
@@ -76,10 +109,11 @@ class Split:
             self.problems.append(problem)
 
     def guids_with(self, *kinds: str) -> list[str]:
-        """Guids (in split order) of posts with a warning of one of ``kinds`` (e.g. "image_unusable")."""
-        flagged = {p.where.split("/", 1)[1].rsplit(".", 1)[0] for p in self.problems
-                   if p.kind in kinds and p.where.startswith("data/")}
-        return [guid for guid in self.guids if guid in flagged]
+        """Guids (in split order) of posts with a warning of one of ``kinds`` (e.g. "image_unusable"), named by
+        the post's ``text_where`` / ``image_where`` or as ``data/<guid>.<ext>``."""
+        wheres = {p.where for p in self.problems if p.kind in kinds}
+        flagged = {w.split("/", 1)[1].rsplit(".", 1)[0] for w in wheres if w.startswith("data/")}
+        return [r.guid for r in self.records if r.guid in flagged or {r.text_where, r.image_where} & wheres]
 
     def summary(self) -> dict[str, int]:
         """Counts of what was dropped, repaired or worked around (see ``records.KINDS``), and fallback decodings."""
@@ -90,15 +124,15 @@ class Split:
     def fingerprint(self) -> str:
         """Hash of every guid, label, text and image byte: the cache key of this split's content."""
         digest = hashlib.sha256()
-        for record in self.records:
-            digest.update(f"{record.guid}\0{record.label}\0".encode())
+        for record, label in zip(self.records, self.labels):
+            digest.update(f"{record.guid}\0{label}\0".encode())
             for raw in (self.read_text_bytes(record.guid), self.read_image_bytes(record.guid)):
                 digest.update(b"\1" if raw is None else hashlib.sha256(raw).digest())
         return digest.hexdigest()
 
     def label_counts(self) -> dict[str, int]:
         counts = Counter(self.labels)
-        return {name: counts.get(i, 0) for i, name in enumerate(LABELS)}
+        return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
 
 
 def open_split(data_dir: Path, label_file: Path | str, labelled: bool) -> Split:
@@ -111,3 +145,17 @@ def open_split(data_dir: Path, label_file: Path | str, labelled: bool) -> Split:
     parsed = read_label_file(Path(label_file), labelled)
     records = require_usable(parsed)
     return Split(data_dir, records, problems=list(parsed.problems))
+
+
+def open_data(path: Path | str, part: str = "train", data: DataConfig | None = None, train_file: Path | None = None,
+              test_file: Path | None = None, allow_empty: bool = False) -> Split:
+    """Read ``part`` ("train": the labelled posts, "test": the posts to predict) of the data set at ``path`` in
+    any registered format; raise DataError listing every fatal problem, or if the part holds no post."""
+    source = DataSource(Path(path), data or DataConfig(), train_file, test_file)
+    read = read_part(source, part)
+    fatal = [p for p in read.problems if p.fatal]
+    if fatal:
+        raise DataError(f"{path} cannot be used:\n  " + "\n  ".join(str(p) for p in fatal))
+    if not read.posts and not allow_empty:
+        raise DataError(f"{path} holds no {'labelled posts' if part == 'train' else 'posts to predict'}")
+    return Split(read.data_dir, read.posts, problems=read.problems, label_names=read.label_names)

@@ -13,7 +13,9 @@ SAFE_GUID = re.compile(r"^[A-Za-z0-9_.-]+$")
 NULL_TAGS = ("null", "")
 # Problem kinds counted in summaries: label-file lines left out or repaired, and what happened to a post's files
 # (a missing or empty text, or an unusable image, leaves the post resting on its other modality).
-KINDS = ("row_dropped", "header_missing", "text_missing", "text_empty", "text_truncated", "image_unusable")
+# MVSA releases add the posts each cleaning rule drops (mvsa.py).
+KINDS = ("row_dropped", "header_missing", "text_missing", "text_empty", "text_truncated", "image_unusable",
+         "mvsa_opposite", "mvsa_no_majority")
 
 
 class DataError(UserError):
@@ -35,10 +37,12 @@ class Problem:
 
 @dataclass
 class Record:
-    """One post: its guid and its label index (None for unlabelled rows)."""
+    """One row of a label file: its guid and its label (an index into ``LABELS`` from :func:`read_label_file`, a
+    name from :func:`read_tag_file`; None for unlabelled rows) and its line number."""
 
     guid: str
-    label: int | None
+    label: int | str | None
+    line: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -53,65 +57,88 @@ class LabelFile:
 
 
 def read_label_file(path: Path, labelled: bool) -> LabelFile:
-    """Parse a ``guid,tag`` file. ``labelled``: tags must be known labels (train) or null (test)."""
+    """Parse a ``guid,tag`` file whose tags are ``LABELS``; records hold label indices (the original API)."""
+    parsed = read_tag_file(path, labelled, LABELS)
+    parsed.records = [Record(r.guid, None if r.label is None else LABELS.index(r.label), r.line)
+                      for r in parsed.records]
+    return parsed
+
+
+def read_tag_file(path: Path, labelled: bool, labels: tuple[str, ...] | None = None) -> LabelFile:
+    """Parse a ``guid,tag`` file into records holding label names (lowercased).
+
+    ``labelled``: every row needs a tag (train) or tags are ignored (test). ``labels``: the only tags allowed
+    (None = any name; the label set is then settled by the caller from all rows).
+    """
     path = Path(path)
     result = LabelFile(path)
     if not path.is_file():
         result.problems.append(Problem(str(path), "label file not found", fatal=True))
         return result
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig", errors="replace")
-    lines = text.splitlines()
-    name = path.name
-    first = lines[0].strip() if lines else ""
-    first_fields = [f.strip().lower() for f in first.split(",")]
-    if first.replace(" ", "").lower() == "guid,tag":
-        start = 1
-    elif (len(first_fields) == 2 and SAFE_GUID.match(first_fields[0])
-          and first_fields[1] in (*LABELS, *(NULL_TAGS if not labelled else ("null",)))):
-        result.problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data",
-                                       kind="header_missing"))
-        start = 0
-    else:
-        result.problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r} (skipped)",
-                                       kind="row_dropped"))
-        start = 1
-    seen: dict[str, tuple[int, int | None]] = {}
+    lines = path.read_bytes().decode("utf-8-sig", errors="replace").splitlines()
+    start = _header_lines(lines, path.name, labelled, labels, result.problems)
+    seen: dict[str, tuple[int, str | None]] = {}
     for number, line in enumerate(lines[start:], start=start + 1):
-        where = f"{name}:{number}"
-        if not line.strip():
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2:
-            result.problems.append(Problem(where, f"expected 'guid,tag', found {line!r}", fatal=True))
-            continue
-        guid, tag = parts
-        if not SAFE_GUID.match(guid) or guid in (".", ".."):
-            result.problems.append(Problem(where, f"unsafe guid {guid!r} (only letters, digits, '_', '-', '.')", fatal=True))
-            continue
-        tag = tag.lower()
-        if labelled:
-            if tag not in LABELS:
-                result.problems.append(Problem(where, f"unknown tag {tag!r}; expected one of {', '.join(LABELS)}", fatal=True))
-                continue
-            label = LABELS.index(tag)
-        else:
-            if tag not in NULL_TAGS and tag not in LABELS:
-                result.problems.append(Problem(where, f"unexpected tag {tag!r} in an unlabelled file (ignored)"))
-            label = None
-        if guid in seen:
-            first_line, first_label = seen[guid]
-            if first_label != label:
-                result.problems.append(Problem(where, f"guid {guid} repeats line {first_line} with another tag", fatal=True))
-            else:
-                result.problems.append(Problem(where, f"guid {guid} repeats line {first_line} (same tag; dropped)",
-                                               kind="row_dropped"))
-            continue
-        seen[guid] = (number, label)
-        result.records.append(Record(guid, label))
+        if line.strip():
+            record = _tag_row(line, f"{path.name}:{number}", labelled, labels, result.problems)
+            if record is not None and first_occurrence(record, number, seen, f"{path.name}:{number}", result.problems):
+                result.records.append(record)
     if not result.records and not result.fatal:
-        result.problems.append(Problem(name, "no rows", fatal=True))
+        result.problems.append(Problem(path.name, "no rows", fatal=True))
     return result
+
+
+def _header_lines(lines: list[str], name: str, labelled: bool, labels, problems: list[Problem]) -> int:
+    """How many lines the header takes (0 or 1); a missing or odd header is recorded in ``problems``."""
+    first = lines[0].strip() if lines else ""
+    fields = [f.strip().lower() for f in first.split(",")]
+    known = labels if labels is not None else {line.rsplit(",", 1)[-1].strip().lower() for line in lines[1:]}
+    nulls = NULL_TAGS if not labelled else ("null",)
+    if first.replace(" ", "").lower() == "guid,tag":
+        return 1
+    if len(fields) == 2 and SAFE_GUID.match(fields[0]) and fields[1] in (*known, *nulls):
+        problems.append(Problem(f"{name}:1", "header 'guid,tag' missing; first line read as data", kind="header_missing"))
+        return 0
+    problems.append(Problem(f"{name}:1", f"expected header 'guid,tag', found {first!r} (skipped)", kind="row_dropped"))
+    return 1
+
+
+def _tag_row(line: str, where: str, labelled: bool, labels, problems: list[Problem]) -> Record | None:
+    """One ``guid,tag`` line -> a Record, or None with a fatal problem."""
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) != 2:
+        problems.append(Problem(where, f"expected 'guid,tag', found {line!r}", fatal=True))
+        return None
+    guid, tag = parts[0], parts[1].lower()
+    if not SAFE_GUID.match(guid) or guid in (".", ".."):
+        problems.append(Problem(where, f"unsafe guid {guid!r} (only letters, digits, '_', '-', '.')", fatal=True))
+        return None
+    if not labelled:
+        if labels is not None and tag not in NULL_TAGS and tag not in labels:
+            problems.append(Problem(where, f"unexpected tag {tag!r} in an unlabelled file (ignored)"))
+        return Record(guid, None, int(where.rsplit(":", 1)[1]))
+    if tag in NULL_TAGS and labels is None:
+        problems.append(Problem(where, f"no label ({tag!r}) in a labelled file", fatal=True))
+        return None
+    if labels is not None and tag not in labels:
+        problems.append(Problem(where, f"unknown tag {tag!r}; expected one of {', '.join(labels)}", fatal=True))
+        return None
+    return Record(guid, tag, int(where.rsplit(":", 1)[1]))
+
+
+def first_occurrence(record: Record, number: int, seen: dict, where: str, problems: list[Problem],
+                     unit: str = "line") -> bool:
+    """False for a repeated guid (a conflicting tag is fatal, the same tag a dropped row); ``seen`` is updated."""
+    if record.guid not in seen:
+        seen[record.guid] = (number, record.label)
+        return True
+    first_line, first_label = seen[record.guid]
+    if first_label != record.label:
+        problems.append(Problem(where, f"guid {record.guid} repeats {unit} {first_line} with another tag", fatal=True))
+    else:
+        problems.append(Problem(where, f"guid {record.guid} repeats {unit} {first_line} (same tag; dropped)",
+                                kind="row_dropped"))
+    return False
 
 
 def require_usable(label_file: LabelFile) -> list[Record]:
