@@ -115,7 +115,7 @@ class _FoldTrainer:
             val_probs = result.val_probs
         else:  # the scored fold is predicted once, by the weights chosen on the inner part
             val_probs = score_fold(model, result.best_state, self.features, val_idx, config, self.device)
-        scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1), n_classes=model.n_classes)
+        scores = classification_metrics(labels[val_idx].numpy(), val_probs.argmax(1), run_labels(config))
         row = {"fold": fold, "accuracy": scores["accuracy"], "weighted_f1": scores["weighted_f1"],
                "macro_f1": scores["macro_f1"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "train_size": int(len(fit_idx)), "selection_size": int(len(select_idx)),
@@ -181,6 +181,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_selection(config.train)
+    config = with_labels(config, split)
     plan = _plan_folds(config, split, val_split)
     shard = current_shard()
     log = shard.report(log)
@@ -202,7 +203,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         "protocol": protocol_of(config.train, plan.fixed_split),
         "cv": cv_summary(rows),
         "folds": rows,
-        "out_of_fold": classification_metrics(labels[scored], oof[scored].argmax(1), n_classes=len(classes)),
+        "out_of_fold": classification_metrics(labels[scored], oof[scored].argmax(1), classes),
         "calibration": calibration.summary(),
         "data": data_summary(plan.split, features),
         "feature_seconds": feature_seconds,
@@ -217,6 +218,18 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         write_oof(out_dir, OutOfFold([plan.split.guids[i] for i in scored],
                                      [classes[plan.split.labels[i]] for i in scored], oof[scored], classes))
     return metrics
+
+
+def with_labels(config: RunConfig, split: Split) -> RunConfig:
+    """``config`` with the data's label set recorded (``data.labels``), which the model's head, the metrics and
+    every prediction read; refuses a config whose recorded label set differs from the data's."""
+    recorded = tuple(config.data.labels)
+    if recorded and recorded != tuple(split.label_names):
+        raise DataError(f"the data's labels ({', '.join(split.label_names)}) differ from the config's data.labels "
+                        f"({', '.join(recorded)})")
+    config = RunConfig.from_dict(config.to_dict())
+    config.data.labels = list(split.label_names)
+    return config
 
 
 def data_summary(split: Split, features: dict[str, torch.Tensor]) -> dict:
@@ -314,7 +327,11 @@ def join_splits(train: Split, val: Split) -> Split:
                         f"{sorted(shared)[0]}); the validation posts must be held out")
     if Path(train.data_dir).resolve() != Path(val.data_dir).resolve():
         raise DataError("the training and the validation file must name posts of the same data folder")
-    return Split(train.data_dir, train.records + val.records, problems=train.problems + val.problems)
+    unknown = sorted(set(val.label_names) - set(train.label_names))
+    if unknown:
+        raise DataError(f"the validation posts hold labels the training posts lack: {', '.join(unknown)}")
+    return Split(train.data_dir, train.records + val.records, problems=train.problems + val.problems,
+                 label_names=train.label_names)
 
 
 def cv_summary(fold_rows: list[dict]) -> dict:

@@ -86,9 +86,10 @@ def _members_oof(run_dirs: list[Path]) -> tuple[OutOfFold, list[np.ndarray]]:
 
 def _cv_of(probs: np.ndarray, labels: np.ndarray, folds) -> tuple[dict, list[dict]]:
     """CV summary and fold rows of out-of-fold probabilities (N, C) scored on ``folds``."""
+    classes = probs.shape[1]
     rows = []
     for fold, (_, val_idx) in enumerate(folds):
-        scores = classification_metrics(labels[val_idx], probs[val_idx].argmax(1), n_classes=probs.shape[1])
+        scores = classification_metrics(labels[val_idx], probs[val_idx].argmax(1), classes)
         rows.append({"fold": fold, **{k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
                      "val_size": int(len(val_idx))})
     return cv_summary(rows), rows
@@ -131,7 +132,7 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: P
         "protocol": _combined_protocol(run_dirs),
         "combine": "stack" if stacker else "mean",
         "cv": cv, "folds": rows,
-        "out_of_fold": classification_metrics(labels, probs.argmax(1), n_classes=probs.shape[1]),
+        "out_of_fold": classification_metrics(labels, probs.argmax(1), oof.classes),
         "members": [{"run": member, "cv": _cv_of(p, labels, folds)[0]} for member, p in zip(members, member_probs)],
         "calibration": calibration.summary(),
         "wall_seconds": time.perf_counter() - start,

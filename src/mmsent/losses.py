@@ -24,9 +24,10 @@ class SigmoidFocalLoss(nn.Module):
         if config.class_weight_power:
             raise ConfigError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
                              "with train.focal_alpha")
-        alpha = config.focal_alpha or [0.25] * len(LABELS)
-        if len(alpha) != len(LABELS):
-            raise ConfigError(f"focal_alpha needs {len(LABELS)} values (one per label), got {len(alpha)}")
+        n_classes = len(class_counts) if class_counts is not None else len(config.focal_alpha or LABELS)
+        alpha = config.focal_alpha or [0.25] * n_classes
+        if len(alpha) != n_classes:
+            raise ConfigError(f"train.focal_alpha needs {n_classes} values (one per class), got {len(alpha)}")
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
         self.gamma = config.focal_gamma
 
@@ -77,8 +78,9 @@ class LogitAdjusted(nn.Module):
 
 
 def create_loss(config: TrainConfig, class_counts: torch.Tensor | None = None) -> nn.Module:
-    """The loss ``config.loss`` names; ``class_counts`` (C,): the training fold's posts per class (default: equal),
-    read by class weights and logit adjustment."""
+    """The loss ``config.loss`` names; ``class_counts`` (C,): the training fold's posts per class (default: equal
+    counts of the three polarities), which also gives the number of classes; read by class weights and logit
+    adjustment."""
     for name in ("class_weight_power", "logit_adjustment"):
         if getattr(config, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(config, name)}")

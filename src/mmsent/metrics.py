@@ -1,34 +1,36 @@
-"""Classification metrics: accuracy, per-class precision/recall/F1, weighted and macro F1, confusion matrix."""
+"""Classification metrics (scikit-learn's): accuracy, per-class precision/recall/F1, weighted and macro F1,
+confusion matrix; and how a figure with its spread is printed."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from .config import LABELS
 
 
-def classification_metrics(y_true, y_pred, n_classes: int = len(LABELS)) -> dict:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)  # rows: true, columns: predicted
-    np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion).astype(float)
-    support = confusion.sum(1).astype(float)
-    predicted = confusion.sum(0).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    total = max(len(y_true), 1)
+def classification_metrics(y_true, y_pred, classes: Sequence[str] | int = LABELS) -> dict:
+    """Figures of predicted class indices ``y_pred`` (N,) against ``y_true`` (N,).
+
+    ``classes``: the class names in index order (or their number; the names are then "0", "1", ...). Every class
+    gets a row and a column of the confusion matrix, even one absent from both arrays."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    names = [str(c) for c in range(classes)] if isinstance(classes, int) else list(classes)
+    indices = list(range(len(names)))
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=indices,
+                                                                     zero_division=0)
+    empty = len(y_true) == 0
     return {
-        "accuracy": float(tp.sum() / total),
-        "weighted_f1": float((f1 * support).sum() / total),
-        "macro_f1": float(f1.mean()),
-        "per_class": {
-            LABELS[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                        "support": int(support[c])}
-            for c in range(n_classes)
-        },
-        "confusion": confusion.tolist(),
+        "accuracy": 0.0 if empty else float(accuracy_score(y_true, y_pred)),
+        "weighted_f1": 0.0 if empty else float(f1_score(y_true, y_pred, labels=indices, average="weighted",
+                                                        zero_division=0)),
+        "macro_f1": float(np.mean(f1)),  # over every class, present or not
+        "per_class": {name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                             "support": int(support[c])} for c, name in enumerate(names)},
+        "confusion": confusion_matrix(y_true, y_pred, labels=indices).tolist(),  # rows: true, columns: predicted
     }
 
 

@@ -315,7 +315,7 @@ def fit(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_i
             start = time.perf_counter()
             train_loss, train_accuracy = _train_epoch(loop, f"{desc} epoch {epoch}")
             probs, val_loss = predict_probs([loop.evaluated], loop.val_batches, config.loss, device, loop.loss_fn)
-            scores = classification_metrics(val_labels, probs.argmax(1), n_classes=model.n_classes)
+            scores = classification_metrics(val_labels, probs.argmax(1), model.n_classes)
             record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                       "val_loss": val_loss, "val_accuracy": scores["accuracy"],
                       "val_weighted_f1": scores["weighted_f1"], "val_macro_f1": scores["macro_f1"],
