@@ -163,5 +163,6 @@ def test_wordpiece_tower_gives_the_ids_its_former_auto_tokenizer_gave():
     features = tower.encode_items(texts)
     assert torch.equal(features["text_ids"], expected["input_ids"])
     assert torch.equal(features["text_mask"], expected["attention_mask"].bool())
-    assert tower.tokenizer.vocab_size == len(reference) and tower.make_trainable().embedding.num_embeddings == len(reference)
+    assert tower.tokenizer.vocab_size == len(reference)
+    assert tower.make_trainable().embedding.num_embeddings == len(reference)
     assert tower.encode_items([])["text_ids"].shape == (0, TINY.max_length)

@@ -187,7 +187,7 @@ class EfficientNetLiteTower(ImageTower):
     """EfficientNet-Lite: 18 stages (stem, 16 MBConv blocks, 1x1 head); image tokens = last feature map cells."""
 
     graph_format = 2  # 2: takes uint8 pixels (B, S, S, 3) and normalises inside
-    precompute_batch_size = 8  # small batches keep the activations in the CPU's cache: faster than 32
+    precompute_batch_size = 8  # small batches keep the activations in the CPU's cache
 
     def __init__(self, config: ImageEncoderConfig, variant: str):
         net = load_pretrained(variant)

@@ -180,7 +180,7 @@ class HFTextTower(Tower):
     @property
     def lower(self) -> nn.Module:
         """The frozen lower model. Loaded on first use: predicting from a cached ONNX export never needs it (nor
-        the seconds that importing its modelling code takes)."""
+        the time that importing its modelling code takes)."""
         if self._model is None:
             self._model = self._load_model().requires_grad_(False).to(self._device)
         return self._model
