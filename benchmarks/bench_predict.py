@@ -61,7 +61,7 @@ def time_phases(run: Path, data: Path, backend: str | None) -> dict[str, float]:
 
 def cold_cache() -> str:
     """A new cache folder that shares only the graph exports and unpacked models of the current one."""
-    from mmsent.features import cache_dir
+    from mmsent.paths import cache_dir
 
     folder = tempfile.mkdtemp(prefix="mmsent-bench-predict-")
     for name in KEPT:

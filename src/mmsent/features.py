@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,11 +12,7 @@ import torch
 from .config import TextPrepConfig
 from .encoders.base import Tower
 from .atomic import save_tensors
-
-
-def cache_dir() -> Path:
-    """``$MMSENT_CACHE_DIR``, else ``~/.cache/mmsent``."""
-    return Path(os.environ.get("MMSENT_CACHE_DIR") or Path.home() / ".cache" / "mmsent")
+from .paths import cache_dir
 
 
 def cache_key(tower: Tower, split_fingerprint: str, text_prep: TextPrepConfig) -> str:

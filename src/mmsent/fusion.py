@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from .config import FusionConfig
+from .layers import MultiHeadAttention, masked_mean
 from .registry import FUSIONS
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) -> (B, D): mean over real tokens."""
-    weights = mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
-    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class CrossAttentionLayer(nn.Module):
@@ -24,7 +19,7 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, config: FusionConfig):
         super().__init__()
-        self.attention = nn.MultiheadAttention(config.dim, config.heads, dropout=config.dropout, batch_first=True)
+        self.attention = MultiHeadAttention(config.dim, config.heads, dropout=config.dropout)
         self.norm1 = nn.LayerNorm(config.dim)
         self.feed_forward = nn.Sequential(
             nn.Linear(config.dim, config.ffn_dim), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.ffn_dim, config.dim)
@@ -33,7 +28,7 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, queries, context, context_mask):  # (B, Tq, D), (B, Tc, D), (B, Tc)
-        attended, _ = self.attention(queries, context, context, key_padding_mask=~context_mask, need_weights=False)
+        attended = self.attention(queries, context, context_mask)  # (B, Tq, D)
         x = self.norm1(queries + self.dropout(attended))
         return self.norm2(x + self.dropout(self.feed_forward(x)))  # (B, Tq, D)
 

@@ -10,7 +10,8 @@ from torch import nn
 from .config import MODALITIES, RunConfig, run_labels
 from .errors import ConfigError
 from .encoders.base import Tower, TrainableEncoder
-from .fusion import create_fusion, masked_mean
+from .fusion import create_fusion
+from .layers import masked_mean
 from .registry import MODEL_FAMILIES
 
 

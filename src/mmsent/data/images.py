@@ -54,22 +54,24 @@ def open_image(raw: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
 
 
 def load_square_rgb(raw: bytes, size: int) -> np.ndarray:
-    """Decode, apply EXIF rotation, convert to RGB, resize the short side to ``size`` and centre-crop.
+    """The decoding of a post's image, the same for the feature cache and for a single post: decode, apply EXIF
+    rotation, convert to RGB, resize the short side to ``size`` and centre-crop -> (size, size, 3) uint8.
 
-    JPEGs are decoded in draft mode at the smallest DCT scale still at least ``size`` (much faster for
-    large photos). Returns a (size, size, 3) uint8 array. Raises ImageError for unusable images.
+    JPEGs are decoded in draft mode at the smallest DCT scale still at least ``size`` (much faster for large
+    photos). Raises ImageError for unusable images.
     """
-    return square_rgb(open_image(raw), size, draft=True)
-
-
-def square_rgb(image: Image.Image, size: int, draft: bool = False) -> np.ndarray:
-    """EXIF rotation, RGB (transparency on white), short side resized to ``size``, centre crop -> (size, size, 3).
-
-    ``draft``: let a not yet decoded JPEG decode at a reduced DCT scale (changes ``image`` in place).
-    """
+    image = open_image(raw)
     try:
-        if draft and image.format == "JPEG":
+        if image.format == "JPEG":
             image.draft("RGB", (size, size))
+    except Exception as error:
+        raise ImageError(f"could not decode ({type(error).__name__}: {error})") from None
+    return square_rgb(image, size)
+
+
+def square_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """EXIF rotation, RGB (transparency on white), short side resized to ``size``, centre crop -> (size, size, 3)."""
+    try:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
@@ -89,9 +91,31 @@ def square_rgb(image: Image.Image, size: int, draft: bool = False) -> np.ndarray
         raise ImageError(f"could not decode ({type(error).__name__}: {error})") from None
 
 
+def encoded_bytes(image: Image.Image) -> bytes | None:
+    """The file a PIL image was opened from, while it is not decoded yet (``Image.open`` reads only the header);
+    None for an image already decoded or made in memory, or showing another frame than the first."""
+    source = getattr(image, "fp", None)
+    if source is None or not getattr(image, "tile", None) or image.tell() != 0:
+        return None
+    try:
+        position = source.tell()
+        source.seek(0)  # Image.open reads a file from its start
+        raw = source.read()
+        source.seek(position)
+    except (AttributeError, OSError, ValueError):  # closed or not seekable
+        return None
+    return raw
+
+
 @singledispatch
 def load_image(source, size: int) -> np.ndarray:
-    """A post's image given as a path, bytes or a PIL image -> (size, size, 3) uint8, like ``load_square_rgb``."""
+    """A post's image given as a path, bytes or a PIL image -> (size, size, 3) uint8 by ``load_square_rgb``: the
+    same pixels as the feature cache's for the same file.
+
+    A PIL image is decoded from the file it was opened from; one already decoded (or made in memory) has no file,
+    and gets ``square_rgb`` of its pixels: for a JPEG of more than twice ``size`` these differ from the file's draft
+    decoding.
+    """
     raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
 
 
@@ -114,5 +138,8 @@ def _(source, size: int) -> np.ndarray:
 
 @load_image.register(Image.Image)
 def _(source, size: int) -> np.ndarray:
+    raw = encoded_bytes(source)
+    if raw is not None:
+        return load_square_rgb(raw, size)
     check_size(*source.size)
     return square_rgb(source, size)

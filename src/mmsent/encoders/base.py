@@ -12,21 +12,38 @@ An encoder is split in two at ``train_layers`` from the top:
 With ``train_layers = 0`` the whole encoder is frozen and its outputs are cached; with all layers trainable the
 cache holds only the preprocessed inputs (pixels or token ids) and the encoder trains end to end.
 
-The frozen part runs with torch, or with a graph runtime after ``use_backend("openvino")`` or ``use_backend("onnx")``
-(:mod:`.runtime`): a tower that can be exported names its inputs in ``frozen_inputs`` and describes itself in
-``frozen_graph()``.
+The frozen part runs with torch, or with a graph runtime after ``use_backend("openvino")`` or ``use_backend("onnx")``:
+a tower that can be exported names its inputs in ``frozen_inputs``, describes itself in ``frozen_graph()``, and is
+given the function that loads a runtime's session (:func:`.runtime.load_runner`) by the module that builds it. This
+module imports none of the encoders nor the runtimes.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..registry import GRAPH_RUNTIMES
-from .runtime import FrozenGraph, load_runner
+
+
+@dataclass
+class FrozenGraph:
+    """A tower's frozen part as a module from tensors to one tensor, with example inputs to trace it."""
+
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]  # per input (and "output"): axis -> name of a variable size
+
+
+# (graph_id, input_names, make_graph, runtime, log, precision) -> a callable session of the exported frozen part
+# with a ``precision`` attribute: :func:`mmsent.encoders.runtime.load_runner`.
+RunnerLoader = Callable[..., Callable[..., torch.Tensor]]
 
 
 class TrainableEncoder(nn.Module):
@@ -62,8 +79,10 @@ class Tower:
     _runner = None  # the graph runtime's session of the frozen part, once use_backend(<a graph runtime>) was called
     inference_precision: str = "f32"  # what the frozen part computes in (set by use_backend; part of the cache key)
 
-    def __init__(self, trainable_template: TrainableEncoder):
+    def __init__(self, trainable_template: TrainableEncoder, load_runner: RunnerLoader | None = None):
+        """``load_runner``: how to load a graph runtime's session of the frozen part (None: torch only)."""
         self._template = trainable_template
+        self._load_runner = load_runner
 
     def frozen_graph(self) -> FrozenGraph:
         """The frozen part as a module from tensors (named ``frozen_inputs``) to one tensor, for export."""
@@ -74,8 +93,10 @@ class Tower:
         returns the backend used, which is torch (in f32) for a tower with nothing to export."""
         self._runner, self.inference_precision = None, "f32"
         if backend in GRAPH_RUNTIMES and self.frozen_inputs:
+            if self._load_runner is None:
+                raise TypeError(f"{type(self).__name__} has frozen_inputs but was given no load_runner")
             graph_id = f"{type(self).__name__} {self.graph_format} {self.cache_id()}"
-            self._runner = load_runner(graph_id, self.frozen_inputs, self.frozen_graph, backend, log, precision)
+            self._runner = self._load_runner(graph_id, self.frozen_inputs, self.frozen_graph, backend, log, precision)
             self.inference_precision = self._runner.precision
             return backend
         return "torch"
@@ -153,14 +174,6 @@ def check_poolable(pooled: bool, frozen: bool, what: str) -> None:
     if pooled and not frozen:
         raise ConfigError(f"{what}.pooled caches mean-pooled outputs of a frozen encoder; it needs "
                          f"{what}.train_layers=0")
-
-
-def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T, D), (N, T) -> the mean over real tokens as one token (N, 1, D), and its mask (N, 1)."""
-    from ..fusion import masked_mean
-
-    pooled = masked_mean(tokens.float(), mask).unsqueeze(1)  # (N, 1, D), summed in float32
-    return pooled.to(tokens.dtype), torch.ones(tokens.shape[0], 1, dtype=torch.bool)
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -146,7 +146,7 @@ class EfficientNetLite(nn.Module):
     def fuse_batchnorm_(self) -> "EfficientNetLite":
         """Fold every eval-mode batch norm into its convolution (in place); for frozen inference only.
 
-        Several times faster feature extraction on a CPU, where batch norm and ReLU6 are memory-bound.
+        Faster feature extraction on a CPU, where batch norm is memory-bound.
         """
         for owner, conv_name, bn_name in self.conv_bn_pairs():
             conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)

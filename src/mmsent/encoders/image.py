@@ -12,14 +12,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ImageEncoderConfig
-from ..data.images import ImageError, load_image, load_square_rgb
+from ..data.images import ImageError, load_image
 from ..errors import ConfigError
 from ..progress import progress
 from ..registry import IMAGE_ENCODERS
-from .base import Tower, TrainableEncoder, check_poolable, module_device, resolve_split
+from .base import FrozenGraph, Tower, TrainableEncoder, check_poolable, module_device, resolve_split
 from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, load_pretrained
-from .runtime import FrozenGraph, LastHiddenState
-from .text import _fingerprint_dir
+from .runtime import LastHiddenState, load_runner
+from .sources import fingerprint_source
 
 
 class _DecodedImages(Dataset):
@@ -37,7 +37,7 @@ class _DecodedImages(Dataset):
         if raw is None:
             return np.zeros((self.size, self.size, 3), dtype=np.uint8), "image file missing"
         try:
-            return load_square_rgb(raw, self.size), ""  # (S, S, 3)
+            return load_image(raw, self.size), ""  # (S, S, 3), decoded as a single post's image is
         except ImageError as error:
             return np.zeros((self.size, self.size, 3), dtype=np.uint8), str(error)
 
@@ -45,7 +45,7 @@ class _DecodedImages(Dataset):
 def channels_last_batch(images: list[np.ndarray]) -> torch.Tensor:
     """(S, S, 3) uint8 arrays -> (B, 3, S, S) uint8 in channels-last memory: a view of the stacked arrays.
 
-    No transposing copy (torch's uint8 permute-copy costs milliseconds per 224-px image), and channels-last is the layout the CNN runs fastest in.
+    No transposing copy (torch's uint8 permute-copy is slow), and channels-last is the layout the CNN runs fastest in.
     """
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (B, 3, S, S)
 
@@ -147,7 +147,8 @@ class ImageTower(Tower):
         raise NotImplementedError
 
     def load(self, source) -> np.ndarray:
-        """An image as a path, bytes or a PIL image -> (S, S, 3) uint8; ImageError if it cannot be used."""
+        """An image as a path, bytes or a PIL image -> (S, S, 3) uint8, the pixels ``precompute`` decodes from the
+        same file; ImageError if it cannot be used."""
         return load_image(source, self.size)
 
     @torch.inference_mode()
@@ -186,7 +187,7 @@ class EfficientNetLiteTower(ImageTower):
     """EfficientNet-Lite: 18 stages (stem, 16 MBConv blocks, 1x1 head); image tokens = last feature map cells."""
 
     graph_format = 2  # 2: takes uint8 pixels (B, S, S, 3) and normalises inside
-    precompute_batch_size = 8  # small batches keep the activations in the CPU's cache: faster than 32
+    precompute_batch_size = 8  # small batches keep the activations in the CPU's cache
 
     def __init__(self, config: ImageEncoderConfig, variant: str):
         net = load_pretrained(variant)
@@ -204,7 +205,7 @@ class EfficientNetLiteTower(ImageTower):
             self.frozen_inputs = ("pixels",)
         self.grid = -(-self.size // 32)
         self._input_channels = [3, 32] + [b._project_conv.out_channels for b in net._blocks] + [net.num_features]
-        super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features))
+        super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features), load_runner)
 
     def tokens_unavailable(self):
         if self.config.pooled:
@@ -257,7 +258,7 @@ class HFImageTower(ImageTower):
             model_config = AutoConfig.from_pretrained(source)
         except OSError as error:
             raise ConfigError(f"cannot load image encoder {source!r}: {error}") from None
-        self.config, self.source_id = config, _fingerprint_dir(source)
+        self.config, self.source_id = config, fingerprint_source(source)
         self.size = config.image_size or int(getattr(model_config, "image_size", 224))
         self.mean, self.std = _processor_stats(source)
         hidden = int(getattr(model_config, "hidden_size", 0))
@@ -268,7 +269,7 @@ class HFImageTower(ImageTower):
         self.lower = None if self.trains_all else model
         if self.lower is not None:
             self.frozen_inputs = ("pixel_values",)  # normalised (B, 3, S, S)
-        super().__init__(_HFImageUpper(model if self.trains_all else None, self.mean, self.std, hidden))
+        super().__init__(_HFImageUpper(model if self.trains_all else None, self.mean, self.std, hidden), load_runner)
 
     def frozen_graph(self):
         example = torch.zeros(2, 3, self.size, self.size)  # (B, 3, S, S)

@@ -19,7 +19,6 @@ import os
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,9 @@ from torch import nn
 
 from ..config import BACKENDS, PRECISIONS
 from ..errors import ConfigError
+from ..paths import onnx_dir
 from ..registry import GRAPH_RUNTIMES
+from .base import FrozenGraph
 
 EXPORT_PACKAGES = ("onnx",)  # torch's exporter writes the graph with it
 
@@ -74,16 +75,6 @@ def backend_candidates(backend: str, device: torch.device, precision: str = "f32
             packages = " ".join(EXPORT_PACKAGES + GRAPH_RUNTIMES.metadata(backend)["packages"])
             raise BackendError(f"the {backend} backend needs the packages {packages} (pip install {packages})")
     return [backend]
-
-
-@dataclass
-class FrozenGraph:
-    """A tower's frozen part as a module from tensors to one tensor, with example inputs to trace it."""
-
-    module: nn.Module
-    example_inputs: tuple[torch.Tensor, ...]
-    input_names: tuple[str, ...]
-    dynamic_axes: dict[str, dict[int, str]]  # per input (and "output"): axis -> name of a variable size
 
 
 class LastHiddenState(nn.Module):
@@ -187,10 +178,8 @@ class OpenVinoRunner(GraphRunner):
 
 def onnx_path(graph_id: str) -> Path:
     """Where the exported graph of the frozen part identified by ``graph_id`` lives."""
-    from ..features import cache_dir
-
     digest = hashlib.sha256(f"onnx:{graph_id}:torch {torch.__version__}".encode()).hexdigest()[:40]
-    return cache_dir() / "onnx" / f"{digest}.onnx"
+    return onnx_dir() / f"{digest}.onnx"
 
 
 def export_graph(graph: FrozenGraph, path: Path) -> None:

@@ -16,8 +16,10 @@ from torch.nn import functional as F
 
 from ..config import CustomConfig
 from ..errors import ConfigError
+from ..layers import MultiHeadAttention
 from .base import Tower, TrainableEncoder
 from .image import ImageTower, feature_map_to_tokens, normalise
+from .text import TokenIds, packaged_minilm_path, read_model_config
 
 PIXEL_MEAN, PIXEL_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: a fine generic scale
 
@@ -119,27 +121,6 @@ class PixelTower(ImageTower):
 # ---------------------------------------------------------------- texts: Transformer encoder
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """Scaled dot-product self-attention over ``heads`` subspaces; padded keys get no weight."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ConfigError(f"custom.dim {dim} must be divisible by custom.heads {heads}")
-        self.heads, self.head_dim = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x, mask):  # (B, T, D), (B, T) True = real token
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, T)
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        weights = scores.softmax(dim=-1)  # every row has >= 1 real key ([CLS])
-        attended = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-        return self.out(attended)
-
-
 class EncoderLayer(nn.Module):
     """Self-attention and a position-wise feed-forward, each in a residual branch after a layer norm (pre-norm).
 
@@ -150,13 +131,14 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attention = MultiHeadSelfAttention(dim, heads)
+        self.attention = MultiHeadAttention(dim, heads, init="linear")  # no dropout inside (see above)
         self.norm2 = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, mask):  # (B, T, D), (B, T)
-        x = x + self.dropout(self.attention(self.norm1(x), mask))
+        normed = self.norm1(x)
+        x = x + self.dropout(self.attention(normed, normed, mask))  # self-attention; padded keys get no weight
         return x + self.dropout(self.feed_forward(self.norm2(x)))  # (B, T, D)
 
 
@@ -177,11 +159,13 @@ class TransformerTextEncoder(TrainableEncoder):
 
     def __init__(self, config: CustomConfig, vocab_size: int, pad_id: int):
         super().__init__()
+        if config.dim % config.heads:
+            raise ConfigError(f"custom.dim {config.dim} must be divisible by custom.heads {config.heads}")
         self.embedding = nn.Embedding(vocab_size, config.dim, padding_idx=pad_id)  # N(0, 1) entries
         self.register_buffer("positions", sinusoidal_positions(config.max_length, config.dim), persistent=False)
         # Vaswani et al.: embeddings x sqrt(d_model). With N(0, 1) entries they dominate the positions and move
-        # slowly at lr 3e-4 (nearly fixed random word codes): on CV folds 1-2 this reached 0.645 accuracy, against
-        # 0.605-0.62 on fold 1 for small-init (std dim^-1/2) or factorised (64-d) embeddings that learn faster.
+        # slowly (nearly fixed random word codes); in cross-validation this did better than small-init (std
+        # dim^-1/2) or factorised (64-d) embeddings that learn faster (the figures: this file's git history).
         self.scale = math.sqrt(config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config.dim, config.heads, config.ffn_dim, config.dropout)
@@ -205,23 +189,17 @@ class WordPieceTower(Tower):
     feature_names = ("text_ids", "text_mask")
 
     def __init__(self, config: CustomConfig):
-        from transformers import AutoTokenizer
-
-        from .text import packaged_minilm_path
-
-        self.tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+        source = packaged_minilm_path()
+        self.tokenizer = TokenIds(source, config.max_length, read_model_config(source).get("pad_token_id"))
         self.max_length = config.max_length
-        super().__init__(TransformerTextEncoder(config, len(self.tokenizer), self.tokenizer.pad_token_id))
+        super().__init__(TransformerTextEncoder(config, self.tokenizer.vocab_size, self.tokenizer.pad_id))
 
     def cache_id(self):
-        return json.dumps({"text": "minilm-wordpiece", "vocab": len(self.tokenizer), "max_length": self.max_length,
-                           "format": 1})
+        return json.dumps({"text": "minilm-wordpiece", "vocab": self.tokenizer.vocab_size,
+                           "max_length": self.max_length, "format": 1})
 
     def piece_offsets(self, text):
-        encoded = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
-                                 return_special_tokens_mask=True)
-        return [None if special else tuple(span) for span, special in
-                zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
+        return self.tokenizer.offsets(text)
 
     def expected_shapes(self, n):
         return {"text_ids": (n, self.max_length), "text_mask": (n, self.max_length)}
@@ -230,10 +208,6 @@ class WordPieceTower(Tower):
         return self.encode_items(split.texts(text_prep))
 
     def encode_items(self, items, batch_size=None):
-        """Cleaned texts -> text_ids (N, L) int64 and text_mask (N, L) bool, zero-padded to L = max_length."""
-        if not items:
-            return {"text_ids": torch.zeros(0, self.max_length, dtype=torch.long),
-                    "text_mask": torch.zeros(0, self.max_length, dtype=torch.bool)}
-        encoded = self.tokenizer(list(items), truncation=True, max_length=self.max_length, padding="max_length",
-                                 return_tensors="pt")
-        return {"text_ids": encoded["input_ids"].long(), "text_mask": encoded["attention_mask"].bool()}
+        """Cleaned texts -> text_ids (N, L) int64 and text_mask (N, L) bool, padded to L = max_length."""
+        ids, mask = self.tokenizer.pad(self.tokenizer(list(items)), width=self.max_length)  # (N, L) each
+        return {"text_ids": ids, "text_mask": mask.bool()}

