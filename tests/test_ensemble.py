@@ -20,8 +20,7 @@ from mmsent.predict import LoadedEnsemble, load_run
 from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilities, fit_stacker, lexicon_scores,
                              lexicon_scores_of_raw, stack_inputs)
 
-from conftest import write_dataset
-from test_cli import _train  # tests/ is on sys.path (pytest rootdir import mode)
+from helpers import train_run, write_dataset
 
 pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
 
@@ -29,8 +28,8 @@ pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pyte
 @pytest.fixture
 def two_runs(dataset, tmp_path):
     first, second = tmp_path / "concat", tmp_path / "cross"
-    _train(dataset, first, "--fusion", "concat")
-    _train(dataset, second, "--fusion", "cross_attention", "--epochs", "2")
+    train_run(dataset, first, "--fusion", "concat")
+    train_run(dataset, second, "--fusion", "cross_attention", "--epochs", "2")
     return first, second
 
 
@@ -76,7 +75,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
 def test_ensemble_refuses_runs_on_other_folds(two_runs, dataset, tmp_path, capsys):
     first, _ = two_runs
     other = tmp_path / "seed7"
-    _train(dataset, other, "--seed", "7")
+    train_run(dataset, other, "--seed", "7")
     capsys.readouterr()
     assert main(["ensemble", "--out", str(tmp_path / "ens"), str(first), str(other)]) == 2
     err = capsys.readouterr().err

@@ -41,7 +41,7 @@ from .distributed import current_shard
 from .errors import UserError
 from .features import load_or_compute
 from .io import atomic_write_json, atomic_write_text, save_tensors
-from .metrics import classification_metrics
+from .metrics import classification_metrics, format_mean_std
 from .model import MultimodalClassifier, Towers, load_towers
 from .training import FeatureBatches, fit, predict_probs, resolve_device
 
@@ -416,9 +416,9 @@ def format_summary(metrics: dict) -> str:
     cv = metrics["cv"]
     data = metrics["data"]
     return "\n".join([
-        f"{figures_name(metrics)}: accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  "
-        f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}  "
-        f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}",
+        f"{figures_name(metrics)}: accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}  "
+        f"weighted F1 {format_mean_std(cv['weighted_f1_mean'], cv['weighted_f1_std'])}  "
+        f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}",
         f"protocol: {describe_protocol(metrics)}",
         *([format_calibration(metrics["calibration"])] if "calibration" in metrics else []),
         f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",

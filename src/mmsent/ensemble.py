@@ -30,7 +30,7 @@ from .config import LABELS
 from .cv import OOF_FILE, OOF_HEADER, RunError, cv_summary, describe_protocol, write_oof
 from .data.folds import stratified_folds
 from .io import atomic_write_json
-from .metrics import classification_metrics
+from .metrics import classification_metrics, format_mean_std
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -210,6 +210,6 @@ def summary_rows(metrics: dict) -> list[tuple[str, dict]]:
 
 def format_ensemble(metrics: dict) -> str:
     """A table of each member's and the ensemble's CV metrics."""
-    return "\n".join(f"{name:40s} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}  weighted F1 "
+    return "\n".join(f"{name:40s} accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}  weighted F1 "
                      f"{cv['weighted_f1_mean']:.4f}  macro F1 {cv['macro_f1_mean']:.4f}"
                      for name, cv in summary_rows(metrics))

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import LABELS, ConfigError
 from .io import atomic_write_json, atomic_write_text
+from .metrics import classification_metrics
 
 EVALUATIONS_DIR = "evaluations"
 SPLIT_NAMES = ("train", "val", "test")
@@ -79,26 +80,16 @@ def write_split(split, out_dir: Path, ratios: tuple[float, float, float], seed: 
 
 
 def classification_report(y_true, y_pred) -> dict:
-    """Accuracy, weighted / macro F1, per-class precision / recall / F1 / support and the confusion matrix
-    (rows: true, columns: predicted), from scikit-learn."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    """:func:`~.metrics.classification_metrics` plus the weighted and macro precision and recall."""
+    from sklearn.metrics import precision_recall_fscore_support
 
     classes = list(range(len(LABELS)))
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes,
-                                                                     zero_division=0)
-    averaged = {average: precision_recall_fscore_support(y_true, y_pred, labels=classes, average=average,
-                                                         zero_division=0)
-                for average in ("weighted", "macro")}
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "weighted_f1": float(averaged["weighted"][2]), "macro_f1": float(averaged["macro"][2]),
-        "weighted_precision": float(averaged["weighted"][0]), "weighted_recall": float(averaged["weighted"][1]),
-        "macro_precision": float(averaged["macro"][0]), "macro_recall": float(averaged["macro"][1]),
-        "per_class": {LABELS[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                                  "support": int(support[c])} for c in classes},
-        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
-    }
+    report = classification_metrics(y_true, y_pred)
+    for average in ("weighted", "macro"):
+        precision, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=average,
+                                                                  zero_division=0)
+        report[f"{average}_precision"], report[f"{average}_recall"] = float(precision), float(recall)
+    return report
 
 
 def _training_guids(run_dir: Path) -> set[str]:

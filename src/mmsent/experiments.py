@@ -23,6 +23,7 @@ from typing import Any
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
 from .cv import RunError, config_differences, format_summary, train_cv, trained_config
 from .io import atomic_write_json, atomic_write_text
+from .metrics import format_mean_std
 from .model import MODALITIES
 from .registry import FUSIONS, MODEL_FAMILIES
 
@@ -199,7 +200,7 @@ def display_rows(rows: list[dict]) -> list[dict[str, str]]:
     seeded = any("accuracy_seed_std" in r for r in rows)
     shown = []
     for row in rows:
-        accuracy = f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}"
+        accuracy = format_mean_std(row["accuracy"], row["accuracy_std"])
         if row is best_row and len(rows) > 1:
             accuracy = f"**{accuracy}**"
         cells = {**{k: _format_value(row[k]) for k in setting_columns(rows)},

@@ -28,6 +28,7 @@ from .seeds import is_seed_group, read_seed_summary, seeds_table
 from .ensemble import is_ensemble, summary_rows
 from .experiments import dict_table_markdown, display_rows, setting_columns
 from .io import atomic_write_bytes, atomic_write_text
+from .metrics import format_mean_std
 
 EXPERIMENT_KINDS = ("ablation", "comparison", "sweep")
 
@@ -188,9 +189,9 @@ def run_section(run: Path, title: str) -> Section:
     section = Section(title)
     section.items.append(("text", (
         f"{config['model']} / fusion {config['fusion']['name']} / modality {config['modality']}: "
-        f"{figures_name(metrics)} accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, "
-        f"weighted F1 {cv['weighted_f1_mean']:.4f} ± {cv['weighted_f1_std']:.4f}, "
-        f"macro F1 {cv['macro_f1_mean']:.4f} ± {cv['macro_f1_std']:.4f}; "
+        f"{figures_name(metrics)} accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}, "
+        f"weighted F1 {format_mean_std(cv['weighted_f1_mean'], cv['weighted_f1_std'])}, "
+        f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}; "
         f"wall time {metrics['wall_seconds']:.0f} s on {metrics.get('device', '?')}.")))
     section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
     evaluations = read_evaluations(run)
@@ -243,7 +244,7 @@ def evaluation_rows(metrics: dict, evaluations: list[dict]) -> list[dict]:
     own = ("validation file" if metrics.get("protocol", {}).get("name") == "fixed_split"
            else f"{figures_name(metrics)} (mean ± std over folds)")
     rows = [{"figures": own, "posts": sum(row.get("val_size", 0) for row in metrics["folds"]),
-             "accuracy": f"{cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}",
+             "accuracy": format_mean_std(cv["accuracy_mean"], cv["accuracy_std"]),
              "weighted F1": f"{cv['weighted_f1_mean']:.4f}", "macro F1": f"{cv['macro_f1_mean']:.4f}",
              "ECE": (f"{metrics['calibration']['ece_after']:.4f}" if metrics.get("calibration", {}).get("ece_after")
                      is not None else "-")}]
@@ -261,8 +262,9 @@ def seeds_section(folder: Path) -> Section:
     over = summary["over_seeds"]
     section.items.append(("text", (
         f"The same configuration on {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}). "
-        f"Protocol: {describe_protocol(summary)}. Accuracy {over['accuracy_mean']:.4f} ± "
-        f"{over['accuracy_seed_std']:.4f} over seeds (± {over['accuracy_fold_std']:.4f} over folds, mean over "
+        f"Protocol: {describe_protocol(summary)}. Accuracy "
+        f"{format_mean_std(over['accuracy_mean'], over['accuracy_seed_std'])} over seeds "
+        f"(± {over['accuracy_fold_std']:.4f} over folds, mean over "
         "seeds): a difference between configurations smaller than the spread over seeds is not a measured one.")))
     section.items.append(("table", seeds_table(summary)))
     return section
@@ -274,8 +276,7 @@ def ensemble_section(folder: Path) -> Section:
     section = Section(f"ensemble {folder.name}")
     section.items.append(("text", f"Protocol: {describe_protocol(metrics)}."))
     rows = [{"run": name, **cv} for name, cv in summary_rows(metrics)]
-    section.items.append(("table", [{"run": r["run"], "accuracy": f"{r['accuracy_mean']:.4f} ± "
-                                                                  f"{r['accuracy_std']:.4f}",
+    section.items.append(("table", [{"run": r["run"], "accuracy": format_mean_std(r["accuracy_mean"], r["accuracy_std"]),
                                      "weighted F1": f"{r['weighted_f1_mean']:.4f}",
                                      "macro F1": f"{r['macro_f1_mean']:.4f}"} for r in rows]))
     confusion = confusion_figure(metrics["out_of_fold"]["confusion"], "out-of-fold confusion matrix")
