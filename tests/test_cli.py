@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import train_run
+from helpers import assert_figures_match_oof, assert_predictions_match_api, train_run
 from mmsent.cli import main
 
 def test_check_reports_usable_data(dataset, capsys):
@@ -29,10 +29,10 @@ def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     metrics = train_run(dataset, run)
     assert set(metrics["cv"]) >= {"accuracy_mean", "accuracy_std", "weighted_f1_mean", "macro_f1_mean"}
-    assert len(metrics["folds"]) == 2
     for row in metrics["folds"]:
         assert set(row) >= {"fold", "accuracy", "weighted_f1", "macro_f1", "best_epoch"}
-        assert 0.0 <= row["accuracy"] <= 1.0
+    assert [row["val_size"] for row in metrics["folds"]] == [12, 12]
+    assert assert_figures_match_oof(run) == metrics
     assert metrics["wall_seconds"] > 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["folds"] == 2 and config["fusion"]["dim"] == 16
@@ -44,11 +44,7 @@ def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
 
     predictions = tmp_path / "pred.txt"
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
-    rows = predictions.read_text().splitlines()
-    expected = (dataset / "test_without_label.txt").read_text().splitlines()
-    assert rows[0] == "guid,tag"
-    assert [r.split(",")[0] for r in rows[1:]] == [e.split(",")[0] for e in expected[1:]]
-    assert all(r.split(",")[1] in ("positive", "neutral", "negative") for r in rows[1:])
+    assert_predictions_match_api(run, dataset, dataset / "test_without_label.txt", predictions)
     assert "wrote 6 predictions" in capsys.readouterr().out
 
 
@@ -65,10 +61,10 @@ def test_same_seed_same_metrics(dataset, tmp_path):
 @pytest.mark.parametrize("fusion", ["concat", "bi_cross_attention"])
 @pytest.mark.parametrize("modality", ["all", "text"])
 def test_train_hf_folders_any_fusion(fusion, modality, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
-    metrics = train_run(dataset, tmp_path / "run", "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
-                     "--set", "image.image_size=32", "--fusion", fusion, "--modality", modality,
-                     "--text-train-layers", "1", "--loss", "focal")
-    assert len(metrics["folds"]) == 2
+    train_run(dataset, tmp_path / "run", "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
+              "--set", "image.image_size=32", "--fusion", fusion, "--modality", modality,
+              "--text-train-layers", "1", "--loss", "focal")
+    assert_figures_match_oof(tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -161,17 +157,17 @@ def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_ber
 def test_train_and_predict_custom_family(dataset, tmp_path):
     """--model custom: from-scratch ResNet + Transformer through the same CLI, run folder and predict."""
     run = tmp_path / "custom"
-    metrics = train_run(dataset, run, "--model", "custom", "--custom-dim", "32", "--custom-heads", "4",
-                     "--custom-ffn-dim", "64", "--custom-layers", "1", "--custom-image-size", "32",
-                     "--set", "custom.widths=8,16", "--set", "custom.blocks=1,1")
-    assert len(metrics["folds"]) == 2
+    train_run(dataset, run, "--model", "custom", "--custom-dim", "32", "--custom-heads", "4",
+              "--custom-ffn-dim", "64", "--custom-layers", "1", "--custom-image-size", "32",
+              "--set", "custom.widths=8,16", "--set", "custom.blocks=1,1")
+    assert_figures_match_oof(run)
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "custom" and config["custom"]["widths"] == [8, 16]
     predictions = tmp_path / "pred.txt"
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
-    assert len(predictions.read_text().splitlines()) == 7
+    assert_predictions_match_api(run, dataset, dataset / "test_without_label.txt", predictions)
     from mmsent import load_run
 
-    model = load_run(run)
-    single = model.predict(text="love great happy", image=dataset / "data" / "1000.jpg")
-    assert single.label in ("positive", "neutral", "negative")
+    single = load_run(run).predict(text="love great happy", image=dataset / "data" / "1000.jpg")
+    assert single.label == max(single.probabilities, key=single.probabilities.get)
+    assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)

@@ -117,6 +117,17 @@ def test_fit_stacker_recovers_a_linear_rule_and_round_trips():
         stacker.probabilities(inputs[:, :4])
 
 
+def test_fit_stacker_minimises_the_documented_objective():
+    """At the fitted weights the gradient of mean cross-entropy + |weights|^2 / (2 c N) (bias unpenalised) is 0."""
+    rng = np.random.default_rng(1)
+    inputs, labels, c = rng.normal(size=(120, 4)), rng.integers(0, 3, size=120), 0.5
+    stacker = fit_stacker(inputs, labels, c)
+    residual = stacker.probabilities(inputs) - np.eye(3)[labels]  # d(mean cross-entropy)/d(logits) * N
+    grad_weights = residual.T @ inputs / len(labels) + stacker.weights / (c * len(labels))
+    np.testing.assert_allclose(grad_weights, 0.0, atol=1e-5)
+    np.testing.assert_allclose(residual.mean(0), 0.0, atol=1e-5)
+
+
 def test_lexicon_scores_read_sentiment_words():
     neg, neu, pos, compound = lexicon_scores_of_raw(["What a wonderful, happy day! http://t.co/x", None]).T
     assert pos[0] > 0.3 and compound[0] > 0.5 and neg[0] == 0.0
