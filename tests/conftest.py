@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_dataset
+from helpers import WORDS, write_dataset
 
 
 @pytest.fixture
