@@ -1,47 +1,13 @@
-"""Shared fixtures: generated data folders and tiny randomly initialised Hugging Face models (no network)."""
+"""Shared fixtures: generated data folders (helpers.write_dataset) and tiny randomly initialised Hugging Face models (no network)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-WORDS = {
-    "positive": ["love", "great", "happy", "beautiful", "win"],
-    "neutral": ["today", "meeting", "report", "street", "photo"],
-    "negative": ["hate", "awful", "sad", "terrible", "lost"],
-}
-COLOURS = {"positive": (230, 200, 40), "neutral": (120, 120, 120), "negative": (30, 40, 160)}
-
-
-def write_dataset(root: Path, n_train: int = 24, n_test: int = 6, seed: int = 0) -> Path:
-    """A data folder in the MVSA layout whose labels are learnable from both words and colours."""
-    rng = random.Random(seed)
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    labels = list(WORDS)
-    rows_train, rows_test = ["guid,tag"], ["guid,tag"]
-    for i in range(n_train + n_test):
-        guid = str(1000 + i)
-        label = labels[i % 3]
-        words = rng.sample(WORDS[label], 3) + ["#tag", "http://t.co/x", "@user"]
-        rng.shuffle(words)
-        text = ("RT " if i % 4 == 0 else "") + " ".join(words)
-        raw = text.encode("cp1252") + (b" \x93quoted\x94" if i % 5 == 0 else b"")
-        (root / "data" / f"{guid}.txt").write_bytes(raw)
-        base = np.array(COLOURS[label], dtype=np.int16)
-        noise = np.random.default_rng(i).integers(-20, 20, size=(48, 64, 3))
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(root / "data" / f"{guid}.jpg", quality=85)
-        if i < n_train:
-            rows_train.append(f"{guid},{label}")
-        else:
-            rows_test.append(f"{guid},null")
-    (root / "train.txt").write_text("\n".join(rows_train) + "\n")
-    (root / "test_without_label.txt").write_text("\n".join(rows_test) + "\n")
-    return root
+from helpers import WORDS, write_dataset
 
 
 @pytest.fixture

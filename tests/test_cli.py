@@ -8,17 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_figures_match_oof, assert_predictions_match_api, train_run
 from mmsent.cli import main
-
-FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
-        "--set", "text.max_length=16", "--set", "image.image_size=64", "--workers", "0"]
-
-
-def _train(dataset: Path, out: Path, *extra: str) -> dict:
-    code = main(["train", "--data", str(dataset), "--out", str(out), *FAST, *extra])
-    assert code == 0
-    return json.loads((out / "metrics.json").read_text())
-
 
 def test_check_reports_usable_data(dataset, capsys):
     assert main(["check", "--data", str(dataset)]) == 0
@@ -36,12 +27,12 @@ def test_check_fails_on_unknown_tag(dataset, capsys):
 @pytest.mark.slow
 def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = _train(dataset, run)
+    metrics = train_run(dataset, run)
     assert set(metrics["cv"]) >= {"accuracy_mean", "accuracy_std", "weighted_f1_mean", "macro_f1_mean"}
-    assert len(metrics["folds"]) == 2
     for row in metrics["folds"]:
         assert set(row) >= {"fold", "accuracy", "weighted_f1", "macro_f1", "best_epoch"}
-        assert 0.0 <= row["accuracy"] <= 1.0
+    assert [row["val_size"] for row in metrics["folds"]] == [12, 12]
+    assert assert_figures_match_oof(run) == metrics
     assert metrics["wall_seconds"] > 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["folds"] == 2 and config["fusion"]["dim"] == 16
@@ -53,19 +44,15 @@ def test_train_then_predict_default_encoders(dataset, tmp_path, capsys):
 
     predictions = tmp_path / "pred.txt"
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
-    rows = predictions.read_text().splitlines()
-    expected = (dataset / "test_without_label.txt").read_text().splitlines()
-    assert rows[0] == "guid,tag"
-    assert [r.split(",")[0] for r in rows[1:]] == [e.split(",")[0] for e in expected[1:]]
-    assert all(r.split(",")[1] in ("positive", "neutral", "negative") for r in rows[1:])
+    assert_predictions_match_api(run, dataset, dataset / "test_without_label.txt", predictions)
     assert "wrote 6 predictions" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_same_seed_same_metrics(dataset, tmp_path):
     args = ["--text-encoder", "minilm", "--seed", "7", "--epochs", "2"]
-    first = _train(dataset, tmp_path / "a", *args)
-    second = _train(dataset, tmp_path / "b", *args)  # second run also reads the feature cache
+    first = train_run(dataset, tmp_path / "a", *args)
+    second = train_run(dataset, tmp_path / "b", *args)  # second run also reads the feature cache
     assert first["folds"] == second["folds"]
     assert first["cv"] == second["cv"]
 
@@ -74,10 +61,10 @@ def test_same_seed_same_metrics(dataset, tmp_path):
 @pytest.mark.parametrize("fusion", ["concat", "bi_cross_attention"])
 @pytest.mark.parametrize("modality", ["all", "text"])
 def test_train_hf_folders_any_fusion(fusion, modality, dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
-    metrics = _train(dataset, tmp_path / "run", "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
-                     "--set", "image.image_size=32", "--fusion", fusion, "--modality", modality,
-                     "--text-train-layers", "1", "--loss", "focal")
-    assert len(metrics["folds"]) == 2
+    train_run(dataset, tmp_path / "run", "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir,
+              "--set", "image.image_size=32", "--fusion", fusion, "--modality", modality,
+              "--text-train-layers", "1", "--loss", "focal")
+    assert_figures_match_oof(tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -85,7 +72,7 @@ def test_config_file_is_overridden_by_flags(dataset, tmp_path, tiny_bert_dir, ti
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"fusion": {"name": "concat", "heads": 2}, "train.lr": 0.01}))
     run = tmp_path / "run"
-    _train(dataset, run, "--config", str(config_file), "--lr", "0.002", "--text-encoder", tiny_bert_dir,
+    train_run(dataset, run, "--config", str(config_file), "--lr", "0.002", "--text-encoder", tiny_bert_dir,
            "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
     saved = json.loads((run / "config.json").read_text())
     assert saved["fusion"]["name"] == "concat" and saved["fusion"]["heads"] == 2
@@ -132,7 +119,7 @@ def test_the_public_load_run_takes_what_serve_passes(dataset, tmp_path, tiny_ber
 
     assert inspect.signature(mmsent.load_run).parameters.keys() == inspect.signature(predict.load_run).parameters.keys()
     run = tmp_path / "run"
-    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    train_run(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
     model = mmsent.load_run(run, device="cpu", backend="torch")
     assert model.config.train.backend == "torch"
     assert model.towers.text._runner is None and model.towers.image._runner is None  # torch runs the encoders
@@ -146,7 +133,7 @@ class _Boom:
 @pytest.mark.slow
 def test_crafted_pickle_in_run_folder_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
     run = tmp_path / "run"
-    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    train_run(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
     marker = Path("/tmp/mmsent-pwned-marker")
     marker.unlink(missing_ok=True)
     (run / "folds" / "fold_0" / "model.safetensors").write_bytes(pickle.dumps(_Boom()))
@@ -160,7 +147,7 @@ def test_crafted_pickle_in_run_folder_is_refused(dataset, tmp_path, capsys, tiny
 @pytest.mark.slow
 def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
     run = tmp_path / "run"
-    _train(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
+    train_run(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
     config = json.loads((run / "config.json").read_text())
     config["version"] = 999
     (run / "config.json").write_text(json.dumps(config))
@@ -172,17 +159,17 @@ def test_incompatible_run_version_is_refused(dataset, tmp_path, capsys, tiny_ber
 def test_train_and_predict_custom_family(dataset, tmp_path):
     """--model custom: from-scratch ResNet + Transformer through the same CLI, run folder and predict."""
     run = tmp_path / "custom"
-    metrics = _train(dataset, run, "--model", "custom", "--custom-dim", "32", "--custom-heads", "4",
-                     "--custom-ffn-dim", "64", "--custom-layers", "1", "--custom-image-size", "32",
-                     "--set", "custom.widths=8,16", "--set", "custom.blocks=1,1")
-    assert len(metrics["folds"]) == 2
+    train_run(dataset, run, "--model", "custom", "--custom-dim", "32", "--custom-heads", "4",
+              "--custom-ffn-dim", "64", "--custom-layers", "1", "--custom-image-size", "32",
+              "--set", "custom.widths=8,16", "--set", "custom.blocks=1,1")
+    assert_figures_match_oof(run)
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "custom" and config["custom"]["widths"] == [8, 16]
     predictions = tmp_path / "pred.txt"
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(predictions)]) == 0
-    assert len(predictions.read_text().splitlines()) == 7
+    assert_predictions_match_api(run, dataset, dataset / "test_without_label.txt", predictions)
     from mmsent import load_run
 
-    model = load_run(run)
-    single = model.predict(text="love great happy", image=dataset / "data" / "1000.jpg")
-    assert single.label in ("positive", "neutral", "negative")
+    single = load_run(run).predict(text="love great happy", image=dataset / "data" / "1000.jpg")
+    assert single.label == max(single.probabilities, key=single.probabilities.get)
+    assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)

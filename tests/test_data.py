@@ -419,8 +419,16 @@ def test_folds_reproducible_by_seed():
     assert as_lists(stratified_folds(FOLD_LABELS, 5, seed=3)) != as_lists(stratified_folds(FOLD_LABELS, 5, seed=4))
 
 
+def test_folds_are_scikit_learns_shuffled_stratified_k_fold():
+    from sklearn.model_selection import StratifiedKFold
+
+    expected = StratifiedKFold(n_splits=3, shuffle=True, random_state=5).split(np.zeros(len(FOLD_LABELS)), FOLD_LABELS)
+    assert [(t.tolist(), v.tolist()) for t, v in stratified_folds(FOLD_LABELS, 3, seed=5)] == [
+        (t.tolist(), v.tolist()) for t, v in expected]
+
+
 @pytest.mark.parametrize("labels, k, message", [
-    ([0] * 10 + [1] * 4, 5, "at least 5 examples"), ([0, 1, 0, 1], 3, "at least 3 examples"),
+    ([0] * 10 + [1] * 4, 5, r"at least 5 examples .*counts: \[10, 4\]"), ([0, 1, 0, 1], 3, "at least 3 examples"),
     ([0] * 10, 1, "at least 2"), ([], 2, "no labelled posts"),
 ])
 def test_folds_refuse_too_few_examples(labels, k, message):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_dataset
+from helpers import write_dataset
 from mmsent.cli import main
 from mmsent.data.dataset import Split
 from mmsent.data.images import ImageError, load_square_rgb

@@ -20,8 +20,7 @@ from mmsent.predict import LoadedEnsemble, load_run
 from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilities, fit_stacker, lexicon_scores,
                              lexicon_scores_of_raw, stack_inputs)
 
-from conftest import write_dataset
-from test_cli import _train  # tests/ is on sys.path (pytest rootdir import mode)
+from helpers import train_run, write_dataset
 
 pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
 
@@ -29,8 +28,8 @@ pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pyte
 @pytest.fixture
 def two_runs(dataset, tmp_path):
     first, second = tmp_path / "concat", tmp_path / "cross"
-    _train(dataset, first, "--fusion", "concat")
-    _train(dataset, second, "--fusion", "cross_attention", "--epochs", "2")
+    train_run(dataset, first, "--fusion", "concat")
+    train_run(dataset, second, "--fusion", "cross_attention", "--epochs", "2")
     return first, second
 
 
@@ -76,7 +75,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
 def test_ensemble_refuses_runs_on_other_folds(two_runs, dataset, tmp_path, capsys):
     first, _ = two_runs
     other = tmp_path / "seed7"
-    _train(dataset, other, "--seed", "7")
+    train_run(dataset, other, "--seed", "7")
     capsys.readouterr()
     assert main(["ensemble", "--out", str(tmp_path / "ens"), str(first), str(other)]) == 2
     err = capsys.readouterr().err
@@ -116,6 +115,17 @@ def test_fit_stacker_recovers_a_linear_rule_and_round_trips():
             Stacker.from_dict(broken)
     with pytest.raises(RunError, match="takes 5 inputs"):
         stacker.probabilities(inputs[:, :4])
+
+
+def test_fit_stacker_minimises_the_documented_objective():
+    """At the fitted weights the gradient of mean cross-entropy + |weights|^2 / (2 c N) (bias unpenalised) is 0."""
+    rng = np.random.default_rng(1)
+    inputs, labels, c = rng.normal(size=(120, 4)), rng.integers(0, 3, size=120), 0.5
+    stacker = fit_stacker(inputs, labels, c)
+    residual = stacker.probabilities(inputs) - np.eye(3)[labels]  # d(mean cross-entropy)/d(logits) * N
+    grad_weights = residual.T @ inputs / len(labels) + stacker.weights / (c * len(labels))
+    np.testing.assert_allclose(grad_weights, 0.0, atol=1e-5)
+    np.testing.assert_allclose(residual.mean(0), 0.0, atol=1e-5)
 
 
 def test_lexicon_scores_read_sentiment_words():

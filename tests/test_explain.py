@@ -21,7 +21,7 @@ from mmsent.model import MultimodalClassifier, build_towers
 from mmsent.predict import LoadedEnsemble, LoadedRun
 from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODERS
 
-from test_models import TINY_IMAGE, TINY_TEXT, _encoder_params
+from helpers import TINY_IMAGE, TINY_TEXT, encoder_params
 
 load_plugins()
 
@@ -76,8 +76,8 @@ def _grid(name: str) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS.names())
-@pytest.mark.parametrize("text_name", _encoder_params(TEXT_ENCODERS, TINY_TEXT))
-@pytest.mark.parametrize("image_name", _encoder_params(IMAGE_ENCODERS, TINY_IMAGE))
+@pytest.mark.parametrize("text_name", encoder_params(TEXT_ENCODERS, TINY_TEXT))
+@pytest.mark.parametrize("image_name", encoder_params(IMAGE_ENCODERS, TINY_IMAGE))
 def test_every_encoder_and_fusion_explains(fusion, text_name, image_name, tmp_path, tiny_bert_dir, tiny_vit_dir):
     config = _small(RunConfig(), fusion)
     config.text.name = tiny_bert_dir if text_name == TINY_TEXT else text_name
@@ -167,7 +167,7 @@ def test_pieces_merge_back_to_original_words(prep, tiny_bert_dir):
 def test_cli_explain_and_report_error_analysis(tmp_path, capsys, monkeypatch, tiny_bert_dir, tiny_vit_dir):
     """`mmsent predict --explain` on a run folder (trained for one epoch): JSON and the plain-text form; `mmsent
     report --data` adds the run's error analysis."""
-    from conftest import write_dataset
+    from helpers import write_dataset
     from mmsent.cli import main
 
     data = write_dataset(tmp_path / "mvsa", n_train=12, n_test=2)

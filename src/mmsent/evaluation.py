@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import LABELS, ConfigError
+from .config import ConfigError, run_labels
 from .atomic import atomic_write_json, atomic_write_text
+from .metrics import classification_metrics
 from .runfolder import is_ensemble, is_finished, member_dirs, read_oof
 
 EVALUATIONS_DIR = "evaluations"
@@ -70,36 +71,27 @@ def write_split(split, out_dir: Path, ratios: tuple[float, float, float], seed: 
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, index in parts.items():
-        rows = ["guid,tag"] + [f"{split.guids[i]},{LABELS[split.labels[i]]}" for i in index]
+        rows = ["guid,tag"] + [f"{split.guids[i]},{split.label_names[split.labels[i]]}" for i in index]
         atomic_write_text(out_dir / f"{name}.txt", "\n".join(rows) + "\n")
-        counts[name] = {label: int(sum(split.labels[i] == c for i in index)) for c, label in enumerate(LABELS)}
+        counts[name] = {label: int(sum(split.labels[i] == c for i in index))
+                        for c, label in enumerate(split.label_names)}
     info = {"ratios": list(ratios), "seed": seed, "source": str(source), "posts": len(split.labels),
             "counts": counts, "method": "stratified, scikit-learn train_test_split (test first, then validation)"}
     atomic_write_json(out_dir / "split.json", info)
     return info
 
 
-def classification_report(y_true, y_pred) -> dict:
-    """Accuracy, weighted / macro F1, per-class precision / recall / F1 / support and the confusion matrix
-    (rows: true, columns: predicted), from scikit-learn."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+def classification_report(y_true, y_pred, classes) -> dict:
+    """:func:`~.metrics.classification_metrics` plus the weighted and macro precision and recall."""
+    from sklearn.metrics import precision_recall_fscore_support
 
-    classes = list(range(len(LABELS)))
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes,
-                                                                     zero_division=0)
-    averaged = {average: precision_recall_fscore_support(y_true, y_pred, labels=classes, average=average,
-                                                         zero_division=0)
-                for average in ("weighted", "macro")}
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "weighted_f1": float(averaged["weighted"][2]), "macro_f1": float(averaged["macro"][2]),
-        "weighted_precision": float(averaged["weighted"][0]), "weighted_recall": float(averaged["weighted"][1]),
-        "macro_precision": float(averaged["macro"][0]), "macro_recall": float(averaged["macro"][1]),
-        "per_class": {LABELS[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-                                  "support": int(support[c])} for c in classes},
-        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
-    }
+    report = classification_metrics(y_true, y_pred, classes)
+    for average in ("weighted", "macro"):
+        precision, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(classes))),
+                                                                  average=average,
+                                                                  zero_division=0)
+        report[f"{average}_precision"], report[f"{average}_recall"] = float(precision), float(recall)
+    return report
 
 
 def _training_guids(run_dir: Path) -> set[str]:
@@ -112,18 +104,26 @@ def _training_guids(run_dir: Path) -> set[str]:
     return guids
 
 
-def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path, out_dir: Path | None = None,
+def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path | None, out_dir: Path | None = None,
                  device: str = "auto", backend: str | None = None, log=print) -> tuple[dict, Path]:
-    """Predict the labelled ``labels_file`` with the run; write the evaluation (JSON + Markdown) -> (it, json path)."""
-    from .calibration import expected_calibration_error, negative_log_likelihood
-    from .data.dataset import open_split
-    from .predict import load_run
+    """Predict the labelled posts of ``data_dir`` (of a lab folder: those ``labels_file`` names) with the run; write
+    the evaluation (JSON + Markdown) -> (it, json path). Labels outside the run's classes are refused."""
+    from dataclasses import replace
 
-    split = open_split(Path(data_dir), Path(labels_file), labelled=True)  # cheap checks before loading the run
+    from .calibration import expected_calibration_error, negative_log_likelihood
+    from .data.dataset import open_data
+    from .predict import load_run
+    from .runfolder import read_run_config
+
+    config = read_run_config(member_dirs(run_dir)[0] if is_ensemble(run_dir) else run_dir)
+    classes = run_labels(config)
+    # cheap checks before loading the run; the table's columns and options as the run was trained with
+    split = open_data(Path(data_dir), "train", replace(config.data, labels=list(classes)), train_file=labels_file)
     run = load_run(run_dir, device=device, backend=backend)
     probs = run.predict_split(split, log)
     labels = np.asarray(split.labels)
-    report = classification_report(labels, probs.argmax(1))
+    report = classification_report(labels, probs.argmax(1), classes)
+    labels_file = labels_file or data_dir
     overlap = sorted(set(split.guids) & _training_guids(run_dir))
     evaluation = {
         "run": str(run_dir), "labels_file": str(labels_file), "data": str(data_dir), "posts": len(labels),
@@ -147,7 +147,8 @@ def evaluation_tables(evaluation: dict) -> tuple[list[dict], list[dict], list[di
                  "macro F1": f"{evaluation['macro_f1']:.4f}", "ECE": f"{evaluation['ece']:.4f}"}]
     per_class = [{"class": name, "precision": f"{v['precision']:.4f}", "recall": f"{v['recall']:.4f}",
                   "F1": f"{v['f1']:.4f}", "support": v["support"]} for name, v in evaluation["per_class"].items()]
-    confusion = [{"true \\ predicted": LABELS[i], **{name: count for name, count in zip(LABELS, row)}}
+    classes = list(evaluation["per_class"])
+    confusion = [{"true \\ predicted": classes[i], **{name: count for name, count in zip(classes, row)}}
                  for i, row in enumerate(evaluation["confusion"])]
     return headline, per_class, confusion
 
@@ -171,7 +172,7 @@ def format_evaluation(evaluation: dict) -> str:
              f"macro F1 {evaluation['macro_f1']:.4f}  ECE {evaluation['ece']:.4f}"]
     lines += [f"  {name:9s} precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
               f"support {v['support']}" for name, v in evaluation["per_class"].items()]
-    lines.append("  confusion (rows: true " + "/".join(LABELS) + "): " + str(evaluation["confusion"]))
+    lines.append("  confusion (rows: true " + "/".join(evaluation["per_class"]) + "): " + str(evaluation["confusion"]))
     if evaluation.get("posts_seen_in_training"):
         lines.append(f"warning: {evaluation['posts_seen_in_training']} of these posts were among the run's training "
                      "posts: this is not a held-out score")

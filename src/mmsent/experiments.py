@@ -24,6 +24,7 @@ from .config import ConfigError, RunConfig, apply_overrides, config_fields, flat
 from .atomic import atomic_write_json, atomic_write_text
 from .cv import format_summary, protocol_of, train_cv
 from .runfolder import RunError, config_differences, is_finished, is_run, read_metrics, trained_config
+from .metrics import format_mean_std
 from .tables import dict_table_markdown
 from .model import MODALITIES
 from .registry import FUSIONS, MODEL_FAMILIES
@@ -200,7 +201,7 @@ def display_rows(rows: list[dict]) -> list[dict[str, str]]:
     seeded = any("accuracy_seed_std" in r for r in rows)
     shown = []
     for row in rows:
-        accuracy = f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}"
+        accuracy = format_mean_std(row["accuracy"], row["accuracy_std"])
         if row is best_row and len(rows) > 1:
             accuracy = f"**{accuracy}**"
         cells = {**{k: _format_value(row[k]) for k in setting_columns(rows)},

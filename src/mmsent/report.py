@@ -268,8 +268,9 @@ def seeds_section(folder: Path) -> Section:
     over = summary["over_seeds"]
     section.items.append(("text", (
         f"The same configuration on {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}). "
-        f"Protocol: {describe_protocol(summary)}. Accuracy {over['accuracy_mean']:.4f} ± "
-        f"{over['accuracy_seed_std']:.4f} over seeds (± {over['accuracy_fold_std']:.4f} over folds, mean over "
+        f"Protocol: {describe_protocol(summary)}. Accuracy "
+        f"{format_mean_std(over['accuracy_mean'], over['accuracy_seed_std'])} over seeds "
+        f"(± {over['accuracy_fold_std']:.4f} over folds, mean over "
         "seeds): a difference between configurations smaller than the spread over seeds is not a measured one.")))
     section.items.append(("table", seeds_table(summary)))
     return section

@@ -20,6 +20,7 @@ import numpy as np
 from .atomic import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
 from .runfolder import SEEDS_FILE, is_finished, is_run, read_json, read_metrics
+from .metrics import format_mean_std
 from .tables import dict_table_markdown
 
 FIGURES = ("accuracy", "weighted_f1", "macro_f1")
@@ -74,12 +75,12 @@ def write_seed_summary(out_dir: Path, metrics_by_seed: dict[int, dict]) -> dict:
 
 def seeds_table(summary: dict) -> list[dict]:
     """Rows for a table: one per seed (CV mean ± std over folds), then the mean ± std over seeds."""
-    rows = [{"seed": str(r["seed"]), "accuracy": f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}",
-             "weighted F1": f"{r['weighted_f1_mean']:.4f} ± {r['weighted_f1_std']:.4f}",
-             "macro F1": f"{r['macro_f1_mean']:.4f} ± {r['macro_f1_std']:.4f}"} for r in summary["rows"]]
+    rows = [{"seed": str(r["seed"]), "accuracy": format_mean_std(r["accuracy_mean"], r["accuracy_std"]),
+             "weighted F1": format_mean_std(r["weighted_f1_mean"], r["weighted_f1_std"]),
+             "macro F1": format_mean_std(r["macro_f1_mean"], r["macro_f1_std"])} for r in summary["rows"]]
     over = summary["over_seeds"]
     rows.append({"seed": "mean ± std over seeds",
-                 **{name: f"{over[key + '_mean']:.4f} ± {over[key + '_seed_std']:.4f}"
+                 **{name: format_mean_std(over[key + "_mean"], over[key + "_seed_std"])
                     for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"),
                                       ("macro F1", "macro_f1"))}})
     return rows
@@ -93,7 +94,7 @@ def format_seeds(summary: dict) -> str:
     over = summary["over_seeds"]
     return "\n".join([
         f"over {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}): "
-        + "  ".join(f"{name} {over[key + '_mean']:.4f} ± {over[key + '_seed_std']:.4f} (seeds), "
+        + "  ".join(f"{name} {format_mean_std(over[key + '_mean'], over[key + '_seed_std'])} (seeds), "
                     f"± {over[key + '_fold_std']:.4f} (folds, mean over seeds)"
                     for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"),
                                       ("macro F1", "macro_f1"))),

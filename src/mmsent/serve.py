@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from .config import LABELS, ConfigError
+from .config import ConfigError
 from .data.images import MAX_IMAGE_PIXELS, ImageError, ImageTooLarge, open_image
 from .predict import Predictor
 
@@ -111,7 +111,7 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     """
     max_pixels = min(max_image_pixels or MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
     html = page_html()
-    health_body = {"status": "ok", "run": str(run.run_dir) if run.run_dir else None, "labels": list(LABELS),
+    health_body = {"status": "ok", "run": str(run.run_dir) if run.run_dir else None, "labels": list(run.classes),
                    "folds": len(run.models), "modalities": run.modalities, "max_upload_bytes": max_upload_bytes,
                    "temperature": getattr(run, "temperature", None)}
 

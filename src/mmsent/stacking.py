@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .config import LABELS, TextPrepConfig
 from .errors import PackageError
@@ -77,27 +76,28 @@ class Stacker:
             raise ValueError("malformed: expected weights (C, F), bias (C,) and c") from None
 
 
+ABSENT_CLASS_BIAS = -1e4  # the bias of a class without training posts: its probability is 0 (finite, for JSON)
+
+
 def fit_stacker(inputs: np.ndarray, labels: np.ndarray, c: float = 1.0) -> Stacker:
-    """Fit by L-BFGS: mean cross-entropy + |weights|^2 / (2 c N), the bias unpenalised (scikit-learn's objective,
-    divided by N)."""
+    """Fit scikit-learn's multinomial ``LogisticRegression(C=c)`` (L-BFGS): it minimises mean cross-entropy
+    + |weights|^2 / (2 c N), the bias unpenalised, so ``c`` is scikit-learn's C. Only its coefficients and
+    intercepts are kept; a class absent from ``labels`` gets zero weights and a bias that gives it probability 0."""
+    from sklearn.linear_model import LogisticRegression
+
     if c <= 0:
         raise ValueError(f"the stacker's C must be positive, got {c}")
-    x = torch.as_tensor(inputs, dtype=torch.float64)  # (N, F)
-    y = torch.as_tensor(labels, dtype=torch.long)  # (N,)
-    weights = torch.zeros(len(LABELS), x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(LABELS), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights, bias], max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                                  line_search_fn="strong_wolfe")
-
-    def objective():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weights.T + bias, y)
-        loss = loss + (weights ** 2).sum() / (2 * c * len(y))
-        loss.backward()
-        return loss
-
-    optimizer.step(objective)
-    return Stacker(weights.detach().numpy().copy(), bias.detach().numpy().copy(), float(c))
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        raise RunError("stacking needs posts of at least two classes")
+    model = LogisticRegression(C=c, max_iter=1000, tol=1e-8).fit(np.asarray(inputs, dtype=np.float64), labels)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # one logit of classes_[1] against classes_[0]: the same softmax as [0, logit]
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    weights = np.zeros((len(LABELS), inputs.shape[1]))
+    bias = np.full(len(LABELS), ABSENT_CLASS_BIAS)
+    weights[model.classes_], bias[model.classes_] = coef, intercept
+    return Stacker(weights, bias, float(c))
 
 
 def cross_fitted_probabilities(inputs: np.ndarray, labels: np.ndarray, folds, c: float) -> np.ndarray:

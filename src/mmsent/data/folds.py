@@ -1,4 +1,4 @@
-"""Seeded stratified k-fold splits."""
+"""Seeded stratified k-fold splits (scikit-learn's ``StratifiedKFold``, shuffled)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from .records import DataError
 
 
 def stratified_folds(labels: list[int], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Return k (train_idx, val_idx) pairs; each class is spread evenly over the folds, reproducibly."""
+    """Return k (train_idx, val_idx) pairs; each class is spread evenly over the folds, reproducibly by ``seed``."""
+    from sklearn.model_selection import StratifiedKFold
+
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise DataError("no labelled posts to split into folds")
@@ -17,14 +19,8 @@ def stratified_folds(labels: list[int], k: int, seed: int) -> list[tuple[np.ndar
         raise ConfigError("folds must be at least 2")
     counts = np.bincount(labels)
     if len(labels) < k or counts[counts > 0].min() < k:
-        raise DataError(f"every class needs at least {k} examples for {k}-fold cross-validation; counts: {counts.tolist()}")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    offset = 0
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rng.shuffle(members)
-        # deal members round-robin, starting where the previous class stopped, so fold sizes stay balanced
-        fold_of[members] = (np.arange(len(members)) + offset) % k
-        offset = (offset + len(members)) % k
-    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
+        raise DataError(f"every class needs at least {k} examples for {k}-fold cross-validation; "
+                        f"counts: {counts.tolist()}")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64))
+            for train, val in splitter.split(np.zeros(len(labels)), labels)]
