@@ -81,8 +81,11 @@ def test_focal_loss_matches_its_formula():
             else:
                 total += -(1 - alpha[c]) * p ** 2 * torch.log(1 - p)
     assert torch.allclose(loss, total / 2, atol=1e-6)
-    with pytest.raises(ValueError, match="one per label"):
+    with pytest.raises(ValueError, match="needs 3 values \\(one per class\\), got 1"):
         SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5]))
+    with pytest.raises(ValueError, match="needs 2 values"):  # a two-class data set
+        SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5, 0.5, 0.5]), torch.tensor([4, 6]))
+    assert SigmoidFocalLoss(TrainConfig(), torch.tensor([4, 6])).alpha.tolist() == [0.25, 0.25]
 
 
 def test_focal_gamma_zero_alpha_half_is_scaled_bce():

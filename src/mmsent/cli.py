@@ -43,6 +43,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
+    from .data import dataset  # noqa: F401  registers the formats
     from .data.formats import FORMATS
 
     group = parser.add_argument_group("data format (config keys data.*)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .explain import overlay_png
 from .runfolder import data_fingerprint, read_oof, read_protocol, read_run_config
 from .errors import InputError
 from .progress import progress
@@ -88,30 +89,47 @@ def _normalised(word: str) -> str:
 def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> list[tuple[str, object]]:
     """Report items (see :mod:`mmsent.report`) of the error-analysis section of ``run_dir`` on its data ``data``;
     ``sample`` posts (evenly spaced; 0 = all) give the words pushing toward each class."""
-    from .explain import overlay_png
     from .predict import load_run
 
     config = read_run_config(run_dir)
     fold_of, split, why = _fold_of(run_dir, data, config)
     if fold_of is None:
         return [("text", f"Error analysis not available: {why}.")]
-    run = load_run(run_dir, device="cpu")
-    fold_runs = [replace(run, models=[model]) for model in run.models]  # one fold model each, same inference thread
     rows, classes = _oof_rows(run_dir)
-    items = [("text", "Each post is explained by the fold model that held it out (its out-of-fold prediction); "
-                      "words and image regions are coloured orange where they pushed toward the predicted label "
-                      "and blue where they pushed away (integrated gradients, mmsent.explain); the modality "
-                      "shares say how much the prediction drops without the text and without the image.")]
+    with load_run(run_dir, device="cpu") as run:
+        fold_runs = [replace(run, models=[model]) for model in run.models]  # one fold model each, one thread
+        items = [("text", "Each post is explained by the fold model that held it out (its out-of-fold prediction); "
+                          "words and image regions are coloured orange where they pushed toward the predicted "
+                          "label and blue where they pushed away (integrated gradients, mmsent.explain); the "
+                          "modality shares say how much the prediction drops without the text and without the "
+                          "image.")]
+        pairs = _mistake_pairs(rows, classes)
+        items += _pairs_items(rows, pairs, classes)
+        items.append(("html", _mistake_blocks(pairs, split, fold_runs, fold_of, run_dir.name)))
+        items += _words_items(rows, split, fold_runs, fold_of, run.modalities, classes, sample)
+    return items
+
+
+def _mistake_pairs(rows: list[dict], classes) -> dict[tuple[str, str], list[tuple[float, str]]]:
+    """(true, predicted) -> [(confidence, guid)] of every out-of-fold mistake."""
     pairs = defaultdict(list)
     for row in rows:
         predicted = classes[int(np.argmax(row["probs"]))]
         if predicted != row["label"]:
             pairs[(row["label"], predicted)].append((float(row["probs"].max()), row["guid"]))
+    return pairs
+
+
+def _pairs_items(rows: list[dict], pairs: dict, classes) -> list[tuple[str, object]]:
     class_sizes = {name: sum(row["label"] == name for row in rows) for name in classes}
     table = [{"true": t, "predicted": p, "posts": len(v), "share of the true class": f"{len(v) / class_sizes[t]:.1%}"}
              for (t, p), v in sorted(pairs.items(), key=lambda kv: -len(kv[1]))]
-    items.append(("text", "Out-of-fold confusion pairs (true label, predicted label), most frequent first:"))
-    items.append(("table", table))
+    return [("text", "Out-of-fold confusion pairs (true label, predicted label), most frequent first:"),
+            ("table", table)]
+
+
+def _mistake_blocks(pairs: dict, split, fold_runs, fold_of: dict, run_name: str) -> tuple[str, str, dict]:
+    """(HTML, Markdown, figure files) of the most confident mistakes of each pair, explained."""
     chosen = [(pair, sorted(v, reverse=True)[:MISTAKES_PER_PAIR]) for pair, v in
               sorted(pairs.items(), key=lambda kv: -len(kv[1]))]
     todo = [(pair, confidence, guid) for pair, mistakes in chosen for confidence, guid in mistakes]
@@ -119,10 +137,9 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     for (true, predicted), confidence, guid in progress(todo, desc="explaining mistakes", unit="post"):
         if (true, predicted) != current:
             current = (true, predicted)
-            blocks_html.append(f"<h3>true {true}, predicted {predicted} ({len(pairs[current])} posts): the most "
-                               "confident</h3>")
-            blocks_md += [f"### true {true}, predicted {predicted} ({len(pairs[current])} posts): the most confident",
-                          ""]
+            heading = f"true {true}, predicted {predicted} ({len(pairs[current])} posts): the most confident"
+            blocks_html.append(f"<h3>{html.escape(heading)}</h3>")
+            blocks_md += [f"### {heading}", ""]
         text, image = _post(split, guid)
         try:
             explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
@@ -130,31 +147,44 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
             blocks_html.append(f"<p>post {html.escape(guid)}: {html.escape(str(error))}</p>")
             blocks_md += [f"post {guid}: {error}", ""]
             continue
-        unavailable = explanation.to_dict()["unavailable"]
-        shares = explanation.modality_shares
-        shares_text = (f"text {shares['text']:.0%}, image {shares['image']:.0%}" if shares
-                       else unavailable.get("modality_shares", ""))
-        thumb = ""
-        if explanation.image is not None:
-            png = overlay_png(image, explanation.image, max_side=180)
-            name = f"figures/mistake_{run_dir.name}_{guid}.png"
-            files[name] = png
-            thumb = (f"<img style='width:180px;display:inline;margin:0' alt='post {guid} with its heat map' "
-                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-            blocks_md.append(f"![post {guid}]({name})")
-        elif image is None:
-            thumb = "<i>no image</i>"
-        blocks_html.append(
-            "<div style='display:flex;gap:14px;align-items:flex-start;margin:.6em 0;border-top:1px solid #eee;"
-            f"padding-top:.6em'><div style='flex:none'>{thumb}</div><div><b>post {html.escape(guid)}</b>: "
-            f"P({predicted}) {confidence:.3f} out of fold (fold {fold_of[guid] + 1})<br>"
-            f"{words_html(explanation.words, unavailable.get('words', ''))}<br><small>modality shares: "
-            f"{html.escape(shares_text)}</small></div></div>")
-        blocks_md += [f"post {guid}, P({predicted}) {confidence:.3f}: "
-                      f"{words_markdown(explanation.words, unavailable.get('words', ''))}; modality shares: "
-                      f"{shares_text}", ""]
-    items.append(("html", ("\n".join(blocks_html), "\n".join(blocks_md), files)))
+        block_html, block_md, figure = _mistake_block(explanation, image, guid, predicted, confidence,
+                                                      fold_of[guid], run_name)
+        blocks_html.append(block_html)
+        blocks_md += block_md
+        files.update(figure)
+    return "\n".join(blocks_html), "\n".join(blocks_md), files
 
+
+def _mistake_block(explanation, image, guid: str, predicted: str, confidence: float, fold: int,
+                   run_name: str) -> tuple[str, list[str], dict]:
+    """One explained mistake: its HTML, its Markdown lines and its heat-map file (if it has an image)."""
+    unavailable = explanation.to_dict()["unavailable"]
+    shares = explanation.modality_shares
+    shares_text = (f"text {shares['text']:.0%}, image {shares['image']:.0%}" if shares
+                   else unavailable.get("modality_shares", ""))
+    thumb, md, files = "", [], {}
+    if explanation.image is not None:
+        png = overlay_png(image, explanation.image, max_side=180)
+        name = f"figures/mistake_{run_name}_{guid}.png"
+        files[name] = png
+        thumb = (f"<img style='width:180px;display:inline;margin:0' alt='post {guid} with its heat map' "
+                 f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        md.append(f"![post {guid}]({name})")
+    elif image is None:
+        thumb = "<i>no image</i>"
+    block = ("<div style='display:flex;gap:14px;align-items:flex-start;margin:.6em 0;border-top:1px solid #eee;"
+             f"padding-top:.6em'><div style='flex:none'>{thumb}</div><div><b>post {html.escape(guid)}</b>: "
+             f"P({html.escape(predicted)}) {confidence:.3f} out of fold (fold {fold + 1})<br>"
+             f"{words_html(explanation.words, unavailable.get('words', ''))}<br><small>modality shares: "
+             f"{html.escape(shares_text)}</small></div></div>")
+    md += [f"post {guid}, P({predicted}) {confidence:.3f}: "
+           f"{words_markdown(explanation.words, unavailable.get('words', ''))}; modality shares: {shares_text}", ""]
+    return block, md, files
+
+
+def _words_items(rows: list[dict], split, fold_runs, fold_of: dict, modalities: list[str], classes,
+                 sample: int) -> list[tuple[str, object]]:
+    """The words pushing toward each predicted class over ``sample`` evenly spaced posts (0 = all)."""
     by_guid = {row["guid"]: row for row in rows if row["guid"] in fold_of}
     guids = list(by_guid)
     if sample and sample < len(guids):
@@ -163,7 +193,7 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     totals = {name: defaultdict(float) for name in classes}
     for guid in progress(guids, desc="explaining posts", unit="post"):
         text, image = _post(split, guid)
-        if text is None or (image is None and "text" not in run.modalities):
+        if text is None or (image is None and "text" not in modalities):
             continue
         explanation = fold_runs[fold_of[guid]].explain(text=text, image=image)
         for word in explanation.words or []:
@@ -171,12 +201,16 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
             if word["read"] and word["score"] > 0 and key:
                 counts[explanation.label][key] += 1
                 totals[explanation.label][key] += word["score"]
-    items.append(("text", f"Words pushing toward each predicted class, over {len(guids)} posts "
-                          f"({'all' if len(guids) == len(by_guid) else 'evenly spaced'} out-of-fold posts; "
-                          "lowercased, punctuation around them removed): ranked by their total push (the sum of "
-                          "their positive scores toward the label predicted), shown as (posts where the word "
-                          f"pushed toward it, mean score there); words pushing in fewer than {MIN_POSTS} posts are "
-                          "left out. Frequent words add up many small pushes; the mean tells them apart."))
+    text = (f"Words pushing toward each predicted class, over {len(guids)} posts "
+            f"({'all' if len(guids) == len(by_guid) else 'evenly spaced'} out-of-fold posts; "
+            "lowercased, punctuation around them removed): ranked by their total push (the sum of "
+            "their positive scores toward the label predicted), shown as (posts where the word "
+            f"pushed toward it, mean score there); words pushing in fewer than {MIN_POSTS} posts are "
+            "left out. Frequent words add up many small pushes; the mean tells them apart.")
+    return [("text", text), ("table", _top_words_table(counts, totals, classes))]
+
+
+def _top_words_table(counts: dict, totals: dict, classes) -> list[dict]:
     table = []
     for rank in range(TOP_WORDS):
         row = {"rank": rank + 1}
@@ -189,5 +223,4 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
             else:
                 row[name] = ""
         table.append(row)
-    items.append(("table", table))
-    return items
+    return table

@@ -263,20 +263,26 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
             explanation.image = ImageMap(np.round(cells[skip:].reshape(rows, columns), 6).tolist(),
                                          centre_crop(width, height), width, height)
 
+    _add_modality_shares(explanation, run, has_text and has_image, without, label)
+    return explanation
+
+
+def _add_modality_shares(explanation: Explanation, run, both: bool, without: dict, label: int) -> None:
+    """How much the predicted label's probability drops without the text and without the image, as shares."""
     if run.modalities != ["text", "image"]:
         explanation.unavailable["modality_shares"] = f"the run reads {run.modalities[0]} only"
-    elif not (has_text and has_image):
+        return
+    if not both:
         explanation.unavailable["modality_shares"] = "the post has only one modality"
-    else:
-        p = prediction.probabilities[prediction.label]
-        drops = {"text": p - float(without["text"][0, label]), "image": p - float(without["image"][0, label])}
-        total = abs(drops["text"]) + abs(drops["image"])
-        shares = ({m: abs(d) / total for m, d in drops.items()} if total > 0 else {"text": 0.5, "image": 0.5})
-        explanation.modality_shares = {
-            "text": round(shares["text"], 6), "image": round(shares["image"], 6),
-            "without_text": round(float(without["text"][0, label]), 6),
-            "without_image": round(float(without["image"][0, label]), 6)}
-    return explanation
+        return
+    p = explanation.probabilities[explanation.label]
+    drops = {"text": p - float(without["text"][0, label]), "image": p - float(without["image"][0, label])}
+    total = abs(drops["text"]) + abs(drops["image"])
+    shares = ({m: abs(d) / total for m, d in drops.items()} if total > 0 else {"text": 0.5, "image": 0.5})
+    explanation.modality_shares = {
+        "text": round(shares["text"], 6), "image": round(shares["image"], 6),
+        "without_text": round(float(without["text"][0, label]), 6),
+        "without_image": round(float(without["image"][0, label]), 6)}
 
 
 def _features(run, cleaned, pixels) -> dict:

@@ -24,7 +24,7 @@ class SigmoidFocalLoss(nn.Module):
         if config.class_weight_power:
             raise ConfigError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
                              "with train.focal_alpha")
-        n_classes = len(class_counts) if class_counts is not None else len(config.focal_alpha or LABELS)
+        n_classes = len(class_counts) if class_counts is not None else len(LABELS)
         alpha = config.focal_alpha or [0.25] * n_classes
         if len(alpha) != n_classes:
             raise ConfigError(f"train.focal_alpha needs {n_classes} values (one per class), got {len(alpha)}")

@@ -1,7 +1,8 @@
 """The registry of data formats: each reads one part (``train``: labelled posts, ``test``: posts to predict) of a
 data set into :class:`~mmsent.data.posts.Post` records, and says whether it recognises a path.
 
-Formats register with :func:`register_format`; ``--format`` choices and detection are derived from the registry.
+Formats register with :func:`register_format` (the implementations, imported by :mod:`.dataset` in detection
+order, import this interface, never the reverse); ``--format`` choices and detection are derived from the registry.
 The label set is settled here for every format (:func:`~mmsent.data.posts.settle_labels`).
 """
 
@@ -86,6 +87,3 @@ def read_part(source: DataSource, part: str) -> PartRead:
     else:
         read.label_names = fixed
     return read
-
-
-from . import folder, mvsa, table  # noqa: E402,F401  (registers the formats, in detection order)

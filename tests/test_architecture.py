@@ -1,0 +1,121 @@
+"""The package's structure: its import graph (read from the code) has no cycle, interfaces do not import their
+implementations, and functions stay short."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mmsent"
+MAX_FUNCTION_LINES = 50
+LONG_REASON = "# long:"  # a comment on the line above a function that says why it is longer
+
+
+def module_name(path: Path) -> str:
+    parts = ("mmsent", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.AST, parents: dict) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``path`` imports, anywhere in it (inside functions too), except under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if _type_checking_only(node, parents):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # names defined in ``base`` itself
+                found.add(base)
+    return {name for name in found if name in modules} - {module_name(path)}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(paths)
+    return {name: imports_of(path, modules) for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (the first repeated at the end), or None."""
+    state: dict[str, str] = {}  # "open" while on the path, "done" after
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target, path + [target])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [start])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_graph_is_read_from_the_code():
+    graph = import_graph()
+    assert "mmsent.runfolder" in graph["mmsent.cv"]  # a top-level import
+    assert "mmsent.explain" in graph["mmsent.predict"]  # an import inside a method counts too
+    assert "mmsent.encoders.base" in graph["mmsent.encoders.text"]  # a relative import two levels up
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("interface, implementations", [
+    ("mmsent.encoders.base", ("mmsent.encoders.",)),  # the encoder interface
+    ("mmsent.runfolder", ("mmsent.cv", "mmsent.predict", "mmsent.ensemble", "mmsent.report")),
+    ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
+    ("mmsent.paths", ("mmsent.",)),  # a leaf
+    ("mmsent.atomic", ("mmsent.",)),
+])
+def test_an_interface_imports_none_of_its_users(interface, implementations):
+    imported = import_graph()[interface]
+    assert not [m for m in imported if m.startswith(implementations)], imported
+
+
+def test_functions_are_short_or_say_why():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES and not lines[first - 2].strip().startswith(LONG_REASON):
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({size} lines)")
+    assert not long, "functions over 50 lines without a '# long: reason' comment above them: " + ", ".join(long)
