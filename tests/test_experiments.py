@@ -74,7 +74,11 @@ def test_sweep_writes_table_and_a_second_run_trains_nothing(dataset, tmp_path, m
     assert len(calls) == 2
     table = json.loads((out / "sweep.json").read_text())
     assert [r["fusion.heads"] for r in table["rows"]] == [2, 4]
-    assert all(ROW_KEYS <= set(r) and 0 <= r["accuracy"] <= 1 for r in table["rows"])
+    for row in table["rows"]:  # each row holds its cell's own CV figures, as its run folder has them
+        assert ROW_KEYS <= set(row)
+        cell = next(p for p in (out / "cells").iterdir()
+                    if json.loads((p / "config.json").read_text())["fusion"]["heads"] == row["fusion.heads"])
+        assert row["accuracy"] == json.loads((cell / "metrics.json").read_text())["cv"]["accuracy_mean"]
     assert "| fusion.heads | train.lr | accuracy (mean ± std)" in (out / "sweep.md").read_text()
 
     calls.clear()

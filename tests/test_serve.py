@@ -76,7 +76,8 @@ def _probs(prediction) -> np.ndarray:
 
 def test_api_cli_and_folder_agree_on_one_post(trained, model, tmp_path, capsys):
     api = model.predict(text=trained.text, image=trained.image)
-    assert api.label in LABELS and api.modalities_used == ["text", "image"]
+    assert api.label == max(api.probabilities, key=api.probabilities.get) and api.modalities_used == ["text", "image"]
+    assert list(api.probabilities) == list(LABELS)
     assert sum(api.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
     assert main(["predict", "--run", str(trained.run), "--text", trained.text, "--image", str(trained.image),

@@ -192,7 +192,8 @@ def test_split_train_on_validation_file_and_evaluate(dataset, tmp_path, capsys, 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"]["name"] == "fixed_split" and len(metrics["folds"]) == 1
     assert metrics["folds"][0]["train_size"] == 18 and metrics["folds"][0]["val_size"] == 3
-    assert len((run / "folds" / "fold_0" / "history.json").read_text()) > 0
+    history = json.loads((run / "folds" / "fold_0" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]  # --epochs 2, both run (patience is larger)
     capsys.readouterr()
 
     # the evaluation of known predictions, through the command: 2 test posts right, 1 wrong

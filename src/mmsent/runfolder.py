@@ -143,6 +143,8 @@ def trained_config(run_dir: Path) -> RunConfig:
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     """``key: saved -> given`` for every config key that differs and changes what is trained."""
     old, new = flatten(saved.to_dict()), flatten(given.to_dict())
+    if not new.get("data.labels"):  # "from the data": the run recorded what the data held
+        new["data.labels"] = old.get("data.labels")
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
             if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
 
