@@ -4,6 +4,7 @@ implementations, and functions stay short."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,13 @@ def test_functions_are_short_or_say_why():
                 if size > MAX_FUNCTION_LINES and not lines[first - 2].strip().startswith(LONG_REASON):
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({size} lines)")
     assert not long, "functions over 50 lines without a '# long: reason' comment above them: " + ", ".join(long)
+
+
+def test_the_readme_architecture_table_names_every_module():
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture"):readme.index("## Tests and benchmarks")]
+    table = section[section.index("| module |"):]
+    named = set(re.findall(r"`([\w/]+\.py)`", table))
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")} - {"data/__init__.py", "encoders/__init__.py"}
+    assert modules - named == set(), "modules missing from the README's Architecture table"
+    assert named - modules == set(), "the README's Architecture table names modules that do not exist"
