@@ -72,10 +72,20 @@ def test_a_label_set_trains_predicts_reports_and_serves(classes, tmp_path, capsy
     page = (tmp_path / "report" / "report.md").read_text()
     assert all(f"| {name} |" in page for name in classes)  # the per-class table names every class
 
+    import threading
+
+    def inference_threads() -> int:
+        return sum(t.name.startswith("mmsent-inference") and t.is_alive() for t in threading.enumerate())
+
+    before = inference_threads()
     with load_run(run, device="cpu") as predictor:
+        assert inference_threads() == before + 1
         client = TestClient(create_app(predictor))
         assert client.get("/health").json()["labels"] == sorted(classes)
         answer = client.post("/predict", data={"text": f"the {classes[0]} car"}).json()
         assert list(answer["probabilities"]) == sorted(classes)
         assert answer["label"] == max(answer["probabilities"], key=answer["probabilities"].get)
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert inference_threads() == before  # the run's inference thread ends with it
+    with pytest.raises(RuntimeError):  # a closed run predicts no more
+        predictor.predict(text="the car")

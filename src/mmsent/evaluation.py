@@ -119,8 +119,9 @@ def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path | None, out_di
     classes = run_labels(config)
     # cheap checks before loading the run; the table's columns and options as the run was trained with
     split = open_data(Path(data_dir), "train", replace(config.data, labels=list(classes)), train_file=labels_file)
-    run = load_run(run_dir, device=device, backend=backend)
-    probs = run.predict_split(split, log)
+    with load_run(run_dir, device=device, backend=backend) as run:
+        probs = run.predict_split(split, log)
+        temperature, predictor = getattr(run, "temperature", None), run.description
     labels = np.asarray(split.labels)
     report = classification_report(labels, probs.argmax(1), classes)
     labels_file = labels_file or data_dir
@@ -128,9 +129,9 @@ def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path | None, out_di
     evaluation = {
         "run": str(run_dir), "labels_file": str(labels_file), "data": str(data_dir), "posts": len(labels),
         "label_counts": split.label_counts(), **report,
-        "temperature": getattr(run, "temperature", None),
+        "temperature": temperature,
         "ece": expected_calibration_error(probs, labels), "nll": negative_log_likelihood(probs, labels),
-        "posts_seen_in_training": len(overlap), "predictor": run.description,
+        "posts_seen_in_training": len(overlap), "predictor": predictor,
     }
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / EVALUATIONS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,5 +35,5 @@ def classification_metrics(y_true, y_pred, classes: Sequence[str] | int = LABELS
 
 
 def format_mean_std(mean: float, std: float) -> str:
-    """"0.7190 ± 0.0122": how every figure with its spread is printed."""
+    """How every figure with its spread is printed: the mean, "±", the standard deviation, four decimals each."""
     return f"{mean:.4f} ± {std:.4f}"

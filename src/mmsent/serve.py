@@ -164,9 +164,9 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
     from . import load_run
 
     check_port(host, port)
-    run = load_run(run_dir, device=device, backend=backend)
-    run.warm_up()
-    app = create_app(run, max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels)
-    print(f"serving {run_dir} ({run.description}, {' + '.join(run.modalities)}) on "
-          f"http://{host}:{port}/  (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    with load_run(run_dir, device=device, backend=backend) as run:
+        run.warm_up()
+        app = create_app(run, max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels)
+        print(f"serving {run_dir} ({run.description}, {' + '.join(run.modalities)}) on "
+              f"http://{host}:{port}/  (Ctrl+C stops)", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
