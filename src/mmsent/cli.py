@@ -223,7 +223,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md, figures/")
     parser.add_argument("folders", type=Path, nargs="+", metavar="RUN",
                         help="run folders (mmsent train) or experiment folders (ablate, compare, sweep)")
-    parser.add_argument("--data", type=Path, help="the data folder the runs were trained on: adds each run's error "
+    parser.add_argument("--data", type=Path, help="the data set the runs were trained on: adds each run's error "
                         "analysis (its most confident out-of-fold mistakes explained, and the words most often "
                         "pushing toward each class)")
     parser.add_argument("--explain-posts", type=int, default=200, metavar="N",
@@ -238,7 +238,7 @@ def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
                         help="combine the runs with a logistic regression over their probabilities and VADER's "
                              "lexicon scores of the text, fitted on their out-of-fold predictions, instead of "
                              "averaging them (needs --data)")
-    parser.add_argument("--data", type=Path, help="with --stack: the data folder the runs were trained on")
+    parser.add_argument("--data", type=Path, help="with --stack: the data set the runs were trained on")
     parser.add_argument("--stack-c", type=float, default=1.0, help="with --stack: inverse L2 strength (default 1)")
 
 
@@ -447,8 +447,8 @@ def cmd_report(args) -> int:
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         raise ConfigError(f"not a folder: {', '.join(missing)}")
-    if args.data is not None and not (args.data / "train.txt").is_file():
-        raise ConfigError(f"--data {args.data}: no train.txt there (the data folder the runs were trained on)")
+    if args.data is not None and not args.data.exists():
+        raise ConfigError(f"--data {args.data}: not found (the data set the runs were trained on)")
     if args.explain_posts < 0:
         raise ConfigError(f"--explain-posts must be 0 (every post) or positive, got {args.explain_posts}")
     html_path, md_path = write_report(args.out, args.folders, args.data, args.explain_posts)

@@ -40,15 +40,15 @@ def _run_identity(run_dir: Path) -> dict:
 
 
 def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray, folds, data_dir: Path,
-           fingerprint: str, c: float, log) -> tuple[np.ndarray, dict]:
+           member: Path, fingerprint: str, c: float, log) -> tuple[np.ndarray, dict]:
     """Cross-fitted stacked probabilities (N, C) of the training posts, and the stacker fitted on all of them."""
-    from .data.dataset import open_split
+    from .data.dataset import open_data
     from .stacking import LEXICON_TEXT_PREP, cross_fitted_probabilities, fit_stacker, lexicon_scores, stack_inputs
 
-    split = open_split(Path(data_dir), Path(data_dir) / "train.txt", labelled=True)
+    split = open_data(Path(data_dir), "train", read_run_config(member).data)  # read as the members read it
     if split.fingerprint() != fingerprint:
-        raise RunError(f"{data_dir} is not the data the members were trained on (its train.txt, texts or images "
-                       "differ): give --data the folder they were trained on")
+        raise RunError(f"{data_dir} is not the data the members were trained on (its labelled posts, texts or "
+                       "images differ): give --data the data set they were trained on")
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     log(f"stacking: VADER lexicon scores of {len(guids)} training texts, a logistic regression per fold")
     inputs = stack_inputs(member_probs, lexicon_scores([texts[guid] for guid in guids]))
@@ -118,7 +118,8 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: P
     folds = stratified_folds(labels.tolist(), identity["folds"], identity["seed"])
     probs, stacker = averaged, None
     if stack_data is not None:
-        probs, stacker = _stack(member_probs, oof.guids, labels, folds, stack_data, identity["data"], stack_c, log)
+        probs, stacker = _stack(member_probs, oof.guids, labels, folds, stack_data, run_dirs[0], identity["data"],
+                                stack_c, log)
     fold_of = np.zeros(len(labels), dtype=np.int64)
     for fold, (_, val_idx) in enumerate(folds):
         fold_of[val_idx] = fold

@@ -36,15 +36,15 @@ def _oof_rows(run: Path) -> tuple[list[dict], tuple[str, ...]]:
 
 def _fold_of(run: Path, data: Path, config) -> tuple[dict[str, int] | None, object, str]:
     """guid -> the fold that held it out, the split, or (None, None, why not)."""
-    from .data.dataset import open_split
+    from .data.dataset import open_data
     from .data.folds import stratified_folds
 
     weights = sorted((run / "folds").glob("fold_*/model.safetensors"))
     if len(weights) != config.train.folds or (read_protocol(run) or {}).get("name") == "fixed_split":
         return None, None, "the run is not a k-fold cross-validation run with every fold's weights"
-    split = open_split(data, data / "train.txt", labelled=True)
+    split = open_data(data, "train", config.data)  # read as the run read it: its format options and labels
     if data_fingerprint(run) != split.fingerprint():
-        return None, None, f"{data / 'train.txt'} is not the data this run was trained on"
+        return None, None, f"{data} is not the data this run was trained on"
     folds = stratified_folds(split.labels, config.train.folds, config.train.seed)
     return {split.guids[i]: k for k, (_, val_idx) in enumerate(folds) for i in val_idx}, split, ""
 

@@ -69,11 +69,11 @@ class Stacker:
         try:
             weights = np.array(data["weights"], dtype=np.float64)
             bias = np.array(data["bias"], dtype=np.float64)
-            if weights.ndim != 2 or bias.shape != (weights.shape[0],):
+            if weights.ndim != 2 or weights.shape[0] < 2 or bias.shape != (weights.shape[0],):
                 raise ValueError
             return cls(weights, bias, float(data["c"]))
         except (KeyError, TypeError, ValueError):
-            raise ValueError("malformed: expected weights (C, F), bias (C,) and c") from None
+            raise ValueError("malformed: expected weights (C, F) of at least two classes, bias (C,) and c") from None
 
 
 ABSENT_CLASS_BIAS = -1e4  # the bias of a class without training posts: its probability is 0 (finite, for JSON)
