@@ -146,6 +146,12 @@ class ImageTower(Tower):
         """The frozen part on a batch: pixels (B, 3, S, S) uint8 -> image_input rows (B, ...)."""
         raise NotImplementedError
 
+    def tokens_unavailable(self):
+        if getattr(self.config, "pooled", False):  # image.pooled of the pretrained towers
+            return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
+                    "region to attribute")
+        return None
+
     def load(self, source) -> np.ndarray:
         """An image as a path, bytes or a PIL image -> (S, S, 3) uint8, the pixels ``precompute`` decodes from the
         same file; ImageError if it cannot be used."""
@@ -206,12 +212,6 @@ class EfficientNetLiteTower(ImageTower):
         self.grid = -(-self.size // 32)
         self._input_channels = [3, 32] + [b._project_conv.out_channels for b in net._blocks] + [net.num_features]
         super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features), load_runner)
-
-    def tokens_unavailable(self):
-        if self.config.pooled:
-            return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
-                    "region to attribute")
-        return None
 
     def cache_id(self):
         parts = {"image": self.variant, "size": self.size, "split": self.split_at, "format": 1}
@@ -278,12 +278,6 @@ class HFImageTower(ImageTower):
 
     def _lower_tokens(self, pixel_values):
         return self.lower(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
-
-    def tokens_unavailable(self):
-        if self.config.pooled:
-            return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
-                    "region to attribute")
-        return None
 
     def cache_id(self):
         parts = {"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1}
