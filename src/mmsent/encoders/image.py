@@ -147,7 +147,7 @@ class ImageTower(Tower):
         raise NotImplementedError
 
     def tokens_unavailable(self):
-        if getattr(self.config, "pooled", False):  # image.pooled of the pretrained towers
+        if getattr(getattr(self, "config", None), "pooled", False):  # image.pooled of the pretrained towers
             return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
                     "region to attribute")
         return None
