@@ -141,13 +141,14 @@ class ImageTower(Tower):
     kind = "image"
     feature_names = ("image_input", "image_present")
     size: int
+    pooled = False  # one mean-pooled vector per image (image.pooled) instead of its tokens
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen part on a batch: pixels (B, 3, S, S) uint8 -> image_input rows (B, ...)."""
         raise NotImplementedError
 
     def tokens_unavailable(self):
-        if getattr(getattr(self, "config", None), "pooled", False):  # image.pooled of the pretrained towers
+        if self.pooled:
             return ("the run's image features are mean-pooled (image.pooled): one vector per image, no image "
                     "region to attribute")
         return None
@@ -197,7 +198,7 @@ class EfficientNetLiteTower(ImageTower):
 
     def __init__(self, config: ImageEncoderConfig, variant: str):
         net = load_pretrained(variant)
-        self.config, self.variant = config, variant
+        self.config, self.variant, self.pooled = config, variant, config.pooled
         self.size = config.image_size or LITE_VARIANTS[variant].image_size
         stages = lite_stages(net)
         self.split_at = resolve_split(len(stages), config.train_layers, "image encoder")
@@ -258,7 +259,7 @@ class HFImageTower(ImageTower):
             model_config = AutoConfig.from_pretrained(source)
         except OSError as error:
             raise ConfigError(f"cannot load image encoder {source!r}: {error}") from None
-        self.config, self.source_id = config, fingerprint_source(source)
+        self.config, self.source_id, self.pooled = config, fingerprint_source(source), config.pooled
         self.size = config.image_size or int(getattr(model_config, "image_size", 224))
         self.mean, self.std = _processor_stats(source)
         hidden = int(getattr(model_config, "hidden_size", 0))
