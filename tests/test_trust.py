@@ -319,8 +319,10 @@ def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own
     train_run(dataset, run, "--select-on", "scored_fold")
     config = json.loads((run / "config.json").read_text())
     del config["train"]["select_on"], config["train"]["inner_val"]  # as written before the option existed
+    del config["data"]  # and before the label set was recorded
     (run / "config.json").write_text(json.dumps(config))
     assert load_run(run).config.train.select_on == "inner"  # loading: the defaults (nothing depends on it)
+    assert load_run(run).classes == ("negative", "neutral", "positive")  # a run saved without labels: the three
     assert trained_config(run).train.select_on == "scored_fold"  # continuing or reusing: how it was trained
     base = trained_config(run)
     base.train.select_on = "inner"

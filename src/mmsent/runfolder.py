@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
-from .config import CONFIG_VERSION, ConfigError, RunConfig, flatten
+from .config import CONFIG_VERSION, ConfigError, RunConfig, flatten, run_labels
 from .errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -143,8 +143,9 @@ def trained_config(run_dir: Path) -> RunConfig:
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     """``key: saved -> given`` for every config key that differs and changes what is trained."""
     old, new = flatten(saved.to_dict()), flatten(given.to_dict())
+    old["data.labels"] = list(run_labels(saved))  # a run saved without its label set predicts the three polarities
     if not new.get("data.labels"):  # "from the data": the run recorded what the data held
-        new["data.labels"] = old.get("data.labels")
+        new["data.labels"] = old["data.labels"]
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
             if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
 
