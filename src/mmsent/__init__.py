@@ -1,4 +1,4 @@
-"""mmsent: image+text sentiment classification (positive / neutral / negative)."""
+"""mmsent: image+text sentiment classification of posts, with the label set its data carries."""
 
 import importlib
 
