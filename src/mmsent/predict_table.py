@@ -187,7 +187,8 @@ def _open_progress(job: TableJob, target: Path, shard: Shard, resume: bool, over
     or a new one with the header written."""
     sidecar, identity = progress_path(target), job.identity(shard)
     if target.exists() and not overwrite:
-        if not (resume and sidecar.exists()):
+        check_output(target, resume, overwrite)
+        if not sidecar.exists():
             raise ConfigError(f"{target} exists and no {sidecar.name} says it is unfinished: give --overwrite to "
                               "predict again")
         state = Progress.load(sidecar)
