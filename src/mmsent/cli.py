@@ -245,7 +245,19 @@ def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_args(parser)
     _run_args(parser)
-    parser.add_argument("--out", type=Path, help="predictions file to write (folder mode)")
+    parser.add_argument("--out", type=Path,
+                        help="predictions file to write: OUT.csv or OUT.jsonl (columns id, label, p_<class>..., "
+                             "error; a table file is read and written in chunks, in bounded memory, resumable, "
+                             "sharded over torchrun's processes), or any other name for a 'guid,tag' file")
+    table = parser.add_argument_group("with --out OUT.csv or OUT.jsonl")
+    table.add_argument("--chunk-size", type=int, default=1000, metavar="ROWS",
+                       help="rows read, predicted and written at a time (default: 1000)")
+    table.add_argument("--resume", action="store_true",
+                       help="continue an interrupted prediction into --out after its last finished chunk (same "
+                            "run, same input, same options: OUT.progress.json says)")
+    table.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    table.add_argument("--all-rows", action="store_true",
+                       help="predict the labelled rows of a table too (default: only the rows without a label)")
     parser.add_argument("--text", help="one post: its text (with --image, or alone)")
     parser.add_argument("--image", type=Path, help="one post: its image file (with --text, or alone)")
     parser.add_argument("--json", action="store_true", help="one post: print the result as JSON")
@@ -480,8 +492,8 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
-@command("predict", "one post (--text/--image), or 'guid,tag' for every post of the test file (--out); "
-         "fold ensemble", _predict_arguments)
+@command("predict", "one post (--text/--image), or every post to predict of --data (--out: 'guid,tag', or "
+         "OUT.csv / OUT.jsonl with the probabilities, streamed for a table); fold ensemble", _predict_arguments)
 def cmd_predict(args) -> int:
     if args.text is not None or args.image is not None:
         return _predict_one(args)
@@ -490,6 +502,10 @@ def cmd_predict(args) -> int:
                           "predict one post)")
     if args.json:
         raise ConfigError("--json applies to one post (--text/--image); folder mode writes --out")
+    if args.out.suffix in (".csv", ".jsonl"):
+        return _predict_rows(args)
+    if args.resume or args.overwrite or args.all_rows or args.chunk_size != 1000:
+        raise ConfigError("--chunk-size, --resume, --overwrite and --all-rows apply to --out OUT.csv or OUT.jsonl")
     from .predict import load_run, write_predictions
 
     start = time.perf_counter()
@@ -503,6 +519,36 @@ def cmd_predict(args) -> int:
           f"in {time.perf_counter() - start:.1f} s")
     for line in lines:
         print(line)
+    return 0
+
+
+def _predict_rows(args) -> int:
+    """``predict --out OUT.csv|OUT.jsonl``: a table streamed in chunks; other data read whole."""
+    from .data.formats import DataSource, format_of
+    from .predict import load_run
+    from .predict_table import TableJob, check_output, predict_table, write_rows_file
+
+    if args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    check_output(args.out, args.resume, args.overwrite)
+    source = DataSource(args.data, data_config(args), args.train_file, args.test_file)
+    if format_of(source) != "table":
+        if args.resume or args.all_rows:
+            raise ConfigError("--resume and --all-rows apply to a table file (--data posts.csv, .jsonl, .parquet)")
+        split = _open_data(args, "test")
+        with load_run(args.run, device=args.device, backend=args.backend) as run:
+            write_rows_file(args.out, split.guids, run.predict_split(split), run.classes)
+        _print_problems(split)
+        print(f"wrote {len(split.guids)} predictions to {args.out} ({run.description})")
+        return 0
+    with load_run(args.run, device=args.device, backend=args.backend) as run:
+        job = TableJob(run, source, args.out, args.chunk_size, args.all_rows)
+        result = predict_table(job, resume=args.resume, overwrite=args.overwrite)
+    if result.summary is not None:
+        for line in result.summary.lines():
+            print(line)
+        print(f"wrote {args.out} ({run.description}): {result.rows} rows read here in {result.seconds:.1f} s "
+              f"({result.rows / max(result.seconds, 1e-9):.0f} rows/s)")
     return 0
 
 

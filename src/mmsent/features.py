@@ -87,8 +87,14 @@ def _report_missing_images(split, present: torch.Tensor) -> None:
 
 
 def compute_features(towers, split, text_prep: TextPrepConfig, workers: int = 1, log=print,
-                     fingerprint: str | None = None) -> dict[str, torch.Tensor]:
-    """Cached frozen features of every tower in ``towers``, merged into one dict of tensors indexed by post."""
+                     fingerprint: str | None = None, cache: bool = True) -> dict[str, torch.Tensor]:
+    """Frozen features of every tower in ``towers``, merged into one dict of tensors indexed by post; through the
+    on-disk cache, or with ``cache=False`` computed in memory only (the same tensors, neither read nor written)."""
+    if not cache:
+        features = {}
+        for tower in towers:
+            features.update(tower.precompute(split, text_prep, tower.precompute_batch_size, workers))
+        return features
     fingerprint = fingerprint or split.fingerprint()
     features = {}
     for tower in towers:

@@ -95,8 +95,9 @@ class Predictor:
         """What predicts, in words (e.g. "5-fold ensemble")."""
         raise NotImplementedError
 
-    def predict_split(self, split: Split, log=print) -> np.ndarray:
-        """Class probabilities (N, 3) for every post of ``split``, in its order (through the feature cache)."""
+    def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
+        """Class probabilities (N, 3) for every post of ``split``, in its order, through the feature cache (or, with
+        ``cache=False``, the same probabilities computed in memory: for a chunk of a large table)."""
         raise NotImplementedError
 
     def _batch_probs(self, texts: list, images: list, n: int) -> np.ndarray:
@@ -203,11 +204,11 @@ class LoadedRun(Predictor):
         probs, _ = predict_probs(self.models, batches, self.config.train.loss, self.device)
         return apply_temperature(probs, self.temperature)
 
-    def predict_split(self, split: Split, log=print) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order (feature cache)."""
+    def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
+        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order."""
         def work():
             features = compute_features(self.towers.present(), split, self.config.text_prep,
-                                        self.config.train.workers, log)
+                                        self.config.train.workers, log, cache=cache)
             return self._ensemble(features, len(split.records))
 
         return self._call(work)
@@ -272,8 +273,8 @@ class LoadedEnsemble(Predictor):
             combined = self.stacker.probabilities(stack_inputs(member_probs, lexicon_scores_of_raw(read_raw_texts())))
         return apply_temperature(combined, self.temperature)
 
-    def predict_split(self, split: Split, log=print) -> np.ndarray:
-        return self._combine([member.predict_split(split, log) for member in self.members],
+    def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
+        return self._combine([member.predict_split(split, log, cache) for member in self.members],
                              lambda: [decode_text(raw).text if raw is not None else None
                                       for raw in map(split.read_text_bytes, split.guids)])
 

@@ -9,19 +9,33 @@ is flagged as lacking it); one without either is refused. Image paths that are a
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PackageError
 from .formats import DataSource, PartRead, register_format
 from .posts import Post, normalise_label
-from .records import NULL_TAGS, SAFE_GUID, Problem, Record, first_occurrence
+from .records import NULL_TAGS, SAFE_GUID, DataError, Problem, Record, first_occurrence
 
 BAD_LINE = re.compile(r"Skipping line (\d+): (.*)")
+
+
+def _csv_options(sep: str) -> dict:
+    """How every CSV/TSV read parses: cells as strings, blank lines kept as rows, malformed lines warned about."""
+    return dict(sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False, on_bad_lines="warn",
+                encoding="utf-8")
+
+
+def _bad_lines(caught, name: str) -> list[Problem]:
+    """The malformed lines pandas warned about and skipped, as fatal problems naming each line."""
+    return [Problem(f"{name}:line {number}", f"{reason.strip()} (unreadable row)", fatal=True)
+            for warning in caught for number, reason in BAD_LINE.findall(str(warning.message))]
 
 
 def _read_delimited(path: Path, sep: str):
@@ -30,11 +44,8 @@ def _read_delimited(path: Path, sep: str):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            on_bad_lines="warn", encoding="utf-8")
-    problems = [Problem(f"{path.name}:line {number}", f"{reason.strip()} (unreadable row)", fatal=True)
-                for warning in caught for number, reason in BAD_LINE.findall(str(warning.message))]
-    return frame, problems
+        frame = pd.read_csv(path, **_csv_options(sep))
+    return frame, _bad_lines(caught, path.name)
 
 
 def _read_json(path: Path):
@@ -48,15 +59,20 @@ def _read_json(path: Path):
         return None, _bad_json_lines(path) or [Problem(path.name, f"not readable as JSON: {error}", fatal=True)]
 
 
+def _json_line(line: str, number: int, name: str) -> dict | Problem | None:
+    """One JSON Lines line: its object, the fatal problem naming the line, or None for a blank line."""
+    try:
+        value = json.loads(line) if line.strip() else None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return value
+    except ValueError as error:
+        return Problem(f"{name}:line {number}", f"unreadable row ({error})", fatal=True)
+
+
 def _bad_json_lines(path: Path) -> list[Problem]:
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            if line.strip() and not isinstance(json.loads(line), dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            problems.append(Problem(f"{path.name}:line {number}", f"unreadable row ({error})", fatal=True))
-    return problems
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [p for n, line in enumerate(lines, start=1) if isinstance(p := _json_line(line, n, path.name), Problem)]
 
 
 def _read_parquet(path: Path):
@@ -105,7 +121,7 @@ def image_location(value: str, table_dir: Path, allow_outside: bool) -> Path | s
             f"{table_dir}, or give --allow-outside-paths)")
 
 
-def _column_problems(name: str, columns: list[str], config) -> list[Problem]:
+def column_problems(name: str, columns: list[str], config) -> list[Problem]:
     """The table as a whole: neither modality is fatal, one missing a warning."""
     found = ", ".join(map(str, columns)) or "none"
     missing = [(c, f) for c, f in ((config.text_column, "--text-column"), (config.image_column, "--image-column"))
@@ -118,10 +134,15 @@ def _column_problems(name: str, columns: list[str], config) -> list[Problem]:
             for column, flag in missing]
 
 
+def row_id(values: dict, number: int, config) -> str | None:
+    """A row's id cell as written (None if empty), or its row number where the table has no id column."""
+    return values[config.id_column] if config.id_column in values else str(number)
+
+
 def _row_post(values: dict, number: int, name: str, table_dir: Path, config) -> Post | Problem:
     """One row -> a Post, or the fatal problem naming the row and column."""
     where = f"{name}:row {number}"
-    guid = values.get(config.id_column, str(number)) if config.id_column in values else str(number)
+    guid = row_id(values, number, config)
     if guid is None or not SAFE_GUID.match(guid.strip()) or guid.strip() in (".", ".."):
         return Problem(f"{where} ({config.id_column})", f"empty or unsafe id {guid!r} (only letters, digits, '_', "
                                                         "'-', '.')", fatal=True)
@@ -143,32 +164,129 @@ def _is_table(source: DataSource) -> bool:
     return source.path.is_file() and source.path.suffix.lower() in TABLE_READERS
 
 
+def frame_rows(frame, start: int = 1):
+    """(row number, {column: cell}) of every row of a DataFrame, numbered from ``start``."""
+    columns = [str(c) for c in frame.columns]
+    for number, row in enumerate(frame.itertuples(index=False, name=None), start=start):
+        yield number, {column: cell(value) for column, value in zip(columns, row)}
+
+
+def row_posts(rows, name: str, table_dir: Path, config, part: str, problems: list[Problem], seen: dict | None = None):
+    """Yield ``(id as written, Post or fatal Problem)`` for every row of ``part`` ("train": labelled, "test": unlabelled,
+    "all") among ``rows`` ((number, {column: cell}) pairs), in order. Empty rows, and with ``seen`` (guid -> first
+    row) repeated ids, are appended to ``problems`` instead."""
+    for number, values in rows:
+        if all(v is None for v in values.values()):
+            problems.append(Problem(f"{name}:row {number}", "empty row (dropped)", kind="row_dropped"))
+            continue
+        post = _row_post(values, number, name, table_dir, config)
+        labelled = (values.get(config.label_column) is not None
+                    and normalise_label(values[config.label_column]) not in NULL_TAGS)
+        in_part = part == "all" or labelled == (part == "train")
+        if isinstance(post, Problem):
+            if in_part:
+                yield row_id(values, number, config), post
+        elif (seen is None or first_occurrence(Record(post.guid, post.label), number, seen, post.where,
+                                                problems if in_part else [], unit="row")) and in_part:
+            yield post.guid, post
+
+
+def table_dir_of(path: Path) -> Path:
+    """The folder a table's relative image paths start from."""
+    return Path(os.path.normpath(path.parent.absolute()))
+
+
 @register_format("table", detect=_is_table, layout=f"a table file ({', '.join(TABLE_READERS)}) with columns "
                                                   "id, label, text, image (see --text-column and the others)")
 def read_table(source: DataSource, part: str) -> PartRead:
     """The labelled rows (``train``) or the unlabelled rows (``test``) of the table, in table order."""
     path, config = source.path, source.config
-    table_dir = Path(os.path.normpath(path.parent.absolute()))
+    table_dir = table_dir_of(path)
     frame, problems = load_frame(path)
     if frame is None:
         return PartRead([], problems, table_dir)
     columns = [str(c) for c in frame.columns]
-    problems += _column_problems(path.name, columns, config)
-    posts, seen = [], {}
-    for number, row in enumerate(frame.itertuples(index=False, name=None), start=1):
-        values = {column: cell(value) for column, value in zip(columns, row)}
-        if all(v is None for v in values.values()):
-            problems.append(Problem(f"{path.name}:row {number}", "empty row (dropped)", kind="row_dropped"))
-            continue
-        post = _row_post(values, number, path.name, table_dir, config)
-        in_part = (values.get(config.label_column) is not None
-                   and normalise_label(values[config.label_column]) not in NULL_TAGS) == (part == "train")
-        if isinstance(post, Problem):
-            problems += [post] if in_part else []
-        elif first_occurrence(Record(post.guid, post.label), number, seen, post.where, problems if in_part else [],
-                              unit="row") and in_part:
-            posts.append(post)
+    problems += column_problems(path.name, columns, config)
+    posts = []
+    for _, item in row_posts(frame_rows(frame), path.name, table_dir, config, part, problems, seen={}):
+        (problems if isinstance(item, Problem) else posts).append(item)
     if part == "train" and not posts:
         problems.append(Problem(path.name, f"no labelled rows (label column {config.label_column!r}; columns "
                                            f"found: {', '.join(columns)})", fatal=True))
     return PartRead(posts, problems, table_dir)
+
+
+@dataclass
+class TableChunk:
+    """Consecutive rows of a table read in chunks: the rows (numbered as the whole-table read numbers them, from
+    ``start``) and the problems of the lines read with them (malformed lines, which are no row)."""
+
+    frame: object  # a pandas DataFrame
+    start: int
+    problems: list[Problem]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def rows(self):
+        return frame_rows(self.frame, self.start)
+
+
+def _csv_frames(path: Path, sep: str, size: int):
+    import pandas as pd
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for frame in pd.read_csv(path, chunksize=size, **_csv_options(sep)):
+            yield frame, _bad_lines(caught, path.name)
+            caught.clear()
+
+
+def _jsonl_frames(path: Path, size: int):
+    """JSON Lines read line by line (an unreadable line is named, and the rest still read)."""
+    import pandas as pd
+
+    with open(path, encoding="utf-8") as handle:
+        lines = enumerate(handle, start=1)
+        while batch := list(itertools.islice(lines, size)):
+            parsed = [_json_line(line, number, path.name) for number, line in batch]
+            yield (pd.DataFrame([p for p in parsed if isinstance(p, dict)], dtype=object),
+                   [p for p in parsed if isinstance(p, Problem)])
+
+
+def _parquet_frames(path: Path, size: int):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise PackageError("reading Parquet needs pyarrow: pip install pyarrow") from None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+        yield batch.to_pandas(), []
+
+
+def _whole_frames(path: Path, size: int):
+    """A table format that cannot be read in parts (a .json array): read whole, then cut."""
+    frame, problems = load_frame(path)
+    if frame is None:
+        raise DataError(f"{path} cannot be used:\n  " + "\n  ".join(str(p) for p in problems))
+    for start in range(0, max(len(frame), 1), size):
+        yield frame.iloc[start:start + size], problems if start == 0 else []
+
+
+CHUNK_READERS = {".csv": lambda p, n: _csv_frames(p, ",", n), ".tsv": lambda p, n: _csv_frames(p, "\t", n),
+                 ".jsonl": _jsonl_frames, ".json": _whole_frames, ".parquet": _parquet_frames}
+
+
+def table_chunks(path: Path, size: int):
+    """The table in chunks of ``size`` rows (bounded memory; a .json array is read whole), as
+    :class:`TableChunk`; DataError if the file cannot be read on."""
+    start = 1
+    try:
+        for frame, problems in CHUNK_READERS[path.suffix.lower()](path, size):
+            yield TableChunk(frame, start, problems)
+            start += len(frame)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path.name}: not UTF-8 text after row {start - 1} ({error}); save the table as UTF-8") from None
+    except (PackageError, DataError):
+        raise
+    except Exception as error:  # pandas and pyarrow raise many types for a broken file
+        raise DataError(f"{path.name}: unreadable after row {start - 1} ({type(error).__name__}: {error})") from None
