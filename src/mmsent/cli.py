@@ -510,8 +510,8 @@ def cmd_predict(args) -> int:
 
     start = time.perf_counter()
     split = _open_data(args, "test")  # cheap checks first
-    run = load_run(args.run, device=args.device, backend=args.backend)
-    probs = run.predict_split(split)
+    with load_run(args.run, device=args.device, backend=args.backend) as run:
+        probs = run.predict_split(split)
     write_predictions(args.out, split.guids, probs, run.classes)
     _print_problems(split)
     counts, lines = _one_modality_rows(split)
@@ -567,14 +567,14 @@ def _predict_one(args) -> int:
         open_image(image)  # refuse a non-image before loading the run
     if args.heatmap is not None and not (args.explain and image is not None):
         raise ConfigError("--heatmap needs --explain and --image")
-    run = load_run(args.run, device=args.device, backend=args.backend)
-    if args.explain:
-        return _explain_one(args, run, image)
-    result = run.predict(text=args.text, image=image)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    _print_label(result, run)
+    with load_run(args.run, device=args.device, backend=args.backend) as run:
+        if args.explain:
+            return _explain_one(args, run, image)
+        result = run.predict(text=args.text, image=image)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+            return 0
+        _print_label(result, run)
     return 0
 
 
