@@ -64,3 +64,32 @@ def test_torchrun_two_processes_match_one(model, dataset, tmp_path, tiny_bert_di
         "fold_0", "fold_1", "fold_2"]
     assert done.stdout.count("5-fold") == 0 and done.stdout.count("3-fold CV") == 1  # one summary, from process 0
     assert "(process 1)" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_torchrun_predicts_a_table_in_shards_merged_in_table_order(dataset, tmp_path, tiny_bert_dir, tiny_vit_dir):
+    """``torchrun -m mmsent predict --out OUT.csv`` over a table: each process predicts its chunks, process 0 merges
+    them; the file equals one process's, row for row."""
+    run, table = tmp_path / "run", tmp_path / "posts.csv"
+    encoders = ["--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir]
+    assert main(["train", "--data", str(dataset), *ARGS, *encoders, "--out", str(run)]) == 0
+    assert main(["convert", "--data", str(dataset), "--out", str(table)]) == 0
+    single = tmp_path / "single.csv"
+    argv = ["predict", "--run", str(run), "--data", str(table), "--all-rows", "--chunk-size", "5", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1)
+    try:
+        assert main([*argv, "--out", str(single)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    sharded = tmp_path / "sharded.csv"
+    # "--" ends torchrun's own options: its parser would take predict's --run for an abbreviation of --run-path
+    done = _torchrun(2, ["--", *argv, "--out", str(sharded)], env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = single.read_text().splitlines()
+    assert len(rows) == 1 + 30  # the header, then every post of the table (24 labelled + 6 to predict)
+    assert sharded.read_text().splitlines() == rows
+    assert not list(tmp_path.glob("sharded.csv.shard-*"))  # the shards are merged and removed
