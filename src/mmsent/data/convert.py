@@ -8,10 +8,12 @@ bytes and copies of the images (or symbolic links with ``link_images``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..config import DataConfig
 from ..errors import ConfigError, PackageError
 from ..registry import Registry
@@ -72,17 +74,18 @@ def write_table(splits: list[Split], out: Path, link_images: bool = False) -> di
 
     folder = Path(os.path.normpath(out.parent.absolute()))
     frame = pd.DataFrame(table_rows(splits, folder), dtype=object)
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            frame.to_parquet(out, index=False)
-        except ImportError:
-            raise PackageError("writing Parquet needs pyarrow: pip install pyarrow") from None
-    elif suffix in (".jsonl", ".json"):
-        frame.to_json(out, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_csv(out, index=False, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
+    with atomic_path(out) as tmp:  # a killed convert leaves no half-written table
+        if suffix == ".parquet":
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError:
+                raise PackageError("writing Parquet needs pyarrow: pip install pyarrow") from None
+        elif suffix in (".jsonl", ".json"):  # one object a line, as written (pandas would escape every "/")
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in frame.to_dict("records")),
+                           encoding="utf-8")
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
     image = DataConfig().image_column
     return {"absolute_image_paths": sum(1 for v in frame[image] if v is not None and Path(v).is_absolute())}
 
