@@ -89,3 +89,66 @@ def test_a_label_set_trains_predicts_reports_and_serves(classes, tmp_path, capsy
     assert inference_threads() == before  # the run's inference thread ends with it
     with pytest.raises(RuntimeError):  # a closed run predicts no more
         predictor.predict(text="the car")
+
+
+def test_labels_given_are_normalised_and_checked():
+    from mmsent.config import normalised_labels
+    from mmsent.errors import ConfigError
+
+    assert normalised_labels([" Positive", "negative ", ""]) == ("positive", "negative")
+    with pytest.raises(ConfigError, match="names a more than once"):
+        normalised_labels(["a", "b", "A"])
+    with pytest.raises(ConfigError, match="one class"):
+        normalised_labels(["a"])
+
+
+@pytest.mark.slow
+def test_a_table_run_resumes_without_its_data_flags_and_refuses_what_it_cannot_continue(tmp_path, capsys,
+                                                                                       tiny_bert_dir, tiny_vit_dir):
+    """--resume reads the data as the run did (its saved data.* keys: columns, --labels in their order); an
+    ensemble folder is never overwritten by a run; a run whose folds an earlier version drew is not continued."""
+    import pandas as pd
+
+    from mmsent.cli import main
+
+    table = write_table(tmp_path, TWO, per_class=6, n_test=2)
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(table, keep_default_na=False).rename(columns={"text": "tweet"}).to_csv(renamed, index=False)
+    run = tmp_path / "run"
+    encoders = ["--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32"]
+    argv = ["train", "--data", str(renamed), "--out", str(run), *FAST, *encoders]
+    assert main([*argv, "--text-column", "tweet", "--labels", "Positive, negative"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["labels"] == ["positive", "negative"] and config["data"]["text_column"] == "tweet"
+    (run / "metrics.json").unlink()  # as if it had stopped before the end
+    capsys.readouterr()
+    assert main(["train", "--data", str(renamed), "--out", str(run), "--resume", *FAST, *encoders]) == 0
+    assert "finished earlier; kept" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["data"]["labels"] == ["positive", "negative"]
+
+    ensemble = tmp_path / "ens"
+    ensemble.mkdir()
+    (ensemble / "ensemble.json").write_text("{}")
+    assert main([*argv, "--text-column", "tweet", "--out", str(ensemble), "--overwrite"]) == 2
+    assert "holds an ensemble" in capsys.readouterr().err
+
+    saved = json.loads((run / "config.json").read_text())
+    del saved["train"]["fold_scheme"]  # as a run of an earlier version saved it
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "metrics.json").unlink(missing_ok=True)
+    assert main(["train", "--data", str(renamed), "--out", str(run), "--resume", *FAST, *encoders]) == 2
+    assert "folds drawn by an earlier version" in capsys.readouterr().err
+
+
+def test_split_cuts_a_lab_folder_of_any_label_set_and_names_the_way_for_a_table(tmp_path, capsys):
+    from mmsent.cli import main
+
+    table = write_table(tmp_path, TWO, per_class=10, n_test=0)
+    assert main(["split", "--data", str(table), "--out", str(tmp_path / "s")]) == 2
+    assert "mmsent convert --data DATA --out FOLDER" in capsys.readouterr().err
+    folder = tmp_path / "folder"
+    assert main(["convert", "--data", str(table), "--out", str(folder)]) == 0
+    assert main(["split", "--data", str(folder), "--out", str(tmp_path / "s"), "--ratios", "6,2,2"]) == 0
+    parts = {name: (tmp_path / "s" / f"{name}.txt").read_text().splitlines()[1:] for name in ("train", "val", "test")}
+    assert [len(rows) for rows in parts.values()] == [12, 4, 4]
+    assert sorted(row.split(",")[1] for row in parts["test"]) == ["negative", "negative", "positive", "positive"]

@@ -15,7 +15,7 @@ from mmsent import cv as cv_module
 from mmsent.calibration import (Calibration, apply_temperature, expected_calibration_error, fit_calibration,
                                 fit_temperature, negative_log_likelihood)
 from mmsent.cli import main
-from mmsent.config import LABELS, RunConfig, TrainConfig
+from mmsent.config import LABELS, TrainConfig
 from mmsent.data.dataset import open_split
 from mmsent.data.folds import stratified_folds
 from mmsent.evaluation import classification_report, make_split
@@ -313,7 +313,7 @@ def test_calibrate_gives_a_run_without_a_temperature_the_one_train_fits(dataset,
 def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own_protocol(dataset, tmp_path,
                                                                                            capsys):
     from mmsent.runfolder import trained_config
-    from mmsent.experiments import Cell, _cell_state
+    from mmsent.experiments import _cell_state
 
     run = tmp_path / "run"
     train_run(dataset, run, "--select-on", "scored_fold")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runfolder import (RunError, is_ensemble, read_calibration_dict, read_metrics, read_oof, read_run_config,
-                        write_calibration_dict, write_metrics)
+from .runfolder import (RunError, is_ensemble, read_calibration_dict, read_metrics, read_oof, require_current_folds,
+                        trained_config, write_calibration_dict, write_metrics)
 
 BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)  # T between 0.05 and 20 (separable rows would otherwise drive T towards 0)
@@ -194,20 +194,19 @@ def calibrate_run(run_dir: Path) -> Calibration:
     """Fit (again) the calibration of a finished k-fold run from its out-of-fold probabilities (5 decimals) and its
     folds (rebuilt from its config's folds and seed); writes calibration.json and metrics.json's ``calibration``.
     For runs trained before calibration was saved with every run."""
-    from .data.folds import stratified_folds
+    from .data.folds import fold_assignment, stratified_folds
 
     run_dir = Path(run_dir)
     if is_ensemble(run_dir):
         raise RunError(f"{run_dir} is an ensemble: it predicts with its members' uncalibrated probabilities")
-    config = read_run_config(run_dir)
+    config = trained_config(run_dir)
+    require_current_folds(config, run_dir, "be calibrated again from its out-of-fold predictions")
     metrics = read_metrics(run_dir)
     if metrics.get("protocol", {}).get("name") == "fixed_split":
         raise RunError(f"{run_dir} was trained on a fixed split; 'mmsent train' calibrated it already")
     oof = read_oof(run_dir)
     labels = oof.label_indices()
-    fold_of = np.zeros(len(labels), dtype=np.int64)
-    for fold, (_, val_idx) in enumerate(stratified_folds(labels.tolist(), config.train.folds, config.train.seed)):
-        fold_of[val_idx] = fold
+    fold_of = fold_assignment(stratified_folds(labels.tolist(), config.train.folds, config.train.seed), len(labels))
     calibration = fit_calibration(oof.probs, labels, fold_of)
     write_calibration_dict(run_dir, calibration.to_dict())
     write_metrics(run_dir, {**metrics, "calibration": calibration.summary()})

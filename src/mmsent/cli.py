@@ -334,12 +334,44 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
     return counts, lines
 
 
+def _train_config(args, seeds: list[int] | None) -> RunConfig:
+    """What ``train`` trains: the flags over the defaults, or on --resume over the run's saved config (what differs
+    from it is refused by ``train_cv``)."""
+    from .runfolder import is_run, is_seed_group, require_current_folds, trained_config
+
+    if seeds is None and is_seed_group(args.out):
+        raise ConfigError(f"{args.out} holds runs over seeds (seeds.json); give --seeds again, or another --out")
+    if seeds is not None and is_run(args.out):
+        raise ConfigError(f"{args.out} holds a single run (config.json); write the seeds to another --out")
+    if not args.resume or seeds is not None:
+        return config_from_args(args)
+    if not is_run(args.out):
+        raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
+    saved = trained_config(args.out)
+    require_current_folds(saved, args.out, "be continued")
+    return config_from_args(args, base=saved)
+
+
+def _training_data(args, config: RunConfig):
+    """The training posts of --data, read as ``config.data`` says (on --resume: as the run read them, unless the
+    flags say otherwise), and a fixed split's validation posts (--val-file) with the same label set."""
+    from .data.dataset import open_data
+    from .data.formats import DataSource, format_of
+
+    split = open_data(args.data, "train", config.data, args.train_file, args.test_file)
+    if args.val_file is None:
+        return split, None
+    if format_of(DataSource(args.data, config.data)) != "folder":
+        raise ConfigError("--val-file names a guid,tag file of a lab folder; write the data set as one first "
+                          "('mmsent convert --data DATA --out FOLDER'), then 'mmsent split' it")
+    return split, open_data(args.data, "train", replace(config.data, labels=list(split.label_names)),
+                            train_file=args.val_file)
+
+
 @command("train", "stratified k-fold cross-validation; saves fold models and metrics", _train_arguments)
 def cmd_train(args) -> int:
     from .cv import format_summary, train_cv
-    from .data.dataset import open_data
     from .distributed import current_shard
-    from .runfolder import is_run, is_seed_group, trained_config
     from .seeds import format_seeds, parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -347,19 +379,8 @@ def cmd_train(args) -> int:
         raise ConfigError("--seeds and --seed exclude each other: --seeds 1,2,3 trains one run per seed")
     if seeds and args.val_file is not None:
         raise ConfigError("--seeds cross-validates; it does not combine with --val-file")
-    if seeds is None and is_seed_group(args.out):
-        raise ConfigError(f"{args.out} holds runs over seeds (seeds.json); give --seeds again, or another --out")
-    if seeds is not None and is_run(args.out):
-        raise ConfigError(f"{args.out} holds a single run (config.json); write the seeds to another --out")
-    if args.resume and seeds is None:
-        if not is_run(args.out):
-            raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
-        config = config_from_args(args, base=trained_config(args.out))  # differences are refused by train_cv
-    else:
-        config = config_from_args(args)
-    split = _open_data(args, "train")
-    val_split = (open_data(args.data, "train", replace(data_config(args), labels=list(split.label_names)),
-                           train_file=args.val_file) if args.val_file is not None else None)
+    config = _train_config(args, seeds)
+    split, val_split = _training_data(args, config)
     shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
     say = shard.report(print)
     processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
@@ -385,12 +406,15 @@ def cmd_train(args) -> int:
 @command("split", "cut a labelled file into stratified train / validation / test files (8:1:1 by "
          "default) -> OUT/train.txt, val.txt, test.txt, split.json", _split_arguments)
 def cmd_split(args) -> int:
-    from .data.dataset import open_split
+    from .data.formats import DataSource, format_of
     from .evaluation import parse_ratios, write_split
 
     ratios = parse_ratios(args.ratios)
     source = _label_files(args)[0]
-    split = open_split(args.data, source, labelled=True)
+    if format_of(DataSource(args.data, data_config(args))) != "folder":
+        raise ConfigError("split writes guid,tag files naming posts of a lab folder; write the data set as one "
+                          "first ('mmsent convert --data DATA --out FOLDER')")
+    split = _open_data(args, "train")
     info = write_split(split, args.out, ratios, args.seed, source)
     for name, counts in info["counts"].items():
         print(f"{args.out / (name + '.txt')}: {sum(counts.values())} posts {counts}")

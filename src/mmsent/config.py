@@ -21,6 +21,7 @@ BACKENDS = ("auto", "torch", "onnx", "openvino")  # what runs the frozen encoder
 # the graph runtimes of encoders/runtime.py (tests/test_runtime.py checks that the two lists agree)
 MODALITIES = ("all", "image", "text")
 PRECISIONS = ("f32", "bf16")  # arithmetic of the frozen encoders' graph runtime (train.inference_precision)
+FOLD_SCHEMES = ("stratified_kfold",)  # train.fold_scheme: how data.folds draws them
 SELECTION_SETS = ("inner", "scored_fold")  # train.select_on: where early stopping chooses (cv.py)
 
 
@@ -110,6 +111,10 @@ class TrainConfig:
     """Optimisation, loss, early stopping and cross-validation."""
 
     folds: int = _opt(5, flag="--folds", help="stratified cross-validation folds")
+    fold_scheme: str = _opt("stratified_kfold", choices=FOLD_SCHEMES,
+                            help="how the folds are drawn: scikit-learn's StratifiedKFold, shuffled with train.seed "
+                                 "(runs saved without this key drew theirs otherwise: they are not continued, "
+                                 "recalibrated or combined)")
     epochs: int = _opt(20, flag="--epochs", help="upper bound; early stopping may end sooner")
     patience: int = _opt(3, flag="--patience", help="epochs without a better validation accuracy before stopping")
     batch_size: int = _opt(32, flag="--batch-size")
@@ -169,6 +174,18 @@ class DataConfig:
                                              "the labelled rows (a saved run without them: negative,neutral,positive)")
     allow_outside_paths: bool = _opt(False, help="accept table image paths that are absolute or leave the table's "
                                                  "folder")
+
+
+def normalised_labels(names) -> tuple[str, ...]:
+    """A label list as given (``--labels``, ``data.labels``) -> the names compared everywhere: stripped and
+    lowercased, empty ones dropped; ConfigError for a repeated name or a single class."""
+    labels = tuple(name.strip().lower() for name in names if name.strip())
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--labels names {', '.join(repeated)} more than once")
+    if len(labels) == 1:
+        raise ConfigError(f"--labels gives one class ({labels[0]}): at least two are needed")
+    return labels
 
 
 def run_labels(config: "RunConfig") -> tuple[str, ...]:

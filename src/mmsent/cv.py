@@ -23,9 +23,9 @@ from ._version import __version__
 from .atomic import atomic_write_json, save_tensors
 from .calibration import fit_calibration, format_calibration
 from .checkpoint import read_info
-from .config import ConfigError, RunConfig, TrainConfig, run_labels
+from .config import ConfigError, RunConfig, TrainConfig, normalised_labels, run_labels
 from .data.dataset import Split
-from .data.folds import stratified_folds
+from .data.folds import fold_assignment, stratified_folds
 from .data.records import DataError
 from .distributed import Shard, current_shard
 from .features import compute_features
@@ -55,10 +55,7 @@ class _Folds:
 
     def fold_of(self) -> np.ndarray:
         """(N,) the fold that scores each post."""
-        fold_of = np.zeros(len(self.split.records), dtype=np.int64)
-        for fold, (_, val_idx) in enumerate(self.folds):
-            fold_of[val_idx] = fold
-        return fold_of
+        return fold_assignment(self.folds, len(self.split.records))
 
     def scored(self) -> np.ndarray:
         """Indices of the posts some fold scores, sorted (every post for k-fold CV)."""
@@ -223,7 +220,7 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
 def with_labels(config: RunConfig, split: Split) -> RunConfig:
     """``config`` with the data's label set recorded (``data.labels``), which the model's head, the metrics and
     every prediction read; refuses a config whose recorded label set differs from the data's."""
-    recorded = tuple(config.data.labels)
+    recorded = normalised_labels(config.data.labels)
     if recorded and recorded != tuple(split.label_names):
         raise DataError(f"the data's labels ({', '.join(split.label_names)}) differ from the config's data.labels "
                         f"({', '.join(recorded)})")

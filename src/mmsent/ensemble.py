@@ -21,17 +21,18 @@ import numpy as np
 
 from .calibration import fit_calibration
 from .cv import cv_summary, describe_protocol
-from .data.folds import stratified_folds
+from .data.folds import fold_assignment, stratified_folds
 from .metrics import classification_metrics, format_mean_std
 from .runfolder import (OutOfFold, RunError, data_fingerprint, is_ensemble, is_run, read_oof, read_protocol,
-                        read_run_config, write_calibration_dict, write_ensemble_manifest, write_metrics, write_oof)
+                        read_run_config, require_current_folds, trained_config, write_calibration_dict, write_ensemble_manifest, write_metrics, write_oof)
 
 
 def _run_identity(run_dir: Path) -> dict:
     """What must agree between members: the data they were trained on and their folds."""
     if is_ensemble(run_dir):
         raise RunError(f"{run_dir} is an ensemble; give its member runs instead")
-    config = read_run_config(run_dir)
+    config = trained_config(run_dir)
+    require_current_folds(config, run_dir, "be combined with other runs")
     if (read_protocol(run_dir) or {}).get("name") == "fixed_split":
         raise RunError(f"{run_dir} was trained on a fixed split (--val-file), not cross-validated: an ensemble "
                        "combines runs' out-of-fold predictions of every training post")
@@ -120,10 +121,7 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: P
     if stack_data is not None:
         probs, stacker = _stack(member_probs, oof.guids, labels, folds, stack_data, run_dirs[0], identity["data"],
                                 stack_c, log)
-    fold_of = np.zeros(len(labels), dtype=np.int64)
-    for fold, (_, val_idx) in enumerate(folds):
-        fold_of[val_idx] = fold
-    calibration = fit_calibration(probs, labels, fold_of)  # of the combined probabilities, cross-fitted
+    calibration = fit_calibration(probs, labels, fold_assignment(folds, len(labels)))  # of the combined probabilities, cross-fitted
     if is_ensemble(out_dir):
         log(f"replacing the ensemble in {out_dir} (an ensemble is recomputed from its members in seconds)")
     out_dir.mkdir(parents=True, exist_ok=True)

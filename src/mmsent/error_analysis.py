@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .explain import overlay_png
-from .runfolder import data_fingerprint, read_oof, read_protocol, read_run_config
+from .runfolder import LEGACY_FOLD_SCHEME, data_fingerprint, fold_dirs, read_oof, read_protocol, trained_config
 from .errors import InputError
 from .progress import progress
 
@@ -39,9 +39,10 @@ def _fold_of(run: Path, data: Path, config) -> tuple[dict[str, int] | None, obje
     from .data.dataset import open_data
     from .data.folds import stratified_folds
 
-    weights = sorted((run / "folds").glob("fold_*/model.safetensors"))
-    if len(weights) != config.train.folds or (read_protocol(run) or {}).get("name") == "fixed_split":
+    if len(fold_dirs(run)) != config.train.folds or (read_protocol(run) or {}).get("name") == "fixed_split":
         return None, None, "the run is not a k-fold cross-validation run with every fold's weights"
+    if config.train.fold_scheme == LEGACY_FOLD_SCHEME:
+        return None, None, "the run's folds were drawn by an earlier version of mmsent, which this one cannot rebuild"
     split = open_data(data, "train", config.data)  # read as the run read it: its format options and labels
     if data_fingerprint(run) != split.fingerprint():
         return None, None, f"{data} is not the data this run was trained on"
@@ -91,7 +92,7 @@ def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> l
     ``sample`` posts (evenly spaced; 0 = all) give the words pushing toward each class."""
     from .predict import load_run
 
-    config = read_run_config(run_dir)
+    config = trained_config(run_dir)
     fold_of, split, why = _fold_of(run_dir, data, config)
     if fold_of is None:
         return [("text", f"Error analysis not available: {why}.")]

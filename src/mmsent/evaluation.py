@@ -24,9 +24,8 @@ import numpy as np
 from .config import ConfigError, run_labels
 from .atomic import atomic_write_json, atomic_write_text
 from .metrics import classification_metrics
-from .runfolder import is_ensemble, is_finished, member_dirs, read_oof
+from .runfolder import EVALUATIONS_DIR, is_ensemble, is_finished, member_dirs, read_oof
 
-EVALUATIONS_DIR = "evaluations"
 SPLIT_NAMES = ("train", "val", "test")
 
 

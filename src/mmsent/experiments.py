@@ -14,7 +14,6 @@ unfinished one from its checkpoint, and trains only what is missing.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +149,8 @@ def run_grid(kind: str, overrides: dict[str, Any], cells: list[Cell], split, out
     (``cells/<cell>/seed_S``); a row then holds the mean over seeds and ``accuracy_seed_std``, the spread of the
     CV accuracy over seeds.
     """
-    from .seeds import over_seeds, seed_dir, write_seed_summary
+    from .runfolder import seed_dir
+    from .seeds import over_seeds, write_seed_summary
 
     out_dir = Path(out_dir)
     base = resolve_config(overrides)

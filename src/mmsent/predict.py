@@ -14,7 +14,7 @@ from PIL import Image
 from .atomic import atomic_write_text
 from .calibration import apply_temperature, read_temperature
 from .config import RunConfig, run_labels
-from .data.dataset import Split, open_split
+from .data.dataset import Split, open_data
 from .data.text import clean_text, decode_text
 from .errors import InputError
 from .features import compute_features
@@ -106,7 +106,7 @@ class Predictor:
 
     def predict_folder(self, data_dir, label_file, log=print) -> dict[str, Prediction]:
         """guid -> Prediction for every post that ``label_file`` (a ``guid,tag`` file) names in ``data_dir``."""
-        split = open_split(Path(data_dir), Path(label_file), labelled=False)
+        split = open_data(Path(data_dir), "test", test_file=Path(label_file))
         probs = self.predict_split(split, log)
         lacking = {"image": set(split.guids_with("image_unusable")),
                    "text": set(split.guids_with("text_missing", "text_empty"))}

@@ -26,8 +26,8 @@ from .ensemble import summary_rows
 from .evaluation import evaluation_tables, read_evaluations
 from .experiments import display_rows, setting_columns
 from .metrics import format_mean_std
-from .runfolder import (CONFIG_FILE, HISTORY_FILE, RunError, is_ensemble, is_finished, is_run, is_seed_group,
-                        read_calibration_dict, read_json, read_metrics)
+from .runfolder import (CONFIG_FILE, HISTORY_FILE, RunError, fold_dirs, is_ensemble, is_finished_run, is_seed_group,
+                        read_calibration_dict, read_json, read_metrics, seed_dirs)
 from .seeds import read_seed_summary, seeds_table
 from .tables import dict_table_markdown
 
@@ -55,10 +55,6 @@ def _read_json(path: Path):
     return read_json(path, "a file of mmsent's results")
 
 
-def is_finished_run(folder: Path) -> bool:
-    return is_run(folder) and is_finished(folder)
-
-
 def experiment_kinds(folder: Path) -> list[str]:
     return [kind for kind in EXPERIMENT_KINDS if (folder / f"{kind}.json").is_file()]
 
@@ -66,8 +62,8 @@ def experiment_kinds(folder: Path) -> list[str]:
 def _histories(run: Path) -> list[list[dict]]:
     """Per-fold histories of a run (of every seed's run for a folder of runs over seeds)."""
     if is_seed_group(run):
-        return [h for sub in sorted(run.glob("seed_*")) for h in _histories(sub)]
-    return [read_json(fold / HISTORY_FILE, "a fold's history", list) for fold in sorted((run / "folds").glob("fold_*"))
+        return [h for sub in seed_dirs(run) for h in _histories(sub)]
+    return [read_json(fold / HISTORY_FILE, "a fold's history", list) for fold in fold_dirs(run)
             if (fold / HISTORY_FILE).is_file()]
 
 
@@ -308,9 +304,9 @@ def experiment_section(folder: Path, kind: str) -> Section:
 
 def _label_counts(folders: list[Path]) -> dict | None:
     for folder in folders:
-        candidates = [folder] if is_finished_run(folder) else [*sorted(folder.glob("seed_*")),
-                                                       *sorted((folder / "cells").glob("*")),
-                                                       *sorted((folder / "cells").glob("*/seed_*"))]
+        cells = sorted((folder / "cells").glob("*"))
+        candidates = [folder] if is_finished_run(folder) else [
+            *seed_dirs(folder), *cells, *(run for cell in cells for run in seed_dirs(cell))]
         for candidate in candidates:
             if is_finished_run(candidate):
                 return read_metrics(candidate)["data"]["label_counts"]

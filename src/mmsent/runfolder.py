@@ -13,6 +13,7 @@ RUN/                                  a run (``mmsent train``)
   folds/fold_K/checkpoint.safetensors training state after the last finished epoch (only while K is unfinished)
 ENS/                                  an ensemble (``mmsent ensemble``)
   ensemble.json                       {"members": [paths relative to ENS], "folds", "seed", "data", "stacker"?}
+RUN/evaluations/NAME.json, NAME.md    ``mmsent evaluate``'s scores of the run on a labelled set
   metrics.json, calibration.json, oof_predictions.csv   as a run's
 GROUP/seeds.json                      one run per seed (``mmsent train --seeds``): GROUP/seed_S/ are runs
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
-from .config import CONFIG_VERSION, ConfigError, RunConfig, flatten, run_labels
+from .config import CONFIG_VERSION, ConfigError, RunConfig, flatten, normalised_labels, run_labels
 from .errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -35,6 +36,7 @@ CALIBRATION_FILE = "calibration.json"
 OOF_FILE = "oof_predictions.csv"
 ENSEMBLE_FILE = "ensemble.json"
 SEEDS_FILE = "seeds.json"
+EVALUATIONS_DIR = "evaluations"  # RUN/evaluations/<labels file>.json|.md: held-out evaluations of the run
 MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
@@ -66,6 +68,21 @@ def is_ensemble(folder: Path) -> bool:
 
 def is_seed_group(folder: Path) -> bool:
     return (Path(folder) / SEEDS_FILE).is_file()
+
+
+def is_finished_run(folder: Path) -> bool:
+    """A run (not an ensemble) whose training ended."""
+    return is_run(folder) and is_finished(folder)
+
+
+def seed_dir(group: Path, seed: int) -> Path:
+    """The run of ``seed`` in a seed group (``mmsent train --seeds``)."""
+    return Path(group) / f"seed_{seed}"
+
+
+def seed_dirs(group: Path) -> list[Path]:
+    """Every run folder of a seed group, in name order."""
+    return sorted(p for p in Path(group).glob("seed_*") if p.is_dir())
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -130,21 +147,35 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise RunError(f"{path}: {error}") from None
 
 
+LEGACY_FOLD_SCHEME = "earlier"  # the folds of a run saved without train.fold_scheme: not rebuilt by this version
+
+
 def trained_config(run_dir: Path) -> RunConfig:
-    """The config a run was trained with, for continuing or reusing it: as :func:`read_run_config`, except that a
-    run whose config.json predates ``train.select_on`` chose its epochs on the scored fold (``scored_fold``)."""
+    """The config a run was trained with, for continuing or reusing it: as :func:`read_run_config`, except for the
+    keys a run's config.json may predate: without ``train.select_on`` it chose its epochs on the scored fold
+    (``scored_fold``); without ``train.fold_scheme`` its folds were drawn otherwise (:data:`LEGACY_FOLD_SCHEME`)."""
     config = read_run_config(run_dir)
-    saved = read_json(Path(run_dir) / CONFIG_FILE, "a run's config")
-    if "select_on" not in (saved.get("train") or {}):
+    saved = read_json(Path(run_dir) / CONFIG_FILE, "a run's config").get("train") or {}
+    if "select_on" not in saved:
         config.train.select_on = "scored_fold"
+    if "fold_scheme" not in saved:
+        config.train.fold_scheme = LEGACY_FOLD_SCHEME
     return config
+
+
+def require_current_folds(config: RunConfig, run_dir: Path, what: str) -> None:
+    """RunError if the run (its :func:`trained_config`) drew its folds in a way this version cannot rebuild."""
+    if config.train.fold_scheme == LEGACY_FOLD_SCHEME:
+        raise RunError(f"{run_dir} was cross-validated on folds drawn by an earlier version of mmsent, which this "
+                       f"one cannot rebuild, so it cannot {what}; train it again (--overwrite)")
 
 
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     """``key: saved -> given`` for every config key that differs and changes what is trained."""
     old, new = flatten(saved.to_dict()), flatten(given.to_dict())
     old["data.labels"] = list(run_labels(saved))  # a run saved without its label set predicts the three polarities
-    if not new.get("data.labels"):  # "from the data": the run recorded what the data held
+    new["data.labels"] = list(normalised_labels(new.get("data.labels") or []))
+    if not new["data.labels"]:  # "from the data": the run recorded what the data held
         new["data.labels"] = old["data.labels"]
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
             if key not in RESUMABLE_KEYS and old.get(key) != new.get(key)]
@@ -223,13 +254,18 @@ def remove_partial_writes(folder: Path, names) -> None:
 def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
     """Make ``out_dir`` ready for ``config``: refuse to replace a run unless asked; clear old outputs when starting."""
     out_dir = Path(out_dir)
+    if is_ensemble(out_dir) or is_seed_group(out_dir):
+        kind = "an ensemble (ensemble.json)" if is_ensemble(out_dir) else "runs over seeds (seeds.json)"
+        raise RunError(f"{out_dir} holds {kind}; train the run into another --out")
     for fold in fold_dirs(out_dir):
         remove_partial_writes(fold, FOLD_FILES)
     remove_partial_writes(out_dir, (*RUN_FILES, CONFIG_FILE))
     if resume:
         if overwrite:
             raise RunError("--resume and --overwrite exclude each other: resume continues a run, overwrite restarts it")
-        changed = config_differences(trained_config(out_dir), config)
+        saved = trained_config(out_dir)
+        require_current_folds(saved, out_dir, "be continued")
+        changed = config_differences(saved, config)
         if changed:
             raise RunError(f"--resume continues {out_dir} with the config it was started with ({CONFIG_FILE}), but "
                            f"these settings differ from it: {'; '.join(changed)}. Drop those flags to resume, or "
@@ -248,6 +284,9 @@ def prepare_run_dir(out_dir: Path, config: RunConfig, resume: bool = False, over
             fold.rmdir()
     for name in RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    for evaluation in (out_dir / EVALUATIONS_DIR).glob("*.*"):  # scores of the model being replaced
+        if evaluation.suffix in (".json", ".md"):
+            evaluation.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(out_dir / CONFIG_FILE)
 

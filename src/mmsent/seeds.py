@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
-from .runfolder import SEEDS_FILE, is_finished, is_run, read_json, read_metrics
+from .runfolder import SEEDS_FILE, is_finished, is_run, read_json, read_metrics, seed_dir
 from .metrics import format_mean_std
 from .tables import dict_table_markdown
 
@@ -35,10 +35,6 @@ def parse_seeds(text: str) -> list[int]:
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs at least two different seeds (e.g. 1,2,3), got {text!r}")
     return seeds
-
-
-def seed_dir(out_dir: Path, seed: int) -> Path:
-    return Path(out_dir) / f"seed_{seed}"
 
 
 def over_seeds(metrics_by_seed: dict[int, dict]) -> dict:

@@ -24,3 +24,11 @@ def stratified_folds(labels: list[int], k: int, seed: int) -> list[tuple[np.ndar
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64))
             for train, val in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def fold_assignment(folds: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """(n,) the fold whose validation part holds each row (0 for a row no fold scores)."""
+    fold_of = np.zeros(n, dtype=np.int64)
+    for fold, (_, val_idx) in enumerate(folds):
+        fold_of[val_idx] = fold
+    return fold_of

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import DataConfig
+from ..config import DataConfig, normalised_labels
 from ..registry import Registry
-from .posts import Post, normalise_label, settle_labels
+from .posts import Post, settle_labels
 from .records import DataError, Problem
 
 FORMATS = Registry("data format")
@@ -33,7 +33,7 @@ class DataSource:
     @property
     def fixed_labels(self) -> tuple[str, ...]:
         """``--labels``, normalised (empty = from the data)."""
-        return tuple(normalise_label(name) for name in self.config.labels if name.strip())
+        return normalised_labels(self.config.labels)
 
 
 @dataclass
