@@ -38,11 +38,12 @@ class MultiHeadAttention(nn.Module):
 
     The parameters are laid out and named as ``nn.MultiheadAttention``'s (``in_proj_weight`` (3D, D) holding the
     query, key and value projections in that order, ``in_proj_bias`` (3D,), ``out_proj`` a D -> D linear layer), so
-    the state dicts of fusions saved with ``nn.MultiheadAttention`` load unchanged; the former ``qkv``/``out`` names
-    of the from-scratch text encoder (the same layout) are renamed on loading.
+    the state dicts of fusions saved with ``nn.MultiheadAttention`` load unchanged; runs whose from-scratch text
+    encoder saved the same tensors as ``qkv``/``out`` load too (renamed on loading).
 
-    ``init`` draws the initial weights as the module this one replaces did, in the same order from the same random
-    generator: ``"multihead"`` as ``nn.MultiheadAttention``, ``"linear"`` as two ``nn.Linear`` layers (qkv, out).
+    ``init`` draws the initial weights in the order and from the random generator that ``nn.MultiheadAttention``
+    (``"multihead"``) or two ``nn.Linear`` layers, qkv and out (``"linear"``), would: a seed gives the same starting
+    model as those modules.
     ``dropout`` is applied to the attention weights in training.
     """
 
@@ -85,7 +86,7 @@ class MultiHeadAttention(nn.Module):
 
 
 def _rename_former_parameters(state_dict, prefix, *args) -> None:
-    """Load hook: ``qkv.*``/``out.*`` entries saved by the former scratch attention -> their present names."""
+    """Load hook: ``qkv.*``/``out.*`` entries of a saved from-scratch text encoder -> the names used here."""
     for old, new in _FORMER_NAMES.items():
         if prefix + old in state_dict and prefix + new not in state_dict:
             state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -165,7 +165,7 @@ class TransformerTextEncoder(TrainableEncoder):
         self.register_buffer("positions", sinusoidal_positions(config.max_length, config.dim), persistent=False)
         # Vaswani et al.: embeddings x sqrt(d_model). With N(0, 1) entries they dominate the positions and move
         # slowly (nearly fixed random word codes); in cross-validation this did better than small-init (std
-        # dim^-1/2) or factorised (64-d) embeddings that learn faster (the figures: this file's git history).
+        # dim^-1/2) or factorised (64-d) embeddings that learn faster.
         self.scale = math.sqrt(config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config.dim, config.heads, config.ffn_dim, config.dropout)
