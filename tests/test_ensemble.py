@@ -102,11 +102,11 @@ def test_fit_stacker_recovers_a_linear_rule_and_round_trips():
     rng = np.random.default_rng(0)
     inputs = rng.normal(size=(300, 5))
     labels = (inputs @ rng.normal(size=(5, 3))).argmax(1)  # a rule the regression can express exactly
-    stacker = fit_stacker(inputs, labels, c=100.0)
+    stacker = fit_stacker(inputs, labels, c=100.0, classes=3)
     probs = stacker.probabilities(inputs)
     assert probs.shape == (300, 3) and np.allclose(probs.sum(1), 1.0)
     assert (probs.argmax(1) == labels).mean() >= 0.95
-    weak = fit_stacker(inputs, labels, c=1e-4)  # a strong penalty pulls the weights towards zero
+    weak = fit_stacker(inputs, labels, c=1e-4, classes=3)  # a strong penalty pulls the weights towards zero
     assert np.abs(weak.weights).sum() < 0.1 * np.abs(stacker.weights).sum()
     np.testing.assert_allclose(Stacker.from_dict(json.loads(json.dumps(stacker.to_dict()))).probabilities(inputs),
                                probs)
@@ -121,7 +121,7 @@ def test_fit_stacker_minimises_the_documented_objective():
     """At the fitted weights the gradient of mean cross-entropy + |weights|^2 / (2 c N) (bias unpenalised) is 0."""
     rng = np.random.default_rng(1)
     inputs, labels, c = rng.normal(size=(120, 4)), rng.integers(0, 3, size=120), 0.5
-    stacker = fit_stacker(inputs, labels, c)
+    stacker = fit_stacker(inputs, labels, c, classes=3)
     residual = stacker.probabilities(inputs) - np.eye(3)[labels]  # d(mean cross-entropy)/d(logits) * N
     grad_weights = residual.T @ inputs / len(labels) + stacker.weights / (c * len(labels))
     np.testing.assert_allclose(grad_weights, 0.0, atol=1e-5)
@@ -153,7 +153,7 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))
     folds = stratified_folds(labels.tolist(), 2, 42)
-    np.testing.assert_allclose(probs, cross_fitted_probabilities(inputs, labels, folds, 1.0), atol=2e-5)
+    np.testing.assert_allclose(probs, cross_fitted_probabilities(inputs, labels, folds, 1.0, classes=3), atol=2e-5)
     assert metrics["out_of_fold"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
 
     loaded = load_run(ens)

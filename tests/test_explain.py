@@ -101,6 +101,33 @@ def test_every_family_explains(family, fusion, tmp_path, tiny_bert_dir, tiny_vit
     assert again.to_dict() == explanation.to_dict()  # deterministic
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal"])
+def test_the_explained_function_is_the_one_that_predicts(loss, tmp_path, monkeypatch, tiny_bert_dir,
+                                                        tiny_vit_dir):
+    """A one-fold run with a temperature: the function integrated gradients differentiates gives, at the post,
+    predict's probabilities (a focal-loss run's renormalised sigmoids, not a softmax, then the temperature)."""
+    import captum.attr
+
+    config = _small(RunConfig())
+    config.text.name, config.image.name, config.train.loss = tiny_bert_dir, tiny_vit_dir, loss
+    run = _run(config, folds=1)
+    at_post = []
+
+    class Recording(captum.attr.IntegratedGradients):
+        def attribute(self, inputs, *args, **kwargs):
+            at_post.append(self.forward_func(*inputs).detach().numpy()[0])
+            return super().attribute(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(captum.attr, "IntegratedGradients", Recording)
+    image = _image(tmp_path / "post.png")
+    explained = run.explain(text=TEXT, image=image).probabilities
+    predicted = run.predict(text=TEXT, image=image).probabilities
+    assert list(explained) == list(predicted)
+    np.testing.assert_allclose(list(explained.values()), list(predicted.values()), atol=1e-5)
+    assert len(at_post) == 1
+    np.testing.assert_allclose(at_post[0], list(predicted.values()), atol=1e-5)
+
+
 def test_one_modality_and_missing_parts_say_why(tmp_path, tiny_bert_dir, tiny_vit_dir):
     image = _image(tmp_path / "post.png")
     config = _small(RunConfig())

@@ -526,7 +526,9 @@ def cmd_predict(args) -> int:
                           "predict one post)")
     if args.json:
         raise ConfigError("--json applies to one post (--text/--image); folder mode writes --out")
-    if args.out.suffix in (".csv", ".jsonl"):
+    from .predict_table import OUTPUT_SUFFIXES  # here: it loads torch
+
+    if args.out.suffix.lower() in OUTPUT_SUFFIXES:
         return _predict_rows(args)
     if args.resume or args.overwrite or args.all_rows or args.chunk_size != 1000:
         raise ConfigError("--chunk-size, --resume, --overwrite and --all-rows apply to --out OUT.csv or OUT.jsonl")

@@ -22,9 +22,11 @@ import numpy as np
 from .calibration import fit_calibration
 from .cv import cv_summary, describe_protocol
 from .data.folds import fold_assignment, stratified_folds
+from .errors import InputError
 from .metrics import classification_metrics, format_mean_std
 from .runfolder import (OutOfFold, RunError, data_fingerprint, is_ensemble, is_run, read_oof, read_protocol,
-                        read_run_config, require_current_folds, trained_config, write_calibration_dict, write_ensemble_manifest, write_metrics, write_oof)
+                        read_run_config, require_current_folds, trained_config, write_calibration_dict,
+                        write_ensemble_manifest, write_metrics, write_oof)
 
 
 def _run_identity(run_dir: Path) -> dict:
@@ -53,7 +55,12 @@ def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray,
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     log(f"stacking: VADER lexicon scores of {len(guids)} training texts, a logistic regression per fold")
     inputs = stack_inputs(member_probs, lexicon_scores([texts[guid] for guid in guids]))
-    return cross_fitted_probabilities(inputs, labels, folds, c), fit_stacker(inputs, labels, c).to_dict()
+    classes = member_probs[0].shape[1]
+    try:
+        return (cross_fitted_probabilities(inputs, labels, folds, c, classes=classes),
+                fit_stacker(inputs, labels, c, classes=classes).to_dict())
+    except InputError as error:  # e.g. a fold whose other folds hold posts of one class only
+        raise RunError(f"--stack: {error}; the members' out-of-fold posts cannot be stacked") from None
 
 
 def _check_members(run_dirs: list[Path], out_dir: Path) -> dict:

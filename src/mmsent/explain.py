@@ -8,9 +8,10 @@ Method (Captum's :class:`captum.attr.IntegratedGradients`):
   (a graph runtime or torch, no gradient needed there) and, for fine-tuned layers, out of each fold's own upper
   layers; so every registered encoder, fusion and model family is explained the same way.
 * The attributed function is each fold model's temperature-scaled probability of the explained label (the
-  ensemble's prediction). The baseline is all-zero token features for both streams at once, so each fold's
-  attributions sum to its probability of the label minus its probability at the baseline (completeness); scores are
-  averaged over the folds. A token's score is the sum of its attribution over the feature dimension: positive
+  ensemble's prediction), computed as prediction computes it (the loss's probabilities, e.g. renormalised sigmoids
+  for focal loss, then the run's temperature). The baseline is all-zero token features for both streams at once,
+  so each fold's attributions sum to its probability of the label minus its probability at the baseline
+  (completeness); scores are averaged over the folds. A token's score is the sum of its attribution over the feature dimension: positive
   pushes toward the label, negative away from it.
 * Word pieces are merged back into the whitespace-separated words of the original text (hashtags, emoji, URLs
   kept as words) through the tokenizer's character offsets in the cleaned text; a word that no token of the model
@@ -33,8 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .calibration import EPS
 from .data.text import clean_text
 from .errors import InputError
+from .losses import probabilities
 
 TOWARD, AWAY = (255, 120, 0), (30, 100, 255)  # colours of scores toward the label and away from it (RGB)
 STEPS = 32  # integral approximation steps of integrated gradients (one batch of STEPS per fold model)
@@ -182,7 +185,17 @@ def centre_crop(width: int, height: int) -> tuple[float, float, float]:
 # ---------------------------------------------------------------- attribution
 
 
-def _fold_attributions(model, encoded: dict, label: int, temperature: float, steps: int):
+def tempered_probabilities(loss: str, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One model's class probabilities as prediction gives them, differentiably: the loss's probabilities
+    (:func:`mmsent.losses.probabilities`), then the temperature as :func:`mmsent.calibration.apply_temperature`
+    applies it (softmax of the log-probabilities / T)."""
+    probs = probabilities(loss, logits)
+    if temperature == 1.0:
+        return probs
+    return torch.softmax(torch.log(probs.clamp(EPS, 1.0)) / temperature, dim=-1)
+
+
+def _fold_attributions(model, encoded: dict, label: int, loss: str, temperature: float, steps: int):
     """One fold model: IG scores per text token (Tt,) and per image token (Ti,) (None where absent)."""
     from captum.attr import IntegratedGradients
 
@@ -203,7 +216,7 @@ def _fold_attributions(model, encoded: dict, label: int, temperature: float, ste
         if image is not None:
             image_in = (tokens[k], image[1].expand(batch, -1), image[2].expand(batch))
         logits = model.forward_from_encoded(text_in, image_in).float()
-        return torch.softmax(logits / temperature, dim=-1)
+        return tempered_probabilities(loss, logits, temperature)
 
     attributions = IntegratedGradients(forward).attribute(tuple(inputs), baselines=tuple(baselines), target=label,
                                                           n_steps=steps, internal_batch_size=steps)
@@ -295,8 +308,8 @@ def _features(run, cleaned, pixels) -> dict:
 
 
 def _explain_tensors(run, cleaned, pixels, steps: int):
-    """On the run's inference thread: the ensemble's calibrated probabilities (1, 3), the fold-averaged token
-    scores toward its label {"text": (Tt,), "image": (Ti,)}, and the probabilities (1, 3) with the text emptied
+    """On the run's inference thread: the ensemble's calibrated probabilities (1, C), the fold-averaged token
+    scores toward its label {"text": (Tt,), "image": (Ti,)}, and the probabilities (1, C) with the text emptied
     and with the image replaced by the missing-image token (None unless the run reads both)."""
     with torch.inference_mode():
         features = _features(run, cleaned, pixels)
@@ -322,7 +335,8 @@ def _explain_tensors(run, cleaned, pixels, steps: int):
     try:
         with torch.enable_grad():
             for model, enc in zip(run.models, encoded):
-                for kind, value in _fold_attributions(model, enc, label, run.temperature, steps).items():
+                fold = _fold_attributions(model, enc, label, run.config.train.loss, run.temperature, steps)
+                for kind, value in fold.items():
                     if value is not None:
                         totals[kind] = value if totals[kind] is None else totals[kind] + value
     finally:

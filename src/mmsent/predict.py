@@ -21,7 +21,7 @@ from .features import compute_features
 from .model import MultimodalClassifier, Towers, load_towers
 from .runfolder import (RunError, is_ensemble, is_seed_group, member_dirs, read_run_config, read_stacker_dict,
                         read_weights, weight_files)
-from .stacking import Stacker, lexicon_scores_of_raw, stack_inputs
+from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
 from .training import FeatureBatches, predict_probs, resolve_device
 
 
@@ -96,12 +96,12 @@ class Predictor:
         raise NotImplementedError
 
     def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
-        """Class probabilities (N, 3) for every post of ``split``, in its order, through the feature cache (or, with
+        """Class probabilities (N, C) for every post of ``split``, in its order, through the feature cache (or, with
         ``cache=False``, the same probabilities computed in memory: for a chunk of a large table)."""
         raise NotImplementedError
 
     def _batch_probs(self, texts: list, images: list, n: int) -> np.ndarray:
-        """Class probabilities (N, 3) of posts in memory (already checked by ``predict_batch``)."""
+        """Class probabilities (N, C) of posts in memory (already checked by ``predict_batch``)."""
         raise NotImplementedError
 
     def predict_folder(self, data_dir, label_file, log=print) -> dict[str, Prediction]:
@@ -132,7 +132,7 @@ class Predictor:
             return []
         used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
                 enumerate(zip(texts, images))]
-        probs = self._batch_probs(texts, images, n)  # (N, 3)
+        probs = self._batch_probs(texts, images, n)  # (N, C)
         return [self.prediction(row, modalities) for row, modalities in zip(probs, used)]
 
     def explain(self, text: str | None = None, image=None, steps: int | None = None):
@@ -199,13 +199,13 @@ class LoadedRun(Predictor):
         return f"{models}{calibrated}"
 
     def _ensemble(self, features: dict[str, torch.Tensor], n: int) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) from frozen features of N posts, temperature-scaled."""
+        """Fold-averaged class probabilities (N, C) from frozen features of N posts, temperature-scaled."""
         batches = FeatureBatches(features, None, np.arange(n), 64, pin_memory=self.device.type == "cuda")
         probs, _ = predict_probs(self.models, batches, self.config.train.loss, self.device)
         return apply_temperature(probs, self.temperature)
 
     def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
-        """Fold-averaged class probabilities (N, 3) for every post of ``split``, in its order."""
+        """Fold-averaged class probabilities (N, C) for every post of ``split``, in its order."""
         def work():
             features = compute_features(self.towers.present(), split, self.config.text_prep,
                                         self.config.train.workers, log, cache=cache)
@@ -222,7 +222,7 @@ class LoadedRun(Predictor):
 
     @torch.inference_mode()
     def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int) -> np.ndarray:
-        """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, 3)."""
+        """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, C)."""
         features = {}
         if texts is not None:
             features.update(self.towers.text.encode_items(texts))
@@ -265,7 +265,7 @@ class LoadedEnsemble(Predictor):
         return f"ensemble of {len(self.members)} runs, {len(self.models)} fold models{stacked}{calibrated}"
 
     def _combine(self, member_probs: list[np.ndarray], read_raw_texts) -> np.ndarray:
-        """Members' probabilities [(N, 3), ...] -> the ensemble's (N, 3). ``read_raw_texts()`` gives the posts' raw
+        """Members' probabilities [(N, C), ...] -> the ensemble's (N, C). ``read_raw_texts()`` gives the posts' raw
         texts (None: no text), read only by a stacker."""
         if self.stacker is None:
             combined = np.mean(member_probs, axis=0)
@@ -314,10 +314,15 @@ def _load_ensemble(run_dir: Path, device: str, backend: str | None) -> "LoadedEn
     try:
         for member in member_dirs(run_dir):
             members.append(load_run(member, device, backend))
-    except BaseException:
+        return _combine_members(run_dir, members)
+    except BaseException:  # stop the inference threads of the members loaded so far
         for loaded in members:
             loaded.close()
         raise
+
+
+def _combine_members(run_dir: Path, members: list[LoadedRun]) -> LoadedEnsemble:
+    """The ensemble of loaded ``members``; RunError where they, or the ensemble's stacker, cannot be combined."""
     for member in members:  # the ensemble combines (and was fitted on) its members' uncalibrated probabilities
         member.temperature = 1.0
     if len({member.classes for member in members}) > 1:
@@ -327,6 +332,11 @@ def _load_ensemble(run_dir: Path, device: str, backend: str | None) -> "LoadedEn
         stacker = Stacker.from_dict(stacker) if stacker is not None else None
     except ValueError as error:
         raise RunError(f"{run_dir}/ensemble.json: its stacker cannot be used ({error})") from None
+    classes = len(members[0].classes)
+    expected = (classes, len(members) * classes + len(LEXICON_SCORES))
+    if stacker is not None and stacker.weights.shape != expected:
+        raise RunError(f"{run_dir}/ensemble.json: its stacker's weights are {stacker.weights.shape}, its members "
+                       f"need {expected} ({len(members)} runs of {classes} classes)")
     return LoadedEnsemble(members, run_dir, stacker, temperature=read_temperature(run_dir))
 
 

@@ -49,7 +49,7 @@ def output_columns(classes) -> list[str]:
 
 def _render(suffix: str, columns: list[str], rows: list[list]) -> str:
     """Output rows ([id, label, probability strings..., error]; None = empty) as CSV or JSON Lines text."""
-    if suffix == ".csv":
+    if suffix.lower() == ".csv":
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)
         return buffer.getvalue()
@@ -63,7 +63,7 @@ def _render(suffix: str, columns: list[str], rows: list[list]) -> str:
 
 
 def _header(suffix: str, columns: list[str]) -> str:
-    return _render(suffix, columns, [columns]) if suffix == ".csv" else ""
+    return _render(suffix, columns, [columns]) if suffix.lower() == ".csv" else ""
 
 
 def prediction_rows(guids, probs: np.ndarray, classes) -> list[list]:
@@ -173,7 +173,7 @@ def shard_path(out: Path, rank: int, world: int) -> Path:
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse what cannot be written before anything is loaded: another suffix, an existing OUT without a flag."""
-    if out.suffix not in OUTPUT_SUFFIXES:
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)} to write a table's predictions")
     if resume and overwrite:
         raise ConfigError("--resume continues an interrupted prediction and --overwrite starts again: give one")

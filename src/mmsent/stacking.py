@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import LABELS, TextPrepConfig
-from .errors import PackageError
+from .config import TextPrepConfig
+from .errors import InputError, PackageError
 from .data.text import clean_text
 
 LEXICON_SCORES = ("neg", "neu", "pos", "compound")
@@ -79,30 +79,35 @@ class Stacker:
 ABSENT_CLASS_BIAS = -1e4  # the bias of a class without training posts: its probability is 0 (finite, for JSON)
 
 
-def fit_stacker(inputs: np.ndarray, labels: np.ndarray, c: float = 1.0) -> Stacker:
+def fit_stacker(inputs: np.ndarray, labels: np.ndarray, c: float = 1.0, *, classes: int) -> Stacker:
     """Fit scikit-learn's multinomial ``LogisticRegression(C=c)`` (L-BFGS): it minimises mean cross-entropy
     + |weights|^2 / (2 c N), the bias unpenalised, so ``c`` is scikit-learn's C. Only its coefficients and
-    intercepts are kept; a class absent from ``labels`` gets zero weights and a bias that gives it probability 0."""
+    intercepts are kept, one row per class of ``range(classes)``; a class absent from ``labels`` gets zero weights
+    and a bias that gives it probability 0."""
     from sklearn.linear_model import LogisticRegression
 
     if c <= 0:
         raise ValueError(f"the stacker's C must be positive, got {c}")
     labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must be class indices in 0..{classes - 1}")
     if len(np.unique(labels)) < 2:
-        raise RunError("stacking needs posts of at least two classes")
+        raise InputError("stacking needs posts of at least two classes")
     model = LogisticRegression(C=c, max_iter=1000, tol=1e-8).fit(np.asarray(inputs, dtype=np.float64), labels)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # one logit of classes_[1] against classes_[0]: the same softmax as [0, logit]
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
-    weights = np.zeros((len(LABELS), inputs.shape[1]))
-    bias = np.full(len(LABELS), ABSENT_CLASS_BIAS)
+    weights = np.zeros((classes, inputs.shape[1]))
+    bias = np.full(classes, ABSENT_CLASS_BIAS)
     weights[model.classes_], bias[model.classes_] = coef, intercept
     return Stacker(weights, bias, float(c))
 
 
-def cross_fitted_probabilities(inputs: np.ndarray, labels: np.ndarray, folds, c: float) -> np.ndarray:
-    """Probabilities (N, C) of each fold's posts from a stacker fitted on the other folds' posts."""
-    probs = np.zeros((len(labels), len(LABELS)))
+def cross_fitted_probabilities(inputs: np.ndarray, labels: np.ndarray, folds, c: float, *,
+                               classes: int) -> np.ndarray:
+    """Probabilities (N, ``classes``) of each fold's posts from a stacker fitted on the other folds' posts."""
+    probs = np.zeros((len(labels), classes))
     for train_idx, val_idx in folds:
-        probs[val_idx] = fit_stacker(inputs[train_idx], labels[train_idx], c).probabilities(inputs[val_idx])
+        stacker = fit_stacker(inputs[train_idx], labels[train_idx], c, classes=classes)
+        probs[val_idx] = stacker.probabilities(inputs[val_idx])
     return probs

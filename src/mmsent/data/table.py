@@ -242,15 +242,28 @@ def _csv_frames(path: Path, sep: str, size: int):
             caught.clear()
 
 
+def _jsonl_columns(path: Path) -> list[str]:
+    """The keys of every readable line, in order of first appearance: the columns a whole-table read gives."""
+    keys: dict[str, None] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if isinstance(row := _json_line(line, number, path.name), dict):
+                keys.update(dict.fromkeys(row))
+    return list(keys)
+
+
 def _jsonl_frames(path: Path, size: int):
-    """JSON Lines read line by line (an unreadable line is named, and the rest still read)."""
+    """JSON Lines read line by line (an unreadable line is named, and the rest still read). A first pass finds the
+    table's columns, so that every chunk has them all, as the whole-table read does: a key missing from a row is
+    an empty cell, and a chunk of unreadable lines only is an empty frame with the table's columns."""
     import pandas as pd
 
+    columns = _jsonl_columns(path)
     with open(path, encoding="utf-8") as handle:
         lines = enumerate(handle, start=1)
         while batch := list(itertools.islice(lines, size)):
             parsed = [_json_line(line, number, path.name) for number, line in batch]
-            yield (pd.DataFrame([p for p in parsed if isinstance(p, dict)], dtype=object),
+            yield (pd.DataFrame([p for p in parsed if isinstance(p, dict)], columns=columns, dtype=object),
                    [p for p in parsed if isinstance(p, Problem)])
 
 
