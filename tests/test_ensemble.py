@@ -11,7 +11,6 @@ import pytest
 from mmsent.calibration import apply_temperature
 from mmsent.cli import main
 from mmsent.config import LABELS
-from mmsent.runfolder import RunError
 from mmsent.data.dataset import open_split
 from mmsent.data.folds import stratified_folds
 from mmsent.data.text import decode_text
@@ -39,7 +38,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     assert main(["ensemble", "--out", str(ens), str(first), str(second)]) == 0
     assert "ensemble of 2 (mean probabilities)" in capsys.readouterr().out
     oof = read_oof(ens)
-    guids, names, probs = oof.guids, oof.labels, oof.probs
+    names, probs = oof.labels, oof.probs
     p1, p2 = read_oof(first).probs, read_oof(second).probs
     np.testing.assert_allclose(probs, (p1 + p2) / 2, atol=1e-5)
     metrics = json.loads((ens / "metrics.json").read_text())
