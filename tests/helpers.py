@@ -4,6 +4,7 @@ training run through the CLI, and the encoders the model tests run over."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -80,6 +81,12 @@ def train_run(dataset: Path, out: Path, *extra: str) -> dict:
 
     assert main(["train", "--data", str(dataset), "--out", str(out), *FAST, *extra]) == 0
     return json.loads((out / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------- optional packages
+
+needs_pyarrow = pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None,
+                                   reason="pyarrow not installed (pip install '.[parquet]')")
 
 
 # ----------------------------------------------------------------------------- encoders

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import needs_pyarrow
 from mmsent.cli import main
 from mmsent.config import LABELS, DataConfig, RunConfig, TextPrepConfig, apply_overrides, run_labels
 from mmsent.data.check import check_data, format_report
@@ -119,7 +120,7 @@ def test_folder_reads_as_before_with_the_same_fingerprint(lab):
 # ----------------------------------------------------------------------------- tables
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", pytest.param(".parquet", marks=needs_pyarrow)])
 def test_table_formats_read_the_same_posts(tmp_path, suffix):
     rows = table_rows(tmp_path, ["positive", None, "negative", "neutral", None])
     path = write_table(tmp_path / f"posts{suffix}", rows)
@@ -219,6 +220,7 @@ def test_convert_round_trip_folder_csv_jsonl_folder(lab, tmp_path):
     assert (tmp_path / "again" / "train.txt").read_text() == (lab / "train.txt").read_text()
 
 
+@needs_pyarrow
 def test_convert_outside_paths_need_the_option(lab, tmp_path):
     out = tmp_path / "elsewhere" / "posts.parquet"
     assert convert(lab, out)["absolute_image_paths"] == 7

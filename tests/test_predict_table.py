@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import WORDS, train_run
+from helpers import WORDS, needs_pyarrow, train_run
 from mmsent.cli import main
 from mmsent.data.dataset import open_data
 from mmsent.data.formats import DataSource
@@ -97,6 +97,7 @@ def test_streamed_rows_are_the_whole_table_prediction(run, tmp_path, chunk_size)
     assert not progress_path(tmp_path / "out.csv").exists()
 
 
+@needs_pyarrow
 def test_jsonl_and_parquet_give_the_csv_rows_through_the_cli(run_dir, tmp_path, capsys):
     rows = table_rows(tmp_path)
     outputs = {}

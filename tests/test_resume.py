@@ -192,6 +192,8 @@ def test_optimizer_state_round_trips_without_pickle():
 class _Dropout(nn.Module):
     """A model whose training depends on the dropout RNG."""
 
+    n_classes = 3
+
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3))

@@ -167,8 +167,8 @@ def test_evaluation_matches_scikit_learn_on_a_known_confusion():
     confusion = np.array([[5, 2, 1], [1, 3, 0], [2, 1, 9]])  # rows: true, columns: predicted
     y_true = np.repeat(np.repeat([0, 1, 2], 3), confusion.ravel())
     y_pred = np.repeat(np.tile([0, 1, 2], 3), confusion.ravel())
-    report = classification_report(y_true, y_pred)
-    assert report["confusion"] == confusion.tolist()
+    report = classification_report(y_true, y_pred, LABELS)
+    assert report["confusion"] == confusion.tolist() and list(report["per_class"]) == list(LABELS)
     assert report["accuracy"] == pytest.approx(17 / 24)
     assert report["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
     assert report["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
