@@ -25,10 +25,25 @@ def test_folds_are_dealt_round_robin():
     assert Shard().owns(5) and Shard().is_main
 
 
-def _torchrun(processes: int, argv: list[str], env: dict) -> subprocess.CompletedProcess:
+def _torchrun(processes: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun -m mmsent ARGV`` with this checkout's package, one thread a process; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "mmsent", *argv]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _main_on_one_thread(argv: list[str]) -> None:
+    """``main(argv)`` with one torch thread, as each torchrun process has: the same arithmetic, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
@@ -41,19 +56,9 @@ def test_torchrun_two_processes_match_one(model, dataset, tmp_path, tiny_bert_di
                  "--custom-layers", "1", "--custom-image-size", "32", "--set", "custom.widths=8,16",
                  "--set", "custom.blocks=1,1"])
     argv = ["train", "--data", str(dataset), *ARGS, *encoders, "--device", "cpu"]
-    single = tmp_path / "single"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): the same arithmetic, bit for bit
-    try:
-        assert main([*argv, "--out", str(single)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    sharded = tmp_path / "sharded"
-    done = _torchrun(2, [*argv, "--out", str(sharded)], env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    _main_on_one_thread([*argv, "--out", str(single)])
+    done = _torchrun(2, [*argv, "--out", str(sharded)])
 
     one, two = (json.loads((run / "metrics.json").read_text()) for run in (single, sharded))
     assert two["processes"] == 2
@@ -77,18 +82,10 @@ def test_torchrun_predicts_a_table_in_shards_merged_in_table_order(dataset, tmp_
     assert main(["convert", "--data", str(dataset), "--out", str(table)]) == 0
     single = tmp_path / "single.csv"
     argv = ["predict", "--run", str(run), "--data", str(table), "--all-rows", "--chunk-size", "5", "--device", "cpu"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1)
-    try:
-        assert main([*argv, "--out", str(single)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    _main_on_one_thread([*argv, "--out", str(single)])
     sharded = tmp_path / "sharded.csv"
     # "--" ends torchrun's own options: its parser would take predict's --run for an abbreviation of --run-path
-    done = _torchrun(2, ["--", *argv, "--out", str(sharded)], env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _torchrun(2, ["--", *argv, "--out", str(sharded)])
     rows = single.read_text().splitlines()
     assert len(rows) == 1 + 30  # the header, then every post of the table (24 labelled + 6 to predict)
     assert sharded.read_text().splitlines() == rows
