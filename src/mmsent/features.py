@@ -82,8 +82,8 @@ def load_or_compute(tower: Tower, split, text_prep: TextPrepConfig, batch_size: 
 
 def _report_missing_images(split, present: torch.Tensor) -> None:
     for index in torch.nonzero(~present).flatten().tolist():
-        split.warn(f"data/{split.records[index].guid}.jpg", "unreadable or missing image (cached); using text only",
-                    "image_unusable")
+        split.warn(split.records[index].image_where, "unreadable or missing image (cached); using text only",
+                   "image_unusable")
 
 
 def compute_features(towers, split, text_prep: TextPrepConfig, workers: int = 1, log=print,

@@ -110,11 +110,10 @@ class Split:
             self.problems.append(problem)
 
     def guids_with(self, *kinds: str) -> list[str]:
-        """Guids (in split order) of posts with a warning of one of ``kinds`` (e.g. "image_unusable"), named by
-        the post's ``text_where`` / ``image_where`` or as ``data/<guid>.<ext>``."""
+        """Guids (in split order) of posts with a warning of one of ``kinds`` (e.g. "image_unusable") at the
+        post's ``text_where`` / ``image_where``."""
         wheres = {p.where for p in self.problems if p.kind in kinds}
-        flagged = {w.split("/", 1)[1].rsplit(".", 1)[0] for w in wheres if w.startswith("data/")}
-        return [r.guid for r in self.records if r.guid in flagged or {r.text_where, r.image_where} & wheres]
+        return [r.guid for r in self.records if {r.text_where, r.image_where} & wheres]
 
     def summary(self) -> dict[str, int]:
         """Counts of what was dropped, repaired or worked around (see ``records.KINDS``), and fallback decodings."""

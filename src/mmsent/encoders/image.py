@@ -65,8 +65,8 @@ def decode_split_images(split, size: int, batch_size: int, workers: int):
         present = torch.tensor([not r for r in reasons])
         for offset, reason in enumerate(reasons):
             if reason:
-                split.warn(f"data/{split.records[start + offset].guid}.jpg", f"{reason}; using text only",
-                            "image_unusable")
+                split.warn(split.records[start + offset].image_where, f"{reason}; using text only",
+                           "image_unusable")
         yield slice(start, start + len(reasons)), pixels, present
         start += len(reasons)
 
