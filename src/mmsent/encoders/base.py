@@ -14,7 +14,7 @@ cache holds only the preprocessed inputs (pixels or token ids) and the encoder t
 
 The frozen part runs with torch, or with a graph runtime after ``use_backend("openvino")`` or ``use_backend("onnx")``:
 a tower that can be exported names its inputs in ``frozen_inputs``, describes itself in ``frozen_graph()``, and is
-given the function that loads a runtime's session (:func:`.runtime.load_runner`) by the module that builds it. This
+given the function that loads a graph runtime's runner (:func:`.runtime.load_runner`) by the module that builds it. This
 module imports none of the encoders nor the runtimes.
 """
 
@@ -41,7 +41,7 @@ class FrozenGraph:
     dynamic_axes: dict[str, dict[int, str]]  # per input (and "output"): axis -> name of a variable size
 
 
-# (graph_id, input_names, make_graph, runtime, log, precision) -> a callable session of the exported frozen part
+# (graph_id, input_names, make_graph, runtime, log, precision) -> a callable runner of the exported frozen part
 # with a ``precision`` attribute: :func:`mmsent.encoders.runtime.load_runner`.
 RunnerLoader = Callable[..., Callable[..., torch.Tensor]]
 
@@ -76,11 +76,11 @@ class Tower:
     lower: nn.Module | None = None  # the frozen part (None when the cache holds only preprocessed inputs)
     frozen_inputs: tuple[str, ...] = ()  # input names of the exportable frozen part; () = none to export
     graph_format: int = 1  # bump when the code of frozen_graph() changes what is exported (stale exports are redone)
-    _runner = None  # the graph runtime's session of the frozen part, once use_backend(<a graph runtime>) was called
+    _runner = None  # the graph runtime's runner of the frozen part, once use_backend(<a graph runtime>) was called
     inference_precision: str = "f32"  # what the frozen part computes in (set by use_backend; part of the cache key)
 
     def __init__(self, trainable_template: TrainableEncoder, load_runner: RunnerLoader | None = None):
-        """``load_runner``: how to load a graph runtime's session of the frozen part (None: torch only)."""
+        """``load_runner``: how to load a graph runtime's runner of the frozen part (None: torch only)."""
         self._template = trainable_template
         self._load_runner = load_runner
 

@@ -89,7 +89,7 @@ class LastHiddenState(nn.Module):
 
 
 class GraphRunner:
-    """A runtime's session over an exported frozen part: call it with torch tensors, get a torch tensor."""
+    """A graph runtime running an exported frozen part: call it with torch tensors, get a torch tensor."""
 
     used: set[str]  # the inputs the graph kept (the exporter drops unused ones); set by each runtime
 
@@ -200,7 +200,7 @@ def export_graph(graph: FrozenGraph, path: Path) -> None:
 
 def load_runner(graph_id: str, input_names: tuple[str, ...], make_graph, runtime: str = "onnx",
                 log=print, precision: str = "f32") -> GraphRunner:
-    """The ``runtime`` session of a frozen part at ``precision``, exporting ``make_graph()`` first if it is not
+    """The ``runtime``'s runner of a frozen part at ``precision``, exporting ``make_graph()`` first if it is not
     cached yet.
 
     ``graph_id`` identifies the graph: its weights and preprocessing, and the version of the code that builds it."""
