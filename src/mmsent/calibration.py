@@ -134,7 +134,7 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, 
     if len(labels) == 0:
         return Calibration(posts=0, bins=bins)
     if len(np.unique(fold_of)) < 2:
-        fold_of = _parts(labels)
+        fold_of = stratified_parts(labels)
     calibrated = np.empty_like(probs)
     fold_temperatures = []
     for fold in np.unique(fold_of):
@@ -151,7 +151,7 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, 
         reliability_before=reliability(probs, labels, bins), reliability_after=reliability(calibrated, labels, bins))
 
 
-def _parts(labels: np.ndarray, k: int = 5) -> np.ndarray:
+def stratified_parts(labels: np.ndarray, k: int = 5) -> np.ndarray:
     """Stratified parts (fold number per row) of rows that came from one fold; fewer parts for tiny sets."""
     from sklearn.model_selection import StratifiedKFold
 

@@ -85,7 +85,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         if not flag:
             continue
         kwargs = {"dest": f"cfg:{key}", "default": None, "metavar": key.rsplit(".", 1)[-1].upper(), "help": f"{spec.metadata.get('help', '')} (default: {default})"}
-        if key in _REGISTRY_CHOICES:
+        if isinstance(default, bool):  # a switch: the flag turns it on
+            kwargs = {"dest": kwargs["dest"], "default": None, "action": "store_const", "const": True,
+                      "help": spec.metadata.get("help", "")}
+        elif key in _REGISTRY_CHOICES:
             kwargs["choices"] = _REGISTRY_CHOICES[key].names()
         elif spec.metadata.get("choices"):
             kwargs["choices"] = list(spec.metadata["choices"])
@@ -167,6 +170,8 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_args(parser)
     parser.add_argument("--all", action="store_true", help="list every problem, not only the first 50")
+    parser.add_argument("--ocr", action="store_true", help="also read the text in every image (cached) and count "
+                                                           "the images that hold some")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,7 +289,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_check(args) -> int:
     from .data.check import check_data, format_report
 
-    report = check_data(args.data, args.train_file, args.test_file, data=data_config(args))
+    from .config import OcrConfig
+
+    report = check_data(args.data, args.train_file, args.test_file, data=data_config(args),
+                        ocr=OcrConfig(enabled=True) if args.ocr else None)
     print(format_report(report, limit=10**9 if args.all else 50))
     return 0 if report.usable else 1
 
@@ -538,7 +546,7 @@ def cmd_predict(args) -> int:
     split = _open_data(args, "test")  # cheap checks first
     with load_run(args.run, device=args.device, backend=args.backend) as run:
         probs = run.predict_split(split)
-    write_predictions(args.out, split.guids, probs, run.classes)
+    write_predictions(args.out, split.guids, probs, run.classes, run.decision_offsets)
     _print_problems(split)
     counts, lines = _one_modality_rows(split)
     print(f"wrote {len(split.guids)} predictions to {args.out} ({run.description}; {counts}) "
@@ -563,7 +571,7 @@ def _predict_rows(args) -> int:
             raise ConfigError("--resume and --all-rows apply to a table file (--data posts.csv, .jsonl, .parquet)")
         split = _open_data(args, "test")
         with load_run(args.run, device=args.device, backend=args.backend) as run:
-            write_rows_file(args.out, split.guids, run.predict_split(split), run.classes)
+            write_rows_file(args.out, split.guids, run.predict_split(split), run.classes, run.decision_offsets)
         _print_problems(split)
         print(f"wrote {len(split.guids)} predictions to {args.out} ({run.description})")
         return 0
@@ -674,6 +682,28 @@ def cmd_calibrate(args) -> int:
     calibration = calibrate_run(args.run)
     print(format_calibration(calibration.summary()))
     print(f"temperature saved to {args.run / 'calibration.json'}; predict, serve and load_run apply it")
+    return 0
+
+
+def _decide_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import DECISION_RULES
+
+    _run_args(parser, "run folder written by 'mmsent train'")
+    parser.add_argument("--rule", choices=DECISION_RULES, default="macro_f1",
+                        help="'macro_f1': per-class offsets fitted on the out-of-fold probabilities to maximise "
+                             "macro F1; 'accuracy': the most probable class (removes a fitted rule)")
+
+
+@command("decide", "fit how a run chooses its labels from its probabilities (from its out-of-fold predictions) -> "
+         "RUN/decision.json, which predict, evaluate and serve apply", _decide_arguments)
+def cmd_decide(args) -> int:
+    from .cv import decide_run
+    from .decision import format_decision
+
+    decision = decide_run(args.run, args.rule)
+    print(format_decision(decision))
+    print(f"decision rule saved to {args.run / 'decision.json'}; predict, evaluate, serve and load_run apply it"
+          if args.rule != "accuracy" else "labels are the most probable class again")
     return 0
 
 

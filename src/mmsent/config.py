@@ -23,6 +23,7 @@ MODALITIES = ("all", "image", "text")
 PRECISIONS = ("f32", "bf16")  # arithmetic of the frozen encoders' graph runtime (train.inference_precision)
 FOLD_SCHEMES = ("stratified_kfold",)  # train.fold_scheme: how data.folds draws them
 SELECTION_SETS = ("inner", "scored_fold")  # train.select_on: where early stopping chooses (cv.py)
+DECISION_RULES = ("accuracy", "macro_f1")  # train.decision: how a label is chosen (decision.RULES)
 
 
 def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, item: type | None = None,
@@ -68,10 +69,35 @@ class ImageEncoderConfig:
 
     name: str = _opt("efficientnet_lite0", flag="--image-encoder", help="registered name, Hugging Face id or local folder")
     image_size: int = _opt(224, help="side of the square input image (0 = the encoder's native size)")
+    fit: str = _opt("crop", choices=("crop", "pad"),
+                    help="how an image becomes that square: 'crop' = the centre square of the short side; 'pad' = "
+                         "the whole image, its long side resized to the square and the rest padded")
     train_layers: int = _opt(0, flag="--image-train-layers",
                              help="top stages fine-tuned; the frozen ones below are cached on disk")
     pooled: bool = _opt(False, help="cache one mean-pooled vector per image instead of its tokens (frozen encoder "
                                     "only)")
+
+
+@dataclass
+class OcrConfig:
+    """Reading the text inside each post's image (:mod:`mmsent.ocr`) as a second text, encoded by the text encoder
+    and given to the fusion as tokens of their own segment."""
+
+    enabled: bool = _opt(False, flag="--ocr", help="read the text in each image (RapidOCR) and give it to the model "
+                                                   "beside the post's text")
+    side: int = _opt(640, help="longest side, in pixels, of the whole image searched for text")
+    max_boxes: int = _opt(12, help="the largest text boxes found that are read")
+    min_score: float = _opt(0.5, help="recognised lines scoring below this are dropped")
+    workers: int = _opt(0, help="processes that read images not yet in the cache (0 = one per core)")
+
+
+@dataclass
+class LexiconConfig:
+    """Sentiment lexicon scores of each post's text (:mod:`mmsent.lexicon`: VADER and the emoji sentiment ranking)
+    as an extra input of the model, joined to the fused representation before the head."""
+
+    enabled: bool = _opt(False, flag="--lexicon", help="give the model VADER's and the emoji ranking's scores of "
+                                                       "each post's text")
 
 
 @dataclass
@@ -136,6 +162,10 @@ class TrainConfig:
                                              "logits; 0 = off")
     ema_decay: float = _opt(0.0, help="validate and keep an exponential moving average of the weights, updated every "
                                       "step with this decay (e.g. 0.99); 0 = off")
+    decision: str = _opt("accuracy", flag="--decision", choices=DECISION_RULES,
+                         help="how a label is chosen from the probabilities: 'accuracy' = the most probable class; "
+                              "'macro_f1' = per-class offsets fitted on the out-of-fold probabilities to maximise "
+                              "macro F1 (the rare classes are chosen more often; RUN/decision.json)")
     select_on: str = _opt("inner", flag="--select-on", choices=SELECTION_SETS,
                           help="which posts early stopping chooses the best epoch on: 'inner' = a stratified part "
                                "of each training fold (--inner-val), so that the scored fold only scores; "
@@ -202,6 +232,8 @@ class RunConfig:
     text_prep: TextPrepConfig = field(default_factory=TextPrepConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    lexicon: LexiconConfig = field(default_factory=LexiconConfig)
     custom: CustomConfig = field(default_factory=CustomConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -23,6 +23,7 @@ from ._version import __version__
 from .atomic import atomic_write_json, save_tensors
 from .calibration import fit_calibration, format_calibration
 from .checkpoint import read_info
+from .decision import DecisionRule, fit_decision, format_decision
 from .config import ConfigError, RunConfig, TrainConfig, normalised_labels, run_labels
 from .data.dataset import Split
 from .data.folds import fold_assignment, stratified_folds
@@ -32,7 +33,8 @@ from .features import compute_features
 from .metrics import classification_metrics, format_mean_std
 from .model import MultimodalClassifier, Towers, load_towers
 from .runfolder import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, OutOfFold, RunError, finished_fold, fold_dir,
-                        prepare_run_dir, write_calibration_dict, write_fold_result, write_metrics, write_oof)
+                        prepare_run_dir, write_calibration_dict, write_decision_dict, write_fold_result, write_metrics,
+                        write_oof)
 from .training import FeatureBatches, fit, predict_probs, resolve_device
 
 
@@ -196,12 +198,14 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     rows, oof = _gather_folds(trainer, shard, len(classes))
     scored, labels = plan.scored(), plan.labels.numpy()
     calibration = fit_calibration(oof[scored], labels[scored], plan.fold_of()[scored])
+    decision = fit_decision(oof[scored], labels[scored], plan.fold_of()[scored], config.train.decision, classes)
     metrics = {
         "protocol": protocol_of(config.train, plan.fixed_split),
         "cv": cv_summary(rows),
         "folds": rows,
         "out_of_fold": classification_metrics(labels[scored], oof[scored].argmax(1), classes),
         "calibration": calibration.summary(),
+        **({"decision": decision.to_dict()} if config.train.decision != "accuracy" else {}),
         "data": data_summary(plan.split, features),
         "feature_seconds": feature_seconds,
         "wall_seconds": time.perf_counter() - start,
@@ -211,6 +215,8 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     }
     if shard.is_main:
         write_calibration_dict(out_dir, calibration.to_dict())
+        if config.train.decision != "accuracy":
+            write_decision_dict(out_dir, decision.to_dict())
         write_metrics(out_dir, metrics)
         write_oof(out_dir, OutOfFold([plan.split.guids[i] for i in scored],
                                      [classes[plan.split.labels[i]] for i in scored], oof[scored], classes))
@@ -361,6 +367,7 @@ def format_summary(metrics: dict) -> str:
         f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}",
         f"protocol: {describe_protocol(metrics)}",
         *([format_calibration(metrics["calibration"])] if "calibration" in metrics else []),
+        *([format_decision(DecisionRule.from_dict(metrics["decision"]))] if "decision" in metrics else []),
         f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",
         f"data repaired or worked around: {data['images_unusable']} text only (image unusable), "
         f"{data.get('texts_unusable', 0)} image only (text missing or empty), "
@@ -369,3 +376,35 @@ def format_summary(metrics: dict) -> str:
         f"{data.get('headers_missing', 0)} label file without header; {data['warnings']} warnings in all",
         f"wall time {metrics['wall_seconds']:.1f} s (features {metrics['feature_seconds']:.1f} s) on {metrics['device']}",
     ])
+
+
+def decide_run(run_dir: Path, rule: str) -> DecisionRule:
+    """Fit the decision rule ``rule`` of a finished run from its out-of-fold probabilities and its folds (rebuilt
+    from its config); writes decision.json (removed for ``accuracy``: the most probable class) and metrics.json's
+    ``decision``. Predict, evaluate and serve then label by it."""
+    from .data.folds import fold_assignment, stratified_folds
+    from .runfolder import (DECISION_FILE, is_ensemble, read_metrics, read_oof, require_current_folds,
+                            trained_config)
+
+    run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        raise RunError(f"{run_dir} is an ensemble; fit the decision rule of a run ('mmsent decide --run RUN')")
+    config = trained_config(run_dir)
+    metrics = read_metrics(run_dir)
+    oof = read_oof(run_dir)
+    labels = oof.label_indices()
+    if metrics.get("protocol", {}).get("name") == "fixed_split":
+        fold_of = np.zeros(len(labels), dtype=np.int64)  # the validation posts: cross-fitted over parts of their own
+    else:
+        require_current_folds(config, run_dir, "have its decision rule fitted from its out-of-fold predictions")
+        fold_of = fold_assignment(stratified_folds(labels.tolist(), config.train.folds, config.train.seed),
+                                  len(labels))
+    decision = fit_decision(oof.probs, labels, fold_of, rule, oof.classes)
+    metrics.pop("decision", None)
+    if rule == "accuracy":
+        (run_dir / DECISION_FILE).unlink(missing_ok=True)
+    else:
+        write_decision_dict(run_dir, decision.to_dict())
+        metrics["decision"] = decision.to_dict()
+    write_metrics(run_dir, metrics)
+    return decision

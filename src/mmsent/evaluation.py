@@ -121,14 +121,15 @@ def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path | None, out_di
     with load_run(run_dir, device=device, backend=backend) as run:
         probs = run.predict_split(split, log)
         temperature, predictor = getattr(run, "temperature", None), run.description
+        predicted, offsets = run.labels_of(probs), run.decision_offsets
     labels = np.asarray(split.labels)
-    report = classification_report(labels, probs.argmax(1), classes)
+    report = classification_report(labels, predicted, classes)
     labels_file = labels_file or data_dir
     overlap = sorted(set(split.guids) & _training_guids(run_dir))
     evaluation = {
         "run": str(run_dir), "labels_file": str(labels_file), "data": str(data_dir), "posts": len(labels),
         "label_counts": split.label_counts(), **report,
-        "temperature": temperature,
+        "temperature": temperature, "decision_offsets": offsets,
         "ece": expected_calibration_error(probs, labels), "nll": negative_log_likelihood(probs, labels),
         "posts_seen_in_training": len(overlap), "predictor": predictor,
     }

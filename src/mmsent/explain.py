@@ -66,9 +66,10 @@ class ImageMap:
         grid = np.asarray(self.grid, dtype=np.float32)
         cells = Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BILINEAR)
         out = np.zeros((self.height, self.width), dtype=np.float32)
-        x0, y0 = int(round(left)), int(round(top))
-        crop = np.asarray(cells)[: self.height - y0, : self.width - x0]
-        out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        x0, y0 = int(round(left)), int(round(top))  # negative where the square is padded beyond the image
+        xs, ys = max(0, -x0), max(0, -y0)
+        xe, ye = min(size, self.width - x0), min(size, self.height - y0)
+        out[y0 + ys:y0 + ye, x0 + xs:x0 + xe] = np.asarray(cells)[ys:ye, xs:xe]
         return out
 
     def to_dict(self) -> dict:
@@ -87,13 +88,14 @@ class Explanation:
     modality_shares: dict | None = None  # {"text", "image"} shares, {"without_text", "without_image"} probabilities
     unavailable: dict[str, str] = field(default_factory=dict)  # "words" / "image" / "modality_shares" -> why
     method: str = ""
+    image_text: str | None = None  # the text read in the image, for a run that reads it
 
     def to_dict(self) -> dict:
         return {"label": self.label, "probabilities": self.probabilities, "modalities_used": self.modalities_used,
                 "words": self.words, "image": self.image.to_dict() if self.image else None,
                 "modality_shares": self.modality_shares,
                 "unavailable": {k: f"not available: {v}" for k, v in self.unavailable.items()},
-                "method": self.method}
+                "method": self.method, **({} if self.image_text is None else {"image_text": self.image_text})}
 
 
 # ---------------------------------------------------------------- word pieces -> words
@@ -176,9 +178,11 @@ def shown_size(image) -> tuple[int, int]:
     return width, height
 
 
-def centre_crop(width: int, height: int) -> tuple[float, float, float]:
-    """The centre square that decoding keeps (short side resized, then centre-cropped), in original pixels."""
-    side = min(width, height)
+def centre_crop(width: int, height: int, fit: str = "crop") -> tuple[float, float, float]:
+    """The square the encoder sees, in original pixels (left, top, side): the centre square that decoding keeps
+    (short side resized, then centre-cropped), or with ``fit="pad"`` the square around the whole image (its long
+    side; left or top negative where it is padded)."""
+    side = min(width, height) if fit == "crop" else max(width, height)
     return (width - side) / 2, (height - side) / 2, float(side)
 
 
@@ -215,7 +219,8 @@ def _fold_attributions(model, encoded: dict, label: int, loss: str, temperature:
             k += 1
         if image is not None:
             image_in = (tokens[k], image[1].expand(batch, -1), image[2].expand(batch))
-        logits = model.forward_from_encoded(text_in, image_in).float()
+        extra = _fixed_inputs(encoded, batch)
+        logits = model.forward_from_encoded(text_in, image_in, *extra).float()
         return tempered_probabilities(loss, logits, temperature)
 
     attributions = IntegratedGradients(forward).attribute(tuple(inputs), baselines=tuple(baselines), target=label,
@@ -227,6 +232,17 @@ def _fold_attributions(model, encoded: dict, label: int, loss: str, temperature:
     if image is not None:
         out["image"] = attributions[k].sum(-1)[0].detach().cpu().numpy()
     return out
+
+
+def _fixed_inputs(encoded: dict, batch: int) -> tuple:
+    """The inputs that are not attributed (the text read in the image, the lexicon scores), repeated ``batch``
+    times: (image_text or None, lexicon or None)."""
+    read, lexicon = encoded.get("image_text"), encoded.get("lexicon")
+    if read is not None:
+        read = (read[0].expand(batch, -1, -1), read[1].expand(batch, -1))
+    if lexicon is not None:
+        lexicon = lexicon.expand(batch, -1)
+    return read, lexicon
 
 
 def _why_not(tower, given: bool, what: str, other: str) -> str | None:
@@ -245,12 +261,15 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
     towers, prep = run.towers, run.config.text_prep
     pixels = towers.image.load(image) if towers.image is not None and image is not None else None
     cleaned = clean_text(text or "", prep) if towers.text is not None else None
-    probs, scores, without = run._call(_explain_tensors, run, cleaned, pixels, steps)
+    extra = {"image_text": towers.image_text.read(image) if towers.image_text is not None else None,
+             "raw_text": text}
+    probs, scores, without = run._call(_explain_tensors, run, cleaned, pixels, steps, extra)
     prediction = run.prediction(probs[0], used)  # the same as run.predict(text, image)
     label = run.classes.index(prediction.label)
     has_text, has_image = "text" in used, "image" in used
     explanation = Explanation(prediction.label, prediction.probabilities, prediction.modalities_used,
-                              method=METHOD.format(steps=steps, folds=len(run.models)))
+                              method=METHOD.format(steps=steps, folds=len(run.models)),
+                              image_text=extra["image_text"] if image is not None else None)
 
     reason = _why_not(towers.text, has_text, "text", "images")
     if reason:
@@ -274,7 +293,7 @@ def explain_post(run, text: str | None, image, steps: int = STEPS) -> Explanatio
             skip, rows, columns = grid
             width, height = shown_size(image)
             explanation.image = ImageMap(np.round(cells[skip:].reshape(rows, columns), 6).tolist(),
-                                         centre_crop(width, height), width, height)
+                                         centre_crop(width, height, towers.image.fit), width, height)
 
     _add_modality_shares(explanation, run, has_text and has_image, without, label)
     return explanation
@@ -298,35 +317,50 @@ def _add_modality_shares(explanation: Explanation, run, both: bool, without: dic
         "without_image": round(float(without["image"][0, label]), 6)}
 
 
-def _features(run, cleaned, pixels) -> dict:
+def _features(run, cleaned, pixels, extra: dict) -> dict:
     features = {}
     if cleaned is not None:
         features.update(run.towers.text.encode_items([cleaned]))
     if run.towers.image is not None:
         features.update(run.towers.image.encode_items([pixels]))
+    if run.towers.image_text is not None:
+        features.update(run.towers.image_text.encode_items([extra["image_text"]]))
+    if run.towers.lexicon is not None:
+        features.update(run.towers.lexicon.encode_items([extra["raw_text"]]))
     return features
 
 
-def _explain_tensors(run, cleaned, pixels, steps: int):
+def _without(run, features: dict) -> dict:
+    """The probabilities (1, C) without the text (and the lexicon scores of it) and without the image (and the
+    text read in it)."""
+    no_text = dict(features, **run.towers.text.encode_items([""]))
+    if run.towers.lexicon is not None:
+        no_text.update(run.towers.lexicon.encode_items([None]))
+    no_image = dict(features, image_present=torch.zeros_like(features["image_present"]))
+    if "ocr_mask" in features:
+        no_image["ocr_mask"] = torch.zeros_like(features["ocr_mask"])
+    return {"text": run._ensemble(no_text, 1), "image": run._ensemble(no_image, 1)}
+
+
+def _explain_tensors(run, cleaned, pixels, steps: int, extra: dict):
     """On the run's inference thread: the ensemble's calibrated probabilities (1, C), the fold-averaged token
     scores toward its label {"text": (Tt,), "image": (Ti,)}, and the probabilities (1, C) with the text emptied
     and with the image replaced by the missing-image token (None unless the run reads both)."""
     with torch.inference_mode():
-        features = _features(run, cleaned, pixels)
+        features = _features(run, cleaned, pixels, extra)
         probs = run._ensemble(features, 1)
         without = None
         if cleaned is not None and run.towers.image is not None:
-            no_text = dict(features, **run.towers.text.encode_items([""]))
-            no_image = dict(features, image_present=torch.zeros_like(features["image_present"]))
-            without = {"text": run._ensemble(no_text, 1), "image": run._ensemble(no_image, 1)}
+            without = _without(run, features)
         on_device = {k: v.to(run.device) for k, v in features.items()}
         encoded = [model.encoder_outputs(on_device) for model in run.models]
-    encoded = [{k: tuple(t.clone() for t in v) if v is not None else None for k, v in e.items()} for e in encoded]
+    encoded = [{k: v.clone() if isinstance(v, torch.Tensor) else tuple(t.clone() for t in v) if v is not None
+                else None for k, v in e.items()} for e in encoded]
     for e in encoded:  # right padding cannot change the real tokens' outputs: attribute the real ones only
         if e["text"] is not None:
             length = max(1, int(e["text"][1][0].sum()))
             e["text"] = (e["text"][0][:, :length], e["text"][1][:, :length])
-    label = int(np.argmax(probs[0]))
+    label = int(run.labels_of(probs)[0])
     totals = {"text": None, "image": None}
     threads = torch.get_num_threads()
     # One thread for the many small backward passes: on a CPU shared with other processes, a team of OpenMP

@@ -14,12 +14,14 @@ from .encoders.base import Tower
 from .atomic import save_tensors
 from .paths import cache_dir
 
+TEXT_KINDS = ("text", "image_text")  # towers whose features depend on the text cleaning (text_prep)
+
 
 def cache_key(tower: Tower, split_fingerprint: str, text_prep: TextPrepConfig) -> str:
     parts = {"encoder": tower.cache_id(), "data": split_fingerprint}
     if tower.inference_precision != "f32":  # reduced-precision features never mix with f32 ones (f32 keys unchanged)
         parts["precision"] = tower.inference_precision
-    if tower.kind == "text":
+    if tower.kind in TEXT_KINDS:
         parts["text_prep"] = vars(text_prep)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -21,9 +21,16 @@ class Towers:
 
     text: Tower | None
     image: Tower | None
+    image_text: Tower | None = None  # the text read from each image (ocr.enabled), encoded by ``text``
+    lexicon: Tower | None = None  # lexicon scores of each text (lexicon.enabled)
 
     def present(self) -> list[Tower]:
-        return [t for t in (self.text, self.image) if t is not None]
+        return [t for t in (self.text, self.image, self.image_text, self.lexicon) if t is not None]
+
+    @property
+    def modalities(self) -> list[str]:
+        """What the posts must give: ["text", "image"] or one of them (the text in an image comes with it)."""
+        return [t.kind for t in (self.text, self.image) if t is not None]
 
     def to(self, device: torch.device) -> "Towers":
         """Run the frozen parts of both encoders on ``device``."""
@@ -61,11 +68,19 @@ class Towers:
 def pretrained_family(config: RunConfig) -> Towers:
     """Pretrained encoders: ``text.name`` and ``image.name`` (packaged weights, or any Hugging Face model)."""
     from .encoders.image import create_image_tower
+    from .encoders.image_text import ImageTextTower
+    from .encoders.lexicon import LexiconTower
     from .encoders.text import create_text_tower
 
+    if config.ocr.enabled and config.modality != "all":
+        raise ConfigError(f"ocr.enabled reads the text in images as a second text: it needs --modality all, not "
+                          f"{config.modality}")
+    text = create_text_tower(config.text) if config.modality in ("all", "text") else None
     return Towers(
-        text=create_text_tower(config.text) if config.modality in ("all", "text") else None,
+        text=text,
         image=create_image_tower(config.image) if config.modality in ("all", "image") else None,
+        image_text=ImageTextTower(text, config.ocr, config.text_prep) if config.ocr.enabled else None,
+        lexicon=LexiconTower() if config.lexicon.enabled and text is not None else None,
     )
 
 
@@ -84,6 +99,9 @@ def custom_family(config: RunConfig) -> Towers:
     label smoothing 0.1 and weight decay 0.1 (family defaults: flags and ``--set`` still override them)."""
     from .encoders.scratch import PixelTower, WordPieceTower
 
+    if config.ocr.enabled or config.lexicon.enabled:
+        raise ConfigError("ocr.enabled and lexicon.enabled are available for the pretrained family "
+                          "(--model pretrained)")
     return Towers(
         text=WordPieceTower(config.custom) if config.modality in ("all", "text") else None,
         image=PixelTower(config.custom) if config.modality in ("all", "image") else None,
@@ -122,12 +140,17 @@ class MultimodalClassifier(nn.Module):
         if self.image_encoder is not None:
             self.image_proj = nn.Sequential(nn.Linear(self.image_encoder.out_dim, dim), nn.LayerNorm(dim))
             self.missing_image = nn.Parameter(torch.zeros(1, 1, dim))
+        if towers.image_text is not None:  # the text in the image: the text path plus a segment embedding
+            self.image_text_segment = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         if self.modality == "all":
             self.fusion = create_fusion(fusion_cfg)
             fused_dim = self.fusion.out_dim
         else:
             self.fusion = None
             fused_dim = dim
+        if towers.lexicon is not None:  # lexicon scores join the fused representation
+            self.lexicon_proj = nn.Sequential(nn.Linear(towers.lexicon.out_dim, dim), nn.GELU())
+            fused_dim += dim
         self.head = nn.Sequential(
             nn.Dropout(fusion_cfg.dropout), nn.Linear(fused_dim, dim), nn.GELU(), nn.Dropout(fusion_cfg.dropout),
             nn.Linear(dim, self.n_classes),
@@ -147,13 +170,18 @@ class MultimodalClassifier(nn.Module):
 
     def encoder_outputs(self, features: dict[str, torch.Tensor]) -> dict[str, tuple | None]:
         """The encoders' token features before projection: {"text": (tokens (B, Tt, Dt), mask) or None,
-        "image": (tokens (B, Ti, Di), mask, present (B,)) or None}. Attributions are taken with respect to these."""
-        text = image = None
+        "image": (tokens (B, Ti, Di), mask, present (B,)) or None, "image_text": (tokens (B, To, Dt), mask) or
+        None}. Attributions are taken with respect to these."""
+        text = image = image_text = None
         if self.text_encoder is not None:
             text = self.text_encoder(features)
+            if "ocr_hidden" in features and hasattr(self, "image_text_segment"):
+                image_text = self.text_encoder({"text_hidden": features["ocr_hidden"],
+                                                "text_mask": features["ocr_mask"]})
         if self.image_encoder is not None:
             image = (*self.image_encoder(features), features["image_present"])
-        return {"text": text, "image": image}
+        lexicon = features["lexicon"].float() if hasattr(self, "lexicon_proj") else None  # (B, K)
+        return {"text": text, "image": image, "image_text": image_text, "lexicon": lexicon}
 
     def _image_tokens(self, tokens, mask, present):
         tokens = self.image_proj(tokens)  # (B, Ti, D)
@@ -166,11 +194,17 @@ class MultimodalClassifier(nn.Module):
             mask[missing, 0] = True  # one learned token stands for the absent image
         return tokens, mask
 
-    def forward_from_encoded(self, text: tuple | None, image: tuple | None) -> torch.Tensor:
-        """Logits (B, 3) from ``encoder_outputs``: projections, the missing-image token, fusion and head."""
+    def forward_from_encoded(self, text: tuple | None, image: tuple | None, image_text: tuple | None = None,
+                             lexicon: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C) from ``encoder_outputs``: projections, the missing-image token, fusion and head. The text
+        in the image joins the text tokens as a segment of its own (its padding and empty texts masked out)."""
         if text is not None:
             txt, txt_mask = text
             txt = self.text_proj(txt)  # (B, Tt, D)
+            if image_text is not None:
+                read, read_mask = image_text
+                read = self.text_proj(read) + self.image_text_segment  # (B, To, D)
+                txt, txt_mask = torch.cat([txt, read], 1), torch.cat([txt_mask, read_mask], 1)  # (B, Tt + To, D)
         if image is not None:
             img, img_mask = self._image_tokens(*image)
         if self.modality == "all":
@@ -179,9 +213,11 @@ class MultimodalClassifier(nn.Module):
             fused = masked_mean(txt, txt_mask)
         else:
             fused = masked_mean(img, img_mask)
-        return self.head(fused)  # (B, 3)
+        if lexicon is not None:
+            fused = torch.cat([fused, self.lexicon_proj(lexicon)], -1)  # (B, F + D)
+        return self.head(fused)  # (B, C)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """features: cached tensors of a batch -> logits (B, 3)."""
         encoded = self.encoder_outputs(features)
-        return self.forward_from_encoded(encoded["text"], encoded["image"])
+        return self.forward_from_encoded(encoded["text"], encoded["image"], encoded["image_text"], encoded["lexicon"])

@@ -16,11 +16,12 @@ from .calibration import apply_temperature, read_temperature
 from .config import RunConfig, run_labels
 from .data.dataset import Split, open_data
 from .data.text import clean_text, decode_text
+from .decision import DecisionRule, decide
 from .errors import InputError
 from .features import compute_features
 from .model import MultimodalClassifier, Towers, load_towers
-from .runfolder import (RunError, is_ensemble, is_seed_group, member_dirs, read_run_config, read_stacker_dict,
-                        read_weights, weight_files)
+from .runfolder import (RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict, read_run_config,
+                        read_stacker_dict, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
 from .training import FeatureBatches, predict_probs, resolve_device
 
@@ -49,15 +50,19 @@ class Prediction:
     label: str
     probabilities: dict[str, float]  # label -> probability, in the run's class order
     modalities_used: list[str]  # "text", "image": what the post gave and the run reads
+    image_text: str | None = None  # the text read in the image, for a run that reads it (ocr.enabled)
 
     @classmethod
-    def from_probs(cls, probs: np.ndarray, modalities_used: list[str], classes) -> "Prediction":
-        """From one row of class probabilities (C,), columns in ``classes`` order."""
-        return cls(classes[int(np.argmax(probs))], {name: float(p) for name, p in zip(classes, probs)},
-                   modalities_used)
+    def from_probs(cls, probs: np.ndarray, modalities_used: list[str], classes, offsets=None) -> "Prediction":
+        """From one row of class probabilities (C,), columns in ``classes`` order; the label by the decision rule's
+        ``offsets`` (None: the most probable class)."""
+        return cls(classes[int(decide(np.asarray(probs)[None], offsets)[0])],
+                   {name: float(p) for name, p in zip(classes, probs)}, modalities_used)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "probabilities": self.probabilities, "modalities_used": self.modalities_used}
+        extra = {} if self.image_text is None else {"image_text": self.image_text}
+        return {"label": self.label, "probabilities": self.probabilities, "modalities_used": self.modalities_used,
+                **extra}
 
 
 class Predictor:
@@ -66,10 +71,15 @@ class Predictor:
     Subclasses give ``modalities``, ``predict_split`` and ``_batch_probs``."""
 
     run_dir: Path | None
+    decision_offsets: list[float] | None = None  # the run's decision rule (decision.json); None = most probable
 
     @property
     def modalities(self) -> list[str]:
         raise NotImplementedError
+
+    def labels_of(self, probs: np.ndarray) -> np.ndarray:
+        """Label indices (N,) of class probabilities (N, C) by the run's decision rule."""
+        return decide(probs, self.decision_offsets)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -88,7 +98,7 @@ class Predictor:
 
     def prediction(self, probs: np.ndarray, modalities_used: list[str]) -> Prediction:
         """A :class:`Prediction` from one row of this run's class probabilities (C,)."""
-        return Prediction.from_probs(probs, modalities_used, self.classes)
+        return Prediction.from_probs(probs, modalities_used, self.classes, self.decision_offsets)
 
     @property
     def description(self) -> str:
@@ -133,7 +143,14 @@ class Predictor:
         used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
                 enumerate(zip(texts, images))]
         probs = self._batch_probs(texts, images, n)  # (N, C)
-        return [self.prediction(row, modalities) for row, modalities in zip(probs, used)]
+        predictions = [self.prediction(row, modalities) for row, modalities in zip(probs, used)]
+        for prediction, image, read in zip(predictions, images, self.image_texts(images) or []):  # cached
+            prediction.image_text = read if image is not None else None
+        return predictions
+
+    def image_texts(self, images: list) -> list[str] | None:
+        """The text read in each image ("" for none), or None for a run that does not read it."""
+        return None
 
     def explain(self, text: str | None = None, image=None, steps: int | None = None):
         """One post's prediction and why: an :class:`mmsent.explain.Explanation` with a signed score per word of
@@ -183,7 +200,7 @@ class LoadedRun(Predictor):
     @property
     def modalities(self) -> list[str]:
         """What the run reads: ["text", "image"], or one of them."""
-        return [tower.kind for tower in self.towers.present()]
+        return self.towers.modalities
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -218,16 +235,29 @@ class LoadedRun(Predictor):
         # Decoding and cleaning run in the caller's thread (callers decode in parallel); tensors on the run's thread.
         pixels = [image_tower.load(image) if image is not None else None for image in images] if image_tower else None
         cleaned = [clean_text(text or "", self.config.text_prep) for text in texts] if text_tower else None
-        return self._call(self._encode_and_ensemble, cleaned, pixels, n)
+        read = [self.towers.image_text.read(image) for image in images] if self.towers.image_text else None
+        raw = list(texts) if self.towers.lexicon else None
+        return self._call(self._encode_and_ensemble, cleaned, pixels, n, read, raw)
+
+    def image_texts(self, images: list) -> list[str] | None:
+        """The text read in each image (None: the run does not read it)."""
+        if self.towers.image_text is None:
+            return None
+        return [self.towers.image_text.read(image) for image in images]
 
     @torch.inference_mode()
-    def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int) -> np.ndarray:
+    def _encode_and_ensemble(self, texts: list[str] | None, pixels: list | None, n: int,
+                             image_texts: list[str] | None = None, raw_texts: list | None = None) -> np.ndarray:
         """Frozen encoders on in-memory posts, then the fold ensemble -> probabilities (N, C)."""
         features = {}
         if texts is not None:
             features.update(self.towers.text.encode_items(texts))
         if pixels is not None:
             features.update(self.towers.image.encode_items(pixels))
+        if image_texts is not None:
+            features.update(self.towers.image_text.encode_items(image_texts))
+        if raw_texts is not None:
+            features.update(self.towers.lexicon.encode_items(raw_texts))
         return self._ensemble(features, n)
 
 
@@ -281,6 +311,9 @@ class LoadedEnsemble(Predictor):
     def _batch_probs(self, texts, images, n):
         return self._combine([member._batch_probs(texts, images, n) for member in self.members], lambda: texts)
 
+    def image_texts(self, images: list) -> list[str] | None:
+        return next((read for read in (m.image_texts(images) for m in self.members) if read is not None), None)
+
 
 def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
     """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
@@ -306,7 +339,9 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     except BaseException:
         worker.shutdown(wait=False)
         raise
-    return LoadedRun(config, towers, models, target, run_dir, worker, temperature=read_temperature(run_dir))
+    run = LoadedRun(config, towers, models, target, run_dir, worker, temperature=read_temperature(run_dir))
+    run.decision_offsets = read_decision_offsets(run_dir)
+    return run
 
 
 def _load_ensemble(run_dir: Path, device: str, backend: str | None) -> "LoadedEnsemble":
@@ -337,7 +372,20 @@ def _combine_members(run_dir: Path, members: list[LoadedRun]) -> LoadedEnsemble:
     if stacker is not None and stacker.weights.shape != expected:
         raise RunError(f"{run_dir}/ensemble.json: its stacker's weights are {stacker.weights.shape}, its members "
                        f"need {expected} ({len(members)} runs of {classes} classes)")
-    return LoadedEnsemble(members, run_dir, stacker, temperature=read_temperature(run_dir))
+    ensemble = LoadedEnsemble(members, run_dir, stacker, temperature=read_temperature(run_dir))
+    ensemble.decision_offsets = read_decision_offsets(run_dir)
+    return ensemble
+
+
+def read_decision_offsets(run_dir: Path) -> list[float] | None:
+    """The offsets of the run's decision rule (None: the most probable class)."""
+    data = read_decision_dict(run_dir)
+    if data is None:
+        return None
+    try:
+        return DecisionRule.from_dict(data).offsets or None
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{run_dir}/decision.json is not a decision rule written by mmsent ({error})") from None
 
 
 def _build_models(config: RunConfig, files: list[Path], target: torch.device):
@@ -354,7 +402,8 @@ def _build_models(config: RunConfig, files: list[Path], target: torch.device):
     return towers, models
 
 
-def write_predictions(path: Path, guids: list[str], probs: np.ndarray, classes) -> None:
-    """Write ``guid,tag`` rows (the test file's layout), atomically; ``classes`` names the columns of ``probs``."""
-    rows = ["guid,tag"] + [f"{guid},{classes[int(i)]}" for guid, i in zip(guids, probs.argmax(1))]
+def write_predictions(path: Path, guids: list[str], probs: np.ndarray, classes, offsets=None) -> None:
+    """Write ``guid,tag`` rows (the test file's layout), atomically; ``classes`` names the columns of ``probs``,
+    ``offsets`` are the decision rule's (None: the most probable class)."""
+    rows = ["guid,tag"] + [f"{guid},{classes[int(i)]}" for guid, i in zip(guids, decide(probs, offsets))]
     atomic_write_text(Path(path), "\n".join(rows) + "\n")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .decision import decide
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .data.dataset import Split
 from .data.formats import DataSource
@@ -66,17 +67,19 @@ def _header(suffix: str, columns: list[str]) -> str:
     return _render(suffix, columns, [columns]) if suffix.lower() == ".csv" else ""
 
 
-def prediction_rows(guids, probs: np.ndarray, classes) -> list[list]:
-    """Output rows of predicted posts: id, label (the argmax), each probability as the shortest float32 text."""
-    return [[guid, classes[int(np.argmax(row))], *map(str, row.astype(np.float32)), None]
-            for guid, row in zip(guids, probs)]
+def prediction_rows(guids, probs: np.ndarray, classes, offsets=None) -> list[list]:
+    """Output rows of predicted posts: id, label (by the decision rule's ``offsets``; None: the most probable
+    class), each probability as the shortest float32 text."""
+    labels = decide(probs, offsets) if len(probs) else []
+    return [[guid, classes[int(label)], *map(str, row.astype(np.float32)), None]
+            for guid, row, label in zip(guids, probs, labels)]
 
 
-def write_rows_file(path: Path, guids, probs: np.ndarray, classes) -> None:
+def write_rows_file(path: Path, guids, probs: np.ndarray, classes, offsets=None) -> None:
     """A whole part's predictions as OUT.csv / OUT.jsonl in one go, atomically (data that is no table)."""
     columns = output_columns(classes)
     atomic_write_text(path, _header(path.suffix, columns) + _render(path.suffix, columns,
-                                                                     prediction_rows(guids, probs, classes)))
+                                                                     prediction_rows(guids, probs, classes, offsets)))
 
 
 @dataclass
@@ -221,7 +224,8 @@ def _chunk_output(job: TableJob, chunk, summary: Summary) -> str:
     split = Split(table_dir, posts)
     with silenced():
         probs = job.run.predict_split(split, log=lambda *_: None, cache=False) if posts else None
-    predicted = iter(prediction_rows([p.guid for p in posts], probs, job.run.classes) if posts else [])
+    predicted = iter(prediction_rows([p.guid for p in posts], probs, job.run.classes, job.run.decision_offsets)
+                     if posts else [])
     rows = [next(predicted) if isinstance(item, Post) else [guid, None, *[None] * len(job.run.classes), str(item)]
             for guid, item in items]
     summary.add(problems + [item for _, item in items if isinstance(item, Problem)] + split.problems)

@@ -33,6 +33,7 @@ from .errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 CALIBRATION_FILE = "calibration.json"
+DECISION_FILE = "decision.json"
 OOF_FILE = "oof_predictions.csv"
 ENSEMBLE_FILE = "ensemble.json"
 SEEDS_FILE = "seeds.json"
@@ -205,6 +206,16 @@ def read_calibration_dict(run_dir: Path) -> dict | None:
 
 def write_calibration_dict(run_dir: Path, data: dict) -> None:
     atomic_write_json(Path(run_dir) / CALIBRATION_FILE, data)
+
+
+def read_decision_dict(run_dir: Path) -> dict | None:
+    """decision.json's content (the decision rule, :mod:`mmsent.decision`), or None: the most probable class."""
+    path = Path(run_dir) / DECISION_FILE
+    return read_json(path, "a run's decision rule") if path.is_file() else None
+
+
+def write_decision_dict(run_dir: Path, data: dict) -> None:
+    atomic_write_json(Path(run_dir) / DECISION_FILE, data)
 
 
 # ---- folds -----------------------------------------------------------------------------------------------------

@@ -13,28 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import TextPrepConfig
-from .errors import InputError, PackageError
-from .data.text import clean_text
+from .errors import InputError
+from .lexicon import VADER_SCORES, VADER_TEXT_PREP, vader_scores, vader_scores_of_raw
 
-LEXICON_SCORES = ("neg", "neu", "pos", "compound")
-LEXICON_TEXT_PREP = TextPrepConfig()  # what VADER reads: the default cleaning (URLs, mentions, "RT" removed)
-
-
-def lexicon_scores(texts: list[str]) -> np.ndarray:
-    """VADER's scores (N, 4) of already cleaned texts ("" for a post without text scores 0, 1, 0, 0)."""
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        raise PackageError("stacking reads the VADER sentiment lexicon: pip install vaderSentiment") from None
-    analyzer = SentimentIntensityAnalyzer()
-    rows = [analyzer.polarity_scores(text) for text in texts]
-    return np.array([[row[name] for name in LEXICON_SCORES] for row in rows], dtype=np.float64).reshape(-1, 4)
-
-
-def lexicon_scores_of_raw(texts: list[str | None]) -> np.ndarray:
-    """VADER's scores (N, 4) of posts' raw texts (None = no text), cleaned as at training time."""
-    return lexicon_scores([clean_text(text or "", LEXICON_TEXT_PREP) for text in texts])
+LEXICON_SCORES = VADER_SCORES  # the stacker reads VADER's four scores
+LEXICON_TEXT_PREP = VADER_TEXT_PREP
+lexicon_scores = vader_scores  # of cleaned texts
+lexicon_scores_of_raw = vader_scores_of_raw  # of raw texts
 
 
 def stack_inputs(member_probs: list[np.ndarray], lexicon: np.ndarray) -> np.ndarray:

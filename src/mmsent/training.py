@@ -21,6 +21,7 @@ from .metrics import classification_metrics
 from .progress import progress
 
 TEXT_SEQUENCES = ("text_mask", "text_hidden", "text_ids")  # cached text tensors with the token axis second
+SEQUENCES = {"text_mask": TEXT_SEQUENCES, "ocr_mask": ("ocr_mask", "ocr_hidden")}  # mask -> tensors it pads
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -73,11 +74,12 @@ class FeatureBatches:
         for positions in self.plan():
             index = torch.as_tensor(self.indices[positions])
             batch = {name: tensor[index] for name, tensor in self.features.items()}
-            if "text_mask" in batch:  # cut the padding shared by the whole batch from every text sequence
-                length = max(int(batch["text_mask"].sum(1).max()), 1)
-                for name in TEXT_SEQUENCES:
-                    if name in batch:
-                        batch[name] = batch[name][:, :length]
+            for mask_name, names in SEQUENCES.items():  # cut the padding the whole batch shares from each sequence
+                if mask_name in batch:
+                    length = max(int(batch[mask_name].sum(1).max()), 1)
+                    for name in names:
+                        if name in batch:
+                            batch[name] = batch[name][:, :length]
             if self.pin_memory:
                 batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
             yield batch, (self.labels[index] if self.labels is not None else None), positions

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..config import DataConfig, TextPrepConfig
+from ..config import DataConfig, OcrConfig, TextPrepConfig
 from ..progress import progress
 from .dataset import Split
 from .formats import PARTS, DataSource, format_of, read_part
@@ -22,6 +22,7 @@ class CheckReport:
     posts: dict[str, int] = field(default_factory=dict)
     encodings: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
+    image_text: dict[str, dict] = field(default_factory=dict)  # part -> {"with_text", "images", "examples"} (--ocr)
 
     @property
     def usable(self) -> bool:
@@ -29,9 +30,10 @@ class CheckReport:
 
 
 def check_data(data_dir: Path, train_file: Path | None = None, test_file: Path | None = None, log=print,
-               data: DataConfig | None = None) -> CheckReport:
+               data: DataConfig | None = None, ocr: OcrConfig | None = None) -> CheckReport:
     """Read both parts of a data set of any format and every post they name; collect problems (fatal ones make
-    the data unusable). ``train_file`` / ``test_file``: the lab folder's label files (default: the standard names)."""
+    the data unusable). ``train_file`` / ``test_file``: the lab folder's label files (default: the standard names).
+    ``ocr``: also read the text in every image (through the OCR cache) and count the images that hold some."""
     source = DataSource(Path(data_dir), data or DataConfig(), train_file, test_file)
     report = CheckReport()
     format_of(source)  # DataError for data that is absent or of no known format
@@ -46,7 +48,18 @@ def check_data(data_dir: Path, train_file: Path | None = None, test_file: Path |
         report.encodings.update(split.encodings)
         report.problems.extend(split.problems)
         report.problems.extend(_image_problems(split, name))
+        if ocr is not None and split.records:
+            report.image_text[name] = _image_texts(split, ocr)
     return report
+
+
+def _image_texts(split: Split, ocr: OcrConfig) -> dict:
+    from ..ocr import split_image_texts
+
+    texts = split_image_texts(split, ocr, ocr.workers)
+    images = sum(split.read_image_bytes(guid) is not None for guid in split.guids)
+    examples = [(post.image_where, text) for post, text in zip(split.records, texts) if text][:3]
+    return {"with_text": sum(bool(text) for text in texts), "images": images, "examples": examples}
 
 
 def _image_problems(split: Split, name: str) -> list[Problem]:
@@ -75,6 +88,10 @@ def format_report(report: CheckReport, limit: int = 50) -> str:
         total = max(sum(counts.values()), 1)
         lines.append(f"{name} labels: " + ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in counts.items()))
     lines.append("text encodings: " + ", ".join(f"{k} {v}" for k, v in report.encodings.most_common()))
+    for name, found in report.image_text.items():
+        share = found["with_text"] / max(found["images"], 1)
+        lines.append(f"{name} images with text: {found['with_text']} of {found['images']} ({100 * share:.1f}%)"
+                     + "".join(f"\n  {where}: {text[:100]!r}" for where, text in found["examples"]))
     fatal = [p for p in report.problems if p.fatal]
     warnings = [p for p in report.problems if not p.fatal]
     lines.append(f"problems: {len(fatal)} fatal, {len(warnings)} warnings")

@@ -25,8 +25,8 @@ from .sources import fingerprint_source
 class _DecodedImages(Dataset):
     """Decodes the images of a split into (S, S, 3) uint8 arrays; unreadable ones become zeros + a reason."""
 
-    def __init__(self, split, size: int):
-        self.split, self.size = split, size
+    def __init__(self, split, size: int, fit: str = "crop"):
+        self.split, self.size, self.fit = split, size, fit
 
     def __len__(self):
         return len(self.split.records)
@@ -37,7 +37,7 @@ class _DecodedImages(Dataset):
         if raw is None:
             return np.zeros((self.size, self.size, 3), dtype=np.uint8), "image file missing"
         try:
-            return load_image(raw, self.size), ""  # (S, S, 3), decoded as a single post's image is
+            return load_image(raw, self.size, self.fit), ""  # (S, S, 3), decoded as a single post's image is
         except ImageError as error:
             return np.zeros((self.size, self.size, 3), dtype=np.uint8), str(error)
 
@@ -55,10 +55,10 @@ def _collate(items):
     return channels_last_batch(list(images)), list(reasons)
 
 
-def decode_split_images(split, size: int, batch_size: int, workers: int):
+def decode_split_images(split, size: int, batch_size: int, workers: int, fit: str = "crop"):
     """Yield (index_slice, pixels (B, 3, S, S) uint8 channels-last, present (B,) bool), recording unusable images
     in split.problems."""
-    loader = DataLoader(_DecodedImages(split, size), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(_DecodedImages(split, size, fit), batch_size=batch_size, num_workers=workers,
                         persistent_workers=False, collate_fn=_collate)
     start = 0
     for pixels, reasons in progress(loader, desc="image features", unit="batch"):
@@ -141,6 +141,7 @@ class ImageTower(Tower):
     kind = "image"
     feature_names = ("image_input", "image_present")
     size: int
+    fit = "crop"  # image.fit: how an image becomes the encoder's square (data.images.FITS)
     pooled = False  # one mean-pooled vector per image (image.pooled) instead of its tokens
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -156,14 +157,18 @@ class ImageTower(Tower):
     def load(self, source) -> np.ndarray:
         """An image as a path, bytes or a PIL image -> (S, S, 3) uint8, the pixels ``precompute`` decodes from the
         same file; ImageError if it cannot be used."""
-        return load_image(source, self.size)
+        return load_image(source, self.size, self.fit)
+
+    def geometry(self) -> dict:
+        """The cache key's part for how images are made square (empty for the centre crop, as keys always were)."""
+        return {} if self.fit == "crop" else {"fit": self.fit}
 
     @torch.inference_mode()
     def precompute(self, split, text_prep, batch_size, workers):
         n = len(split.records)
         present = torch.zeros(n, dtype=torch.bool)
         chunks = []
-        for index, pixels, ok in decode_split_images(split, self.size, batch_size, workers):
+        for index, pixels, ok in decode_split_images(split, self.size, batch_size, workers, self.fit):
             present[index] = ok
             chunks.append(self.encode_pixels(pixels))
         return {"image_input": torch.cat(chunks), "image_present": present}
@@ -198,7 +203,7 @@ class EfficientNetLiteTower(ImageTower):
 
     def __init__(self, config: ImageEncoderConfig, variant: str):
         net = load_pretrained(variant)
-        self.config, self.variant, self.pooled = config, variant, config.pooled
+        self.config, self.variant, self.pooled, self.fit = config, variant, config.pooled, config.fit
         self.size = config.image_size or LITE_VARIANTS[variant].image_size
         stages = lite_stages(net)
         self.split_at = resolve_split(len(stages), config.train_layers, "image encoder")
@@ -215,7 +220,7 @@ class EfficientNetLiteTower(ImageTower):
         super().__init__(StagesUpper(list(stages[self.split_at:]), self.split_at == 0, net.num_features), load_runner)
 
     def cache_id(self):
-        parts = {"image": self.variant, "size": self.size, "split": self.split_at, "format": 1}
+        parts = {"image": self.variant, "size": self.size, "split": self.split_at, "format": 1, **self.geometry()}
         if self.config.pooled:
             parts["pooled"] = True
         return json.dumps(parts)
@@ -260,6 +265,7 @@ class HFImageTower(ImageTower):
         except OSError as error:
             raise ConfigError(f"cannot load image encoder {source!r}: {error}") from None
         self.config, self.source_id, self.pooled = config, fingerprint_source(source), config.pooled
+        self.fit = config.fit
         self.size = config.image_size or int(getattr(model_config, "image_size", 224))
         self.mean, self.std = _processor_stats(source)
         hidden = int(getattr(model_config, "hidden_size", 0))
@@ -281,7 +287,7 @@ class HFImageTower(ImageTower):
         return self.lower(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
 
     def cache_id(self):
-        parts = {"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1}
+        parts = {"image": self.source_id, "size": self.size, "all": self.trains_all, "format": 1, **self.geometry()}
         if self.config.pooled:
             parts["pooled"] = True
         return json.dumps(parts)

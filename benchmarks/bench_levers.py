@@ -1,0 +1,172 @@
+"""Accuracy levers, each measured the same way: k-fold CV over several seeds, and the test part of a fixed
+stratified 8:1:1 split of the training file (one model per seed, its epoch chosen on the validation part).
+
+Every lever is a set of training flags over a common base (``--base``, e.g. ``--profile fast``). For each lever
+the script runs, through the installed ``mmsent`` command:
+
+    mmsent train    --data DIR --out OUT/<lever>/cv --seeds 1,2,3 <base> <lever flags>
+    mmsent train    --data DIR --train-file SPLIT/train.txt --val-file SPLIT/val.txt --seed S ... (per seed)
+    mmsent evaluate --run OUT/<lever>/fixed/seed_S --data DIR --labels-file SPLIT/test.txt
+
+and the decision rule for macro F1 (``mmsent decide``'s cross-fitted figures on each CV run's out-of-fold
+probabilities, no retraining). Finished runs are kept, so the script resumes. It writes OUT/levers.json (the
+figures, the git revision, the package versions, the machine and the command) and OUT/levers.md (the table).
+
+    python benchmarks/bench_levers.py --data DIR --out OUT [--levers base,pad,ocr] [--base "--profile fast"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LEVERS = {  # name -> training flags over the base
+    "base": [],
+    "pad": ["--set", "image.fit=pad"],
+    "ocr": ["--ocr"],
+    "pad+ocr": ["--set", "image.fit=pad", "--ocr"],
+    "ema": ["--set", "train.ema_decay=0.99"],
+    "lexicon": ["--set", "lexicon.enabled=true"],
+    "ocr+lexicon": ["--ocr", "--set", "lexicon.enabled=true"],
+    "pad+ocr+lexicon": ["--set", "image.fit=pad", "--ocr", "--set", "lexicon.enabled=true"],
+    "supcon": ["--set", "train.supcon_weight=0.1"],
+}
+FIGURES = ("accuracy", "weighted_f1", "macro_f1")
+
+
+def mmsent(*args: str, log: Path) -> float:
+    """Run the mmsent command; returns its wall time. Its output goes to ``log``."""
+    command = [str(Path(sys.executable).parent / "mmsent"), *args]
+    start = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        out.flush()
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {shlex.join(command)}; see {log}")
+    return time.perf_counter() - start
+
+
+def cv_figures(folder: Path, seeds: list[int], data: str, flags: list[str], log: Path) -> dict:
+    seeds_file = folder / "seeds.json"
+    seconds = None
+    if not seeds_file.is_file():
+        seconds = mmsent("train", "--data", data, "--out", str(folder), "--seeds", ",".join(map(str, seeds)),
+                         "--overwrite", *flags, log=log)
+    over = json.loads(seeds_file.read_text())["over_seeds"]
+    figures = {key: [over[f"{key}_mean"], over[f"{key}_seed_std"]] for key in FIGURES}
+    decided = []
+    for seed in seeds:
+        run = folder / f"seed_{seed}"
+        decision_file = run / "decision.json"
+        if not decision_file.is_file():
+            mmsent("decide", "--run", str(run), "--rule", "macro_f1", log=log)
+        decided.append(json.loads(decision_file.read_text())["cross_fitted"])
+    figures["decision_macro_f1"] = {key: [float(np.mean([d[key] for d in decided])),
+                                          float(np.std([d[key] for d in decided]))] for key in FIGURES}
+    wall = [json.loads((folder / f"seed_{s}" / "metrics.json").read_text())["wall_seconds"] for s in seeds]
+    figures["train_seconds_per_seed"] = float(np.mean(wall))
+    return figures
+
+
+def fixed_figures(folder: Path, split: Path, seeds: list[int], data: str, flags: list[str], log: Path) -> dict:
+    rows = []
+    for seed in seeds:
+        run = folder / f"seed_{seed}"
+        result = run / "evaluations" / "test.json"
+        if not result.is_file():
+            mmsent("train", "--data", data, "--train-file", str(split / "train.txt"), "--val-file",
+                   str(split / "val.txt"), "--out", str(run), "--seed", str(seed), "--overwrite", *flags, log=log)
+            mmsent("evaluate", "--run", str(run), "--data", data, "--labels-file", str(split / "test.txt"), log=log)
+        rows.append(json.loads(result.read_text()))
+    return {key: [float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))] for key in FIGURES}
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for name in ("mmsent", "torch", "onnxruntime", "rapidocr-onnxruntime", "scikit-learn", "numpy"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return ""
+
+
+def cell(pair) -> str:
+    return f"{pair[0]:.4f} ± {pair[1]:.4f}"
+
+
+def markdown(results: dict, base: str) -> str:
+    lines = [f"Base: `{base or '(the default)'}`; CV: mean ± std over seeds of the 5-fold CV means; fixed split: "
+             "mean ± std over seeds on the 400 test posts; decision: the macro-F1 decision rule, cross-fitted on "
+             "the out-of-fold probabilities.", "",
+             "| lever | CV accuracy | CV weighted F1 | CV macro F1 | CV macro F1, decision rule | fixed-split "
+             "accuracy | fixed-split weighted F1 | fixed-split macro F1 | train s/seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        cv, fixed = r["cv"], r["fixed_split"]
+        lines.append(f"| {name} | {cell(cv['accuracy'])} | {cell(cv['weighted_f1'])} | {cell(cv['macro_f1'])} | "
+                     f"{cell(cv['decision_macro_f1']['macro_f1'])} | {cell(fixed['accuracy'])} | "
+                     f"{cell(fixed['weighted_f1'])} | {cell(fixed['macro_f1'])} | "
+                     f"{cv['train_seconds_per_seed']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/mvsa")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--levers", default="base,pad,ocr", help=f"comma-separated, of: {', '.join(LEVERS)}")
+    parser.add_argument("--base", default="", help="flags every lever shares, e.g. '--profile fast'")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--no-fixed-split", action="store_true", help="CV only")
+    args = parser.parse_args(argv)
+    names = [n for n in args.levers.split(",") if n]
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown:
+        parser.error(f"unknown levers {unknown}; known: {', '.join(LEVERS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "log.txt"
+    split = args.out / "split"
+    if not (split / "test.txt").is_file():
+        mmsent("split", "--data", args.data, "--out", str(split), log=log)
+    results_file = args.out / "levers.json"
+    results = json.loads(results_file.read_text())["levers"] if results_file.is_file() else {}
+    for name in names:
+        flags = shlex.split(args.base) + LEVERS[name]
+        cv = cv_figures(args.out / name / "cv", seeds, args.data, flags, log)
+        fixed = ({key: [float("nan")] * 2 for key in FIGURES} if args.no_fixed_split else
+                 fixed_figures(args.out / name / "fixed", split, seeds, args.data, flags, log))
+        results[name] = {"flags": flags, "cv": cv, "fixed_split": fixed}
+        record = {"levers": results, "base": args.base, "seeds": seeds, "revision": revision(),
+                  "versions": versions(), "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                  "cpus": __import__("os").cpu_count(), "command": shlex.join(sys.argv)}
+        results_file.write_text(json.dumps(record, indent=2))
+        (args.out / "levers.md").write_text(markdown(results, args.base))
+        print(f"{name}: CV accuracy {cell(cv['accuracy'])}, macro F1 {cell(cv['macro_f1'])} "
+              f"(decision rule {cell(cv['decision_macro_f1']['macro_f1'])}); fixed split accuracy "
+              f"{cell(fixed['accuracy'])}, weighted F1 {cell(fixed['weighted_f1'])}, macro F1 "
+              f"{cell(fixed['macro_f1'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
