@@ -76,3 +76,21 @@ def test_stacked_ensemble_of_a_two_class_table(tmp_path, capsys, tiny_bert_dir, 
     lines = out.read_text().splitlines()
     assert lines[0] == "id,label,p_negative,p_positive,error" and len(lines) == 4
     assert {line.split(",")[1] for line in lines[1:]} <= set(TWO)
+
+
+def test_nested_cross_fitting_never_scores_a_fold_with_what_it_chose_or_fitted_on():
+    from mmsent.data.folds import stratified_folds
+    from mmsent.stacking import STACK_C_GRID, nested_cross_fitted_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    inputs = rng.normal(size=(300, 5)) + np.eye(3)[labels] @ rng.normal(size=(3, 5))
+    folds = stratified_folds(labels.tolist(), 5, 0)
+    probs, chosen = nested_cross_fitted_probabilities(inputs, labels, folds, classes=3)
+    assert probs.shape == (300, 3) and len(chosen) == 5 and set(chosen) <= set(STACK_C_GRID)
+    _, held = folds[2]
+    scrambled = labels.copy()
+    scrambled[held] = rng.permutation(scrambled[held])  # fold 2's labels cannot reach fold 2's figures
+    again, chosen_again = nested_cross_fitted_probabilities(inputs, scrambled, folds, classes=3)
+    assert np.allclose(again[held], probs[held]) and chosen_again[2] == chosen[2]
+    assert (probs.argmax(1) == labels).mean() > 0.5  # and it learns

@@ -244,7 +244,10 @@ def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
                              "lexicon scores of the text, fitted on their out-of-fold predictions, instead of "
                              "averaging them (needs --data)")
     parser.add_argument("--data", type=Path, help="with --stack: the data set the runs were trained on")
-    parser.add_argument("--stack-c", type=float, default=1.0, help="with --stack: inverse L2 strength (default 1)")
+    parser.add_argument("--stack-c", default="auto",
+                        help="with --stack: inverse L2 strength, or 'auto' (default): chosen from 0.01, 0.1, 1, 10 "
+                             "by nested cross-fitting, so that no reported figure comes from the posts it was "
+                             "chosen on")
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -500,6 +503,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _stack_strength(text: str) -> float | None:
+    """--stack-c: a positive number, or 'auto' (None: chosen by nested cross-fitting)."""
+    from .runfolder import RunError
+
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise RunError(f"--stack-c must be a positive number or 'auto', got {text}")
+    return value
+
+
 @command("ensemble", "average (or --stack) the probabilities of finished runs cross-validated on the "
          "same folds -> an ensemble folder that predict and serve take", _ensemble_arguments)
 def cmd_ensemble(args) -> int:
@@ -510,10 +528,8 @@ def cmd_ensemble(args) -> int:
         raise RunError("--stack fits on the runs' training texts: give --data, the folder they were trained on")
     if args.data is not None and not args.stack:
         raise RunError("--data is only read with --stack")
-    if args.stack_c <= 0:
-        raise RunError(f"--stack-c must be positive, got {args.stack_c}")
     metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
-                             stack_c=args.stack_c)
+                             stack_c=_stack_strength(args.stack_c))
     print(format_ensemble(metrics))
     from .calibration import format_calibration
     from .cv import describe_protocol

@@ -197,15 +197,14 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
     classes = run_labels(config)
     rows, oof = _gather_folds(trainer, shard, len(classes))
     scored, labels = plan.scored(), plan.labels.numpy()
-    calibration = fit_calibration(oof[scored], labels[scored], plan.fold_of()[scored])
-    decision = fit_decision(oof[scored], labels[scored], plan.fold_of()[scored], config.train.decision, classes)
+    calibration, decision = _fit_on_oof(oof[scored], labels[scored], plan.fold_of()[scored], config, classes)
     metrics = {
         "protocol": protocol_of(config.train, plan.fixed_split),
         "cv": cv_summary(rows),
         "folds": rows,
         "out_of_fold": classification_metrics(labels[scored], oof[scored].argmax(1), classes),
         "calibration": calibration.summary(),
-        **({"decision": decision.to_dict()} if config.train.decision != "accuracy" else {}),
+        **({"decision": decision.to_dict()} if decision.rule != "accuracy" else {}),
         "data": data_summary(plan.split, features),
         "feature_seconds": feature_seconds,
         "wall_seconds": time.perf_counter() - start,
@@ -214,13 +213,24 @@ def train_cv(config: RunConfig, split: Split, out_dir: Path, log=print, resume: 
         **({"processes": shard.world_size} if shard.world_size > 1 else {}),
     }
     if shard.is_main:
-        write_calibration_dict(out_dir, calibration.to_dict())
-        if config.train.decision != "accuracy":
-            write_decision_dict(out_dir, decision.to_dict())
-        write_metrics(out_dir, metrics)
-        write_oof(out_dir, OutOfFold([plan.split.guids[i] for i in scored],
-                                     [classes[plan.split.labels[i]] for i in scored], oof[scored], classes))
+        _write_results(out_dir, metrics, calibration, decision,
+                       OutOfFold([plan.split.guids[i] for i in scored], [classes[plan.split.labels[i]] for i in scored],
+                                 oof[scored], classes))
     return metrics
+
+
+def _write_results(out_dir: Path, metrics: dict, calibration, decision: DecisionRule, oof: OutOfFold) -> None:
+    write_calibration_dict(out_dir, calibration.to_dict())
+    if decision.rule != "accuracy":
+        write_decision_dict(out_dir, decision.to_dict())
+    write_metrics(out_dir, metrics)
+    write_oof(out_dir, oof)
+
+
+def _fit_on_oof(probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, config: RunConfig, classes):
+    """What is fitted on a run's out-of-fold probabilities (N, C): its calibration and its decision rule."""
+    return (fit_calibration(probs, labels, fold_of),
+            fit_decision(probs, labels, fold_of, config.train.decision, classes))
 
 
 def with_labels(config: RunConfig, split: Split) -> RunConfig:

@@ -43,10 +43,12 @@ def _run_identity(run_dir: Path) -> dict:
 
 
 def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray, folds, data_dir: Path,
-           member: Path, fingerprint: str, c: float, log) -> tuple[np.ndarray, dict]:
-    """Cross-fitted stacked probabilities (N, C) of the training posts, and the stacker fitted on all of them."""
+           member: Path, fingerprint: str, c: float | None, log) -> tuple[np.ndarray, dict]:
+    """Cross-fitted stacked probabilities (N, C) of the training posts, and the stacker fitted on all of them.
+    ``c`` None: the strength is chosen by nested cross-fitting (each fold's from the other folds only)."""
     from .data.dataset import open_data
-    from .stacking import LEXICON_TEXT_PREP, cross_fitted_probabilities, fit_stacker, lexicon_scores, stack_inputs
+    from .stacking import (LEXICON_TEXT_PREP, choose_c, cross_fitted_probabilities, fit_stacker, lexicon_scores,
+                           nested_cross_fitted_probabilities, stack_inputs)
 
     split = open_data(Path(data_dir), "train", read_run_config(member).data)  # read as the members read it
     if split.fingerprint() != fingerprint:
@@ -57,8 +59,13 @@ def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray,
     inputs = stack_inputs(member_probs, lexicon_scores([texts[guid] for guid in guids]))
     classes = member_probs[0].shape[1]
     try:
-        return (cross_fitted_probabilities(inputs, labels, folds, c, classes=classes),
-                fit_stacker(inputs, labels, c, classes=classes).to_dict())
+        if c is not None:
+            return (cross_fitted_probabilities(inputs, labels, folds, c, classes=classes),
+                    fit_stacker(inputs, labels, c, classes=classes).to_dict())
+        probs, chosen = nested_cross_fitted_probabilities(inputs, labels, folds, classes=classes)
+        final = choose_c(inputs, labels, folds, classes=classes)
+        log(f"stacking: strength chosen per fold on the other folds {chosen}; for prediction {final}")
+        return probs, {**fit_stacker(inputs, labels, final, classes=classes).to_dict(), "fold_c": chosen}
     except InputError as error:  # e.g. a fold whose other folds hold posts of one class only
         raise RunError(f"--stack: {error}; the members' out-of-fold posts cannot be stacked") from None
 
@@ -112,11 +119,11 @@ def _combined_protocol(run_dirs: list[Path]) -> dict | None:
 
 
 def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: Path | None = None,
-                   stack_c: float = 1.0) -> dict:
+                   stack_c: float | None = None) -> dict:
     """Combine the out-of-fold probabilities of ``run_dirs`` into the ensemble folder ``out_dir``; its metrics.
 
     The members' probabilities are averaged, or with ``stack_data`` (the data folder they were trained on) stacked
-    (:mod:`.stacking`, inverse L2 strength ``stack_c``)."""
+    (:mod:`.stacking`, inverse L2 strength ``stack_c``; None: chosen by nested cross-fitting)."""
     start = time.perf_counter()
     run_dirs, out_dir = [Path(r) for r in run_dirs], Path(out_dir)
     identity = _check_members(run_dirs, out_dir)

@@ -96,3 +96,35 @@ def cross_fitted_probabilities(inputs: np.ndarray, labels: np.ndarray, folds, c:
         stacker = fit_stacker(inputs[train_idx], labels[train_idx], c, classes=classes)
         probs[val_idx] = stacker.probabilities(inputs[val_idx])
     return probs
+
+
+STACK_C_GRID = (0.01, 0.1, 1.0, 10.0)  # the inverse L2 strengths ``--stack-c auto`` chooses from
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+
+def choose_c(inputs: np.ndarray, labels: np.ndarray, folds, *, classes: int, grid=STACK_C_GRID) -> float:
+    """The strength of ``grid`` whose cross-fitted probabilities over ``folds`` have the lowest negative
+    log-likelihood (ties: the stronger regularisation)."""
+    scores = [(_nll(cross_fitted_probabilities(inputs, labels, folds, c, classes=classes), labels), c) for c in grid]
+    return min(scores)[1]
+
+
+def nested_cross_fitted_probabilities(inputs: np.ndarray, labels: np.ndarray, folds, *, classes: int,
+                                      grid=STACK_C_GRID) -> tuple[np.ndarray, list[float]]:
+    """Probabilities (N, ``classes``) of each fold's posts from a stacker whose strength was chosen, and which was
+    fitted, on the other folds' posts only (the strength by cross-fitting among those folds): no figure comes from
+    posts its strength was chosen on. Also returns the strength chosen for each fold."""
+    from .calibration import stratified_parts
+
+    probs, chosen = np.zeros((len(labels), classes)), []
+    for train_idx, val_idx in folds:
+        part = stratified_parts(labels[train_idx], k=4)  # inner folds of the other folds' posts
+        inner = [(np.flatnonzero(part != p), np.flatnonzero(part == p)) for p in np.unique(part)]
+        c = choose_c(inputs[train_idx], labels[train_idx], inner, classes=classes, grid=grid)
+        chosen.append(c)
+        probs[val_idx] = fit_stacker(inputs[train_idx], labels[train_idx], c, classes=classes).probabilities(
+            inputs[val_idx])
+    return probs, chosen
