@@ -20,6 +20,7 @@ class StubRun:
 
     classes = ("negative", "positive")
     run_dir = None
+    decision_offsets = None  # the most probable class
 
     def __init__(self):
         self.posts = []
