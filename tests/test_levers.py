@@ -273,3 +273,14 @@ def test_ocr_run_end_to_end_shows_the_text_it_read(tmp_path, capsys):
         assert model.predict(text="hello", image=data / "data" / "1000.jpg").image_text == ""
         why = model.explain(text="hello", image=image).to_dict()
         assert "SAD" in why["image_text"].upper()
+
+
+def test_image_text_of_a_path_bytes_and_an_in_memory_image_agree(tmp_path, text_tower):
+    tower = ImageTextTower(text_tower, OcrConfig(enabled=True), TextPrepConfig())
+    image = text_image("BIG SMILE")
+    path = tmp_path / "post.png"
+    image.save(path)
+    read = tower.read(path)
+    assert "SMILE" in read.upper()
+    assert tower.read(path.read_bytes()) == read == tower.read(image) == tower.read(Image.open(path))
+    assert tower.read(None) == "" and tower.read(tmp_path / "missing.jpg") == ""

@@ -176,11 +176,20 @@ def _mistake_block(explanation, image, guid: str, predicted: str, confidence: fl
     block = ("<div style='display:flex;gap:14px;align-items:flex-start;margin:.6em 0;border-top:1px solid #eee;"
              f"padding-top:.6em'><div style='flex:none'>{thumb}</div><div><b>post {html.escape(guid)}</b>: "
              f"P({html.escape(predicted)}) {confidence:.3f} out of fold (fold {fold + 1})<br>"
-             f"{words_html(explanation.words, unavailable.get('words', ''))}<br><small>modality shares: "
-             f"{html.escape(shares_text)}</small></div></div>")
+             f"{words_html(explanation.words, unavailable.get('words', ''))}<br>{_read_html(explanation)}"
+             f"<small>modality shares: {html.escape(shares_text)}</small></div></div>")
+    read = f"; text in the image: {explanation.image_text!r}" if explanation.image_text else ""
     md += [f"post {guid}, P({predicted}) {confidence:.3f}: "
-           f"{words_markdown(explanation.words, unavailable.get('words', ''))}; modality shares: {shares_text}", ""]
+           f"{words_markdown(explanation.words, unavailable.get('words', ''))}{read}; modality shares: {shares_text}",
+           ""]
     return block, md, files
+
+
+def _read_html(explanation) -> str:
+    """The text read in the post's image, for a run that reads it ("" otherwise)."""
+    if not explanation.image_text:
+        return ""
+    return f"<small>text in the image: <q>{html.escape(explanation.image_text)}</q></small><br>"
 
 
 def _words_items(rows: list[dict], split, fold_runs, fold_of: dict, modalities: list[str], classes,

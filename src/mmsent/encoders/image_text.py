@@ -4,9 +4,12 @@ projection, then adds a learned segment embedding, so the fusion tells the two t
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..config import OcrConfig, TextPrepConfig
 from ..data.text import clean_text
@@ -49,23 +52,17 @@ class ImageTextTower(Tower):
 
     def read(self, image) -> str:
         """The text in one image given as a path, bytes or a PIL image ("" for None or an image without text)."""
-        from pathlib import Path
-
         from ..data.images import encoded_bytes
-        from ..ocr import OcrCache, read_pixels
-        from PIL import Image
+        from ..ocr import OcrCache
 
         if image is None:
             return ""
         if isinstance(image, Image.Image):
             raw = encoded_bytes(image)
-            if raw is None:  # made in memory: read its pixels directly
-                import numpy as np
-
-                from ..data.images import upright_rgb
-
-                pixels = np.asarray(upright_rgb(image.copy()))
-                return " ".join(text for text, _ in read_pixels(pixels, self.config))
+            if raw is None:  # made in memory: read (and cache) it as a PNG of its pixels
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                raw = buffer.getvalue()
         elif isinstance(image, (bytes, bytearray, memoryview)):
             raw = bytes(image)
         else:
