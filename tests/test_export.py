@@ -166,3 +166,60 @@ def test_exported_ensembles_mean_and_stacked(exported, tmp_path, tiny_bert_dir):
         with load_run(tmp_path / name, device="cpu") as loaded, load_run(tmp_path / f"{name}-model") as portable:
             gap = np.abs(_probs(loaded.predict_batch(texts, images)) - _probs(portable.predict_batch(texts, images)))
         assert gap.max() < 1e-4
+
+
+def test_predict_table_from_export_streams_like_the_run(exported, tmp_path):
+    data, run, model = exported
+    table = tmp_path / "posts.csv"
+    assert main(["convert", "--data", str(data), "--out", str(table)]) == 0
+    for name, source in (("run", run), ("export", model)):
+        assert main(["predict", "--run", str(source), "--data", str(table), "--out", str(tmp_path / f"{name}.csv"),
+                     "--chunk-size", "4", "--all-rows", "--allow-outside-paths"]) == 0
+    expected, got = [(tmp_path / f"{name}.csv").read_text().splitlines() for name in ("run", "export")]
+    assert len(got) == len(expected) == 31
+    for a, b in zip(expected[1:], got[1:]):
+        assert a.split(",")[:2] == b.split(",")[:2]
+        assert np.allclose([float(v) for v in a.split(",")[2:-1]], [float(v) for v in b.split(",")[2:-1]], atol=1e-4)
+
+
+def test_fine_tuned_text_layers_are_exported(exported, tmp_path, tiny_bert_dir):
+    data, _, _ = exported
+    run = tmp_path / "finetuned"
+    assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--text-encoder", tiny_bert_dir,
+                 "--set", "text.train_layers=1"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "model")]) == 0  # checked against the run
+    texts, images = _posts(data)
+    with load_run(run, device="cpu") as loaded, load_run(tmp_path / "model") as portable:
+        gap = np.abs(_probs(loaded.predict_batch(texts, images)) - _probs(portable.predict_batch(texts, images)))
+    assert gap.max() < 1e-4
+
+
+def test_server_batches_concurrent_requests_and_reports_metrics(exported):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from starlette.testclient import TestClient
+
+    from mmsent.serve import Batching, create_app
+
+    data, _, model = exported
+    texts, images = _posts(data)
+    with load_run(model) as portable:
+        expected = portable.predict(text=texts[0], image=images[0]).probabilities
+        app = create_app(portable, batching=Batching(max_batch=8, wait_ms=50))
+        with TestClient(app) as client:
+            def ask(_):
+                return client.post("/predict", data={"text": texts[0]},
+                                   files={"image": ("post.jpg", images[0], "image/jpeg")}).json()
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(ask, range(16)))
+            assert client.post("/predict", data={"text": " "}).status_code == 400
+            assert client.post("/explain", data={"text": "great"}).status_code == 501
+            metrics = client.get("/metrics").text
+    for answer in answers:
+        assert answer["probabilities"] == pytest.approx(expected, abs=1e-6)
+    assert 'mmsent_requests_total{endpoint="/predict",status="200"} 16' in metrics
+    assert 'mmsent_errors_total{endpoint="/predict"} 1' in metrics
+    assert 'mmsent_request_seconds_count{endpoint="/predict"} 17' in metrics
+    batches = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("mmsent_batch")}
+    assert batches["mmsent_batch_size_sum"] == 16 and batches["mmsent_batch_size_count"] < 16  # some were batched
