@@ -37,6 +37,7 @@ MANIFEST_FILE = "mmsent-export.json"
 FORMAT = "mmsent-export"
 FORMAT_VERSION = 1
 BATCH_SIZE = 32  # posts per batch through the encoders and the fold graphs
+IMAGE_CHUNK = 8  # images per run of the image graph: small batches keep its activations in the CPU's cache
 PREFETCH = 2  # batches of images decoded ahead of the one being encoded
 COMBINE_RULES = ("single", "mean", "stack")
 DECISION_RULES = (None,)  # the decision rules this version applies (None: the most probable class)
@@ -118,7 +119,8 @@ class ImageEncoder:
     def encode(self, images: list) -> dict[str, np.ndarray]:
         blank = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         pixels = np.stack([blank if image is None else image for image in images])  # (B, S, S, 3)
-        out = self.session.run(None, {self.input_name: pixels})[0]  # (B, C, h, w)
+        out = np.concatenate([self.session.run(None, {self.input_name: pixels[i:i + IMAGE_CHUNK]})[0]
+                              for i in range(0, len(pixels), IMAGE_CHUNK)])  # (B, C, h, w)
         if self.output != "map":
             out = out.reshape(out.shape[0], out.shape[1], -1).transpose(0, 2, 1)  # (B, h*w, C)
             if self.output == "pooled":
