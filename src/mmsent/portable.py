@@ -52,13 +52,21 @@ def is_export(folder) -> bool:
     return (Path(folder) / MANIFEST_FILE).is_file()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers narrow), not all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def session(path: Path, threads: int | None = None):
     """An ONNX Runtime session on the CPU with every graph optimisation and one intra-op thread per core."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decoding threads need the cores
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
