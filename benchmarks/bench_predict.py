@@ -5,6 +5,10 @@ Each round, in fresh processes: one that times the phases (imports, loading the 
 cache key, text features, image features, the fold ensemble), then the `mmsent predict` command itself.
 
     python benchmarks/bench_predict.py --run RUN --data ../shared/data/mvsa [--backend onnx] [--rounds 2]
+    python benchmarks/bench_predict.py --run RUN --export MODEL --data ../shared/data/mvsa [--rounds 3]
+
+With ``--export MODEL`` (``mmsent export --run RUN --out MODEL``) each round runs the cold ``mmsent predict`` command
+from the run, then from the export, back to back, and compares their wall times and their predictions.
 """
 
 from __future__ import annotations
@@ -70,14 +74,41 @@ def cold_cache() -> str:
     return folder
 
 
+def cold_predict(run: Path, data: Path, cache: str) -> tuple[float, list[str]]:
+    """Wall seconds of ``mmsent predict --run RUN --data DATA`` in a fresh process, and its rows."""
+    out = Path(cache) / "predictions.txt"
+    mark = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mmsent", "predict", "--run", str(run), "--data", str(data), "--out",
+                    str(out)], check=True, capture_output=True, env=dict(os.environ, MMSENT_CACHE_DIR=cache))
+    return time.perf_counter() - mark, out.read_text().splitlines()
+
+
+def compare_export(run: Path, model: Path, data: Path, rounds: int) -> None:
+    """Cold predict from the run and from its export, back to back, ``rounds`` times."""
+    for round_ in range(1, rounds + 1):
+        caches = [cold_cache(), cold_cache()]
+        try:
+            run_s, run_rows = cold_predict(run, data, caches[0])
+            export_s, export_rows = cold_predict(model, data, caches[1])
+        finally:
+            for cache in caches:
+                shutil.rmtree(cache)
+        same = sum(a == b for a, b in zip(run_rows[1:], export_rows[1:]))
+        print(f"round {round_}: mmsent predict from the run {run_s:.1f} s, from the export {export_s:.1f} s "
+              f"({export_s / run_s:.0%} of the run's); {same} of {len(run_rows) - 1} labels the same", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, required=True, help="a run folder written by mmsent train")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")))
     parser.add_argument("--backend", default=None, help="what runs the frozen encoders (default: the run's)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--export", type=Path, help="an export of --run: compare cold predict from each")
     parser.add_argument("--phases-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
+    if args.export:
+        return compare_export(args.run, args.export, args.data, args.rounds)
     if args.phases_only:
         print(json.dumps(time_phases(args.run, args.data, args.backend)))
         return

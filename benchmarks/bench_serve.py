@@ -2,6 +2,12 @@
 under a bounded loopback load, and agreement of the Python API, the CLI, folder prediction and the server.
 
     python benchmarks/bench_serve.py --run RUN --data DIR [--guid G] [--screenshot /tmp/page.png]
+    python benchmarks/bench_serve.py --run MODEL --data DIR --levels 1,4,16 [--before-run RUN --before-src SRC]
+
+With ``--levels`` it measures only the server's scaling: requests/s and p50/p95 latency at each number of
+concurrent clients, each request a different real test post (image + text), for ``--run`` served by this code and,
+with ``--before-run``, for that run served by the mmsent whose ``src`` folder ``--before-src`` names (e.g. the
+code before batching: ``git archive COMMIT src | tar -x -C /tmp/before``).
 
 The server runs as its own process (``python -m mmsent serve``) on 127.0.0.1; the load comes from --clients threads
 sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them.
@@ -68,9 +74,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run: Path, port: int) -> subprocess.Popen:
+def start_server(run: Path, port: int, src: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(src)) if src else None
     process = subprocess.Popen([sys.executable, "-m", "mmsent", "serve", "--run", str(run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -111,6 +118,59 @@ def screenshot(url: str, image: Path, text: str, out: Path) -> None:
             driver.quit()
 
 
+def real_posts(data: Path, count: int) -> list[tuple[bytes, str]]:
+    """Multipart bodies of the first ``count`` test posts with a non-empty text and an image file."""
+    from mmsent.data.text import decode_text
+
+    posts = []
+    for line in (data / "test_without_label.txt").read_text().splitlines()[1:]:
+        guid = line.split(",")[0].strip()
+        text, image = data / "data" / f"{guid}.txt", data / "data" / f"{guid}.jpg"
+        if image.is_file() and text.is_file() and decode_text(text.read_bytes()).text.strip():
+            posts.append(multipart(decode_text(text.read_bytes()).text, image.read_bytes()))
+        if len(posts) == count:
+            break
+    return posts
+
+
+def scaling(run: Path, data: Path, levels: list[int], requests: int, src: Path | None = None) -> dict:
+    """{clients: {requests_per_s, p50_ms, p95_ms}} of one server, each level after a warm-up."""
+    posts = real_posts(data, 64)
+    port = free_port()
+    server = start_server(run, port, src)
+    figures = {}
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        for body, content_type in posts[:8]:
+            post(url, body, content_type)
+        for clients in levels:
+            total = max(requests, 8 * clients)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                times = [seconds for seconds, _ in pool.map(lambda i: post(url, *posts[i % len(posts)]),
+                                                            range(total))]
+            wall = time.perf_counter() - started
+            figures[clients] = {"requests": total, "requests_per_s": total / wall,
+                                "p50_ms": 1000 * percentile(times, 50), "p95_ms": 1000 * percentile(times, 95)}
+            print(f"  {clients:3d} clients: {total / wall:6.1f} req/s, p50 {figures[clients]['p50_ms']:6.0f} ms, "
+                  f"p95 {figures[clients]['p95_ms']:6.0f} ms ({total} requests)", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return figures
+
+
+def main_scaling(args) -> None:
+    levels = [int(level) for level in args.levels.split(",")]
+    results = {}
+    if args.before_run:
+        print(f"before: {args.before_run} served by {args.before_src or 'this mmsent'}")
+        results["before"] = scaling(args.before_run, args.data, levels, args.requests, args.before_src)
+    print(f"after: {args.run} served by this mmsent")
+    results["after"] = scaling(args.run, args.data, levels, args.requests)
+    print(json.dumps(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="run folder written by 'mmsent train'")
@@ -120,7 +180,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="POST /predict requests in the load test")
     parser.add_argument("--clients", type=int, default=4, help="client threads sending them")
     parser.add_argument("--screenshot", type=Path, help="also save a PNG of the page showing the prediction")
+    parser.add_argument("--levels", help="only the server's scaling, at these numbers of clients (e.g. 1,4,16)")
+    parser.add_argument("--before-run", type=Path, help="with --levels: a run to serve first, for comparison")
+    parser.add_argument("--before-src", type=Path, help="with --before-run: the src folder of the mmsent serving it")
     args = parser.parse_args()
+    if args.levels:
+        return main_scaling(args)
 
     import torch
 

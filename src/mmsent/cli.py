@@ -1,7 +1,8 @@
 """Command line: ``mmsent check | convert | split | train | evaluate | ablate | compare | sweep | report | ensemble | predict |
-serve | config``.
+serve | export | config``.
 
-``main(argv)`` is callable from tests.
+``main(argv)`` is callable from tests. The commands marked ``base`` (predict, serve, check, convert) run in a base
+install, without the training extras (PyTorch and the rest); the others say that they need them.
 """
 
 from __future__ import annotations
@@ -132,15 +133,18 @@ class Command:
     help: str
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    base: bool = False  # runs without the training extras (from an exported model: no PyTorch)
 
 
 COMMANDS: dict[str, Command] = {}  # filled by @command, in the order of the help text
 
 
-def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None):
-    """Register the decorated ``cmd_*`` function as the subcommand ``name``."""
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+            base: bool = False):
+    """Register the decorated ``cmd_*`` function as the subcommand ``name`` (``base``: it runs without the
+    training extras)."""
     def register(run: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = Command(help, arguments, run)
+        COMMANDS[name] = Command(help, arguments, run, base)
         return run
     return register
 
@@ -285,10 +289,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=None,
                         help="largest image accepted, in pixels (default and upper bound: the data loader's limit, "
                              f"{MAX_IMAGE_PIXELS:,})")
+    parser.add_argument("--max-batch", type=int, default=32, metavar="POSTS",
+                        help="requests predicted together at most (default: 32; 1 = one at a time)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                        help="how long a request waits for others to share its batch (default: 5)")
     _device_args(parser)
 
 
-@command("check", "validate a data set and list every problem found", _check_arguments)
+@command("check", "validate a data set and list every problem found", _check_arguments, base=True)
 def cmd_check(args) -> int:
     from .data.check import check_data, format_report
 
@@ -309,7 +317,7 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("convert", "write a data set in another format: OUT.csv, .tsv, .jsonl, .parquet or a folder (the lab "
-                    "layout); row order is kept", _convert_arguments)
+                    "layout); row order is kept", _convert_arguments, base=True)
 def cmd_convert(args) -> int:
     from .data.convert import convert
 
@@ -541,7 +549,8 @@ def cmd_ensemble(args) -> int:
 
 
 @command("predict", "one post (--text/--image), or every post to predict of --data (--out: 'guid,tag', or "
-         "OUT.csv / OUT.jsonl with the probabilities, streamed for a table); fold ensemble", _predict_arguments)
+         "OUT.csv / OUT.jsonl with the probabilities, streamed for a table); fold ensemble", _predict_arguments,
+         base=True)
 def cmd_predict(args) -> int:
     if args.text is not None or args.image is not None:
         return _predict_one(args)
@@ -550,13 +559,14 @@ def cmd_predict(args) -> int:
                           "predict one post)")
     if args.json:
         raise ConfigError("--json applies to one post (--text/--image); folder mode writes --out")
-    from .predict_table import OUTPUT_SUFFIXES  # here: it loads torch
+    from .predict_table import OUTPUT_SUFFIXES
 
     if args.out.suffix.lower() in OUTPUT_SUFFIXES:
         return _predict_rows(args)
     if args.resume or args.overwrite or args.all_rows or args.chunk_size != 1000:
         raise ConfigError("--chunk-size, --resume, --overwrite and --all-rows apply to --out OUT.csv or OUT.jsonl")
-    from .predict import load_run, write_predictions
+    from . import load_run
+    from .predict import write_predictions
 
     start = time.perf_counter()
     split = _open_data(args, "test")  # cheap checks first
@@ -575,7 +585,7 @@ def cmd_predict(args) -> int:
 def _predict_rows(args) -> int:
     """``predict --out OUT.csv|OUT.jsonl``: a table streamed in chunks; other data read whole."""
     from .data.formats import DataSource, format_of
-    from .predict import load_run
+    from . import load_run
     from .predict_table import TableJob, check_output, predict_table, write_rows_file
 
     if args.chunk_size < 1:
@@ -605,7 +615,7 @@ def _predict_rows(args) -> int:
 def _predict_one(args) -> int:
     """``predict --text/--image``: print one post's label and class probabilities."""
     from .data.images import open_image
-    from .predict import load_run
+    from . import load_run
 
     if args.out is not None:
         raise ConfigError("--out writes a data folder's predictions; with --text/--image the result is printed")
@@ -678,14 +688,37 @@ def _explain_one(args, run, image) -> int:
     return 0
 
 
-@command("serve", "a local web page and JSON API (POST /predict) over a trained run", _serve_arguments)
+@command("serve", "a local web page and JSON API (POST /predict) over a trained run or an exported model",
+         _serve_arguments, base=True)
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .serve import Batching, serve
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    batching = Batching(max_batch=args.max_batch, wait_ms=args.batch_wait_ms)
     serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
+          batching=batching)
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_args(parser, RUN_HELP)
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (ONNX graphs, tokenizer, "
+                                                                  "manifest, model card)")
+    parser.add_argument("--overwrite", action="store_true", help="replace what is at --out")
+
+
+@command("export", "a run or ensemble as one portable folder that predict and serve take without PyTorch "
+         "(ONNX graphs, tokenizer, settings, model card)", _export_arguments)
+def cmd_export(args) -> int:
+    from .export import export_model, folder_size
+
+    start = time.perf_counter()
+    manifest = export_model(args.run, args.out, overwrite=args.overwrite)
+    print(f"exported {args.run} to {args.out}: {len(manifest['encoders'])} encoders, {len(manifest['members'])} "
+          f"member graph(s) of {sum(m['folds'] for m in manifest['members'])} folds, {folder_size(args.out) / 2**20:.1f} "
+          f"MB, in {time.perf_counter() - start:.1f} s; it agrees with the run to {manifest['checked_gap']:.1e}")
     return 0
 
 
@@ -757,12 +790,21 @@ def main(argv: list[str] | None = None) -> int:
     read or written prints one line and returns 2. Anything else is a bug: its traceback is printed and 3 returned.
     ``MMSENT_DEBUG=1`` lets every exception through with its traceback.
     """
-    from . import load_plugins
+    from . import TRAIN_EXTRAS, load_plugins
 
-    load_plugins()
+    try:
+        load_plugins()
+        missing = None
+    except ImportError as error:  # a base install: no PyTorch
+        missing = error
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if missing is not None and not COMMANDS[args.command].base:
+            from .errors import PackageError
+
+            raise PackageError(f"'mmsent {args.command}' needs the training extras ({missing.name} is not "
+                               f"installed): {TRAIN_EXTRAS}")
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

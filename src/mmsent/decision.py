@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .metrics import classification_metrics
-
 RULES = ("accuracy", "macro_f1")
 GRID = np.round(np.arange(-3.0, 3.0001, 0.05), 4)  # the offsets tried for each class
 ROUNDS = 4  # coordinate-ascent passes over the classes
@@ -97,6 +95,8 @@ def fit_offsets(probs: np.ndarray, labels: np.ndarray, rule: str) -> list[float]
 
 def fit_decision(probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, rule: str, classes) -> DecisionRule:
     """Cross-fitted figures of ``rule`` on out-of-fold ``probs`` (N, C) and the offsets fitted on all rows."""
+    from .metrics import classification_metrics  # scikit-learn: for fitting only (deciding needs NumPy alone)
+
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
     labels, fold_of = np.asarray(labels), np.asarray(fold_of)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
 
-import torch
-
 from .errors import ConfigError
 
 
@@ -37,9 +35,11 @@ class Shard:
         """Whether this process trains ``fold``."""
         return fold % self.world_size == self.rank
 
-    def device(self, device: torch.device) -> torch.device:
+    def device(self, device):
         """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` (modulo the GPUs present)."""
         if device.type == "cuda" and device.index is None and self.world_size > 1:
+            import torch
+
             return torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
         return device
 
@@ -49,6 +49,8 @@ class Shard:
 
     def barrier(self) -> None:
         if self.world_size > 1:
+            import torch.distributed
+
             torch.distributed.barrier()
 
 
@@ -70,6 +72,8 @@ def current_shard() -> Shard:
     if world_size <= 1:
         return Shard()
     shard = Shard(rank=_env_int("RANK", 0), world_size=world_size, local_rank=_env_int("LOCAL_RANK", 0))
+    import torch.distributed  # only under torchrun, which comes with torch
+
     if not torch.distributed.is_initialized():
         # the fold with the longest training decides when the others pass the final barrier: allow hours
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=12))

@@ -185,14 +185,12 @@ class MultimodalClassifier(nn.Module):
 
     def _image_tokens(self, tokens, mask, present):
         tokens = self.image_proj(tokens)  # (B, Ti, D)
-        if not bool(present.all()):
-            missing = ~present
-            tokens = tokens.clone()
-            tokens[missing] = self.missing_image.to(tokens.dtype).expand(int(missing.sum()), tokens.shape[1], -1)
-            mask = mask.clone()
-            mask[missing] = False
-            mask[missing, 0] = True  # one learned token stands for the absent image
-        return tokens, mask
+        # Selected without branching on the data, so that an exported graph (mmsent export) does the same.
+        missing = ~present.bool()[:, None]  # (B, 1)
+        tokens = torch.where(missing[..., None], self.missing_image.to(tokens.dtype).expand_as(tokens), tokens)
+        first = torch.zeros_like(mask)
+        first[:, 0] = True  # one learned token stands for the absent image
+        return tokens, (mask & ~missing) | (first & missing)
 
     def forward_from_encoded(self, text: tuple | None, image: tuple | None, image_text: tuple | None = None,
                              lexicon: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,7 +36,7 @@ from .data.records import DataError, Problem
 from .data.table import column_problems, row_posts, table_chunks, table_dir_of
 from .distributed import Shard, current_shard
 from .errors import ConfigError
-from .predict import Predictor
+from .prediction import Predictor
 from .progress import progress, silenced
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
