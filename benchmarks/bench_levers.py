@@ -13,6 +13,7 @@ probabilities, no retraining). Finished runs are kept, so the script resumes. It
 figures, the git revision, the package versions, the machine and the command) and OUT/levers.md (the table).
 
     python benchmarks/bench_levers.py --data DIR --out OUT [--levers base,pad,ocr] [--base "--profile fast"]
+    python benchmarks/bench_levers.py render OUT [OUT2 ...]     # the tables of finished outputs, merged
 """
 
 from __future__ import annotations
@@ -130,7 +131,19 @@ def markdown(results: dict, base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(folders: list[Path]) -> str:
+    """One Markdown table per base from the levers.json of several output folders (their rows in the given order)."""
+    by_base: dict[str, dict] = {}
+    for folder in folders:
+        record = json.loads((folder / "levers.json").read_text())
+        by_base.setdefault(record["base"], {}).update(record["levers"])
+    return "\n".join(markdown(results, base) for base, results in by_base.items())
+
+
 def main(argv=None) -> None:
+    if argv is None and sys.argv[1:2] == ["render"]:  # bench_levers.py render OUT1 OUT2 ...: the tables only
+        print(render([Path(p) for p in sys.argv[2:]]), end="")
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/mvsa")
     parser.add_argument("--out", type=Path, required=True)
