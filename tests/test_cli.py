@@ -173,3 +173,18 @@ def test_train_and_predict_custom_family(dataset, tmp_path):
     single = load_run(run).predict(text="love great happy", image=dataset / "data" / "1000.jpg")
     assert single.label == max(single.probabilities, key=single.probabilities.get)
     assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_config_reference_page_is_what_config_markdown_prints(capsys):
+    """docs/config-reference.md is generated: regenerate it with 'mmsent config --markdown > docs/config-reference.md'
+    when a config field, its help or a registry changes."""
+    from mmsent.config import config_fields
+
+    assert main(["config", "--markdown"]) == 0
+    printed = capsys.readouterr().out
+    page = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert printed == page.read_text(encoding="utf-8"), "regenerate: mmsent config --markdown > docs/config-reference.md"
+    rows = [line for line in printed.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [key for key, _, _ in config_fields()]
+    assert "| `train.lr` | `--lr` | `0.0003` | a number | learning rate of the fusion and head |" in rows
+    assert "| `data.labels` | `--labels` | `[]` | names, comma-separated |" in printed

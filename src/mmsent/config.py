@@ -138,17 +138,17 @@ class TrainConfig:
 
     folds: int = _opt(5, flag="--folds", help="stratified cross-validation folds")
     fold_scheme: str = _opt("stratified_kfold", choices=FOLD_SCHEMES,
-                            help="how the folds are drawn: scikit-learn's StratifiedKFold, shuffled with train.seed "
-                                 "(runs saved without this key drew theirs otherwise: they are not continued, "
-                                 "recalibrated or combined)")
+                            help="how the folds are drawn: scikit-learn's StratifiedKFold, shuffled with train.seed; "
+                                 "a run folder whose config.json lacks this key holds other folds and is not "
+                                 "continued, recalibrated or combined with other runs")
     epochs: int = _opt(20, flag="--epochs", help="upper bound; early stopping may end sooner")
     patience: int = _opt(3, flag="--patience", help="epochs without a better validation accuracy before stopping")
-    batch_size: int = _opt(32, flag="--batch-size")
+    batch_size: int = _opt(32, flag="--batch-size", help="posts per training step")
     lr: float = _opt(3e-4, flag="--lr", help="learning rate of the fusion and head")
     encoder_lr: float = _opt(5e-5, flag="--encoder-lr", help="learning rate of fine-tuned encoder layers")
     layer_lr_decay: float = _opt(1.0, help="layer-wise learning-rate decay: a fine-tuned encoder layer d layers below "
                                            "its encoder's top one learns at encoder_lr * this ** d; 1 = off")
-    weight_decay: float = _opt(0.01, flag="--weight-decay")
+    weight_decay: float = _opt(0.01, flag="--weight-decay", help="weight decay of the optimizer")
     optimizer: str = _opt("adamw", flag="--optimizer", help="adam or adamw")
     warmup_ratio: float = _opt(0.1, help="share of steps with linear warm-up, then cosine decay")
     loss: str = _opt("cross_entropy", flag="--loss", help="loss registered by name")
@@ -169,12 +169,12 @@ class TrainConfig:
     select_on: str = _opt("inner", flag="--select-on", choices=SELECTION_SETS,
                           help="which posts early stopping chooses the best epoch on: 'inner' = a stratified part "
                                "of each training fold (--inner-val), so that the scored fold only scores; "
-                               "'scored_fold' = the fold that is also scored (the first protocol: optimistic, "
-                               "kept to reproduce its figures)")
+                               "'scored_fold' = the fold that is also scored (optimistic: the epoch is chosen on "
+                               "the posts it is scored on)")
     inner_val: float = _opt(0.1, flag="--inner-val",
                             help="share of each training fold held out, stratified, for early stopping "
                                  "(select_on=inner)")
-    seed: int = _opt(42, flag="--seed")
+    seed: int = _opt(42, flag="--seed", help="seed of the folds, the initial weights and the batch order")
     device: str = _opt("auto", flag="--device", help="auto, cpu, cuda or cuda:N")
     workers: int = _opt(1, flag="--workers", help="image-decoding worker processes during feature extraction")
     backend: str = _opt("auto", flag="--backend", choices=BACKENDS,
@@ -201,7 +201,8 @@ class DataConfig:
     label_column: str = _opt("label", help="table column of each post's label (empty = a post to predict)")
     id_column: str = _opt("id", help="table column of each post's id (absent = row numbers)")
     labels: list = _opt(list, item=str, help="the label names in class order; empty = the sorted names found in "
-                                             "the labelled rows (a saved run without them: negative,neutral,positive)")
+                                             "the labelled rows (a run folder whose config.json has none predicts "
+                                             "negative,neutral,positive)")
     allow_outside_paths: bool = _opt(False, help="accept table image paths that are absolute or leave the table's "
                                                  "folder")
 
@@ -228,7 +229,8 @@ class RunConfig:
     """Everything needed to rebuild and retrain a model; saved as ``RUN/config.json``."""
 
     model: str = _opt("pretrained", flag="--model", help="model family registered by name")
-    modality: str = _opt("all", flag="--modality", help="all, image or text", choices=MODALITIES)
+    modality: str = _opt("all", flag="--modality", choices=MODALITIES,
+                         help="what the model reads: all (image and text), or image or text alone (ablations)")
     text_prep: TextPrepConfig = field(default_factory=TextPrepConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)

@@ -20,7 +20,7 @@ def fast_profile() -> dict[str, Any]:
 def finetune_profile() -> dict[str, Any]:
     """The default with all 6 MiniLM layers fine-tuned (encoder lr 3e-5) for 3 epochs: fused by cross-attention
     with the frozen EfficientNet-Lite0 tokens; more accurate than the default at several times its training time,
-    and each fold's text encoder then runs in torch at prediction time (figures: README's results table)."""
+    and each fold's text encoder then runs in torch at prediction time (figures: benchmarks/README.md)."""
     return {"text.train_layers": 6, "train.encoder_lr": 3e-5, "train.epochs": 3}
 
 
