@@ -16,8 +16,8 @@ from mmsent.data.folds import stratified_folds
 from mmsent.data.text import decode_text
 from mmsent.runfolder import read_oof
 from mmsent.predict import LoadedEnsemble, load_run
-from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, cross_fitted_probabilities, fit_stacker, lexicon_scores,
-                             lexicon_scores_of_raw, stack_inputs)
+from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, choose_c, fit_stacker,
+                             lexicon_scores, lexicon_scores_of_raw, nested_cross_fitted_probabilities, stack_inputs)
 
 from helpers import train_run, write_dataset
 
@@ -152,7 +152,10 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))
     folds = stratified_folds(labels.tolist(), 2, 42)
-    np.testing.assert_allclose(probs, cross_fitted_probabilities(inputs, labels, folds, 1.0, classes=3), atol=2e-5)
+    nested, chosen = nested_cross_fitted_probabilities(inputs, labels, folds, classes=3)  # --stack-c auto
+    np.testing.assert_allclose(probs, nested, atol=2e-5)
+    assert saved["stacker"]["fold_c"] == chosen
+    assert saved["stacker"]["c"] == choose_c(inputs, labels, folds, classes=3)
     assert metrics["out_of_fold"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
 
     loaded = load_run(ens)
@@ -186,7 +189,8 @@ def test_stack_user_errors_are_one_line(two_runs, dataset, tmp_path, capsys):
     runs = [str(first), str(second)]
     other = write_dataset(tmp_path / "other", seed=1)  # other posts: not what the runs were trained on
     for args, message in ((["--stack"], "give --data"), (["--data", str(dataset)], "only read with --stack"),
-                          (["--stack", "--data", str(dataset), "--stack-c", "0"], "must be positive"),
+                          (["--stack", "--data", str(dataset), "--stack-c", "0"], "must be a positive number or 'auto'"),
+                          (["--stack", "--data", str(dataset), "--stack-c", "strong"], "got strong"),
                           (["--stack", "--data", str(other)], "not the data the members were trained on")):
         capsys.readouterr()
         assert main(["ensemble", "--out", str(tmp_path / "ens"), *args, *runs]) == 2
