@@ -60,8 +60,8 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def session(path: Path, threads: int | None = None):
-    """An ONNX Runtime session on the CPU with every graph optimisation and one intra-op thread per core."""
+def ort_graph(path: Path, threads: int | None = None):
+    """An ONNX Runtime InferenceSession on the CPU with every graph optimisation and one intra-op thread per core."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -94,7 +94,7 @@ class TextEncoder:
         self.tokenizer.enable_truncation(int(spec["max_length"]))
         self.pad_id, self.pooled = int(spec["pad_id"]), bool(spec["pooled"])
         self.prep = TextPrepConfig(**spec["text_prep"])
-        self.session = session(folder / spec["graph"])
+        self.session = ort_graph(folder / spec["graph"])
         self.used = {item.name for item in self.session.get_inputs()}
 
     def clean(self, raw_texts: list) -> list[str]:
@@ -121,7 +121,7 @@ class ImageEncoder:
 
     def __init__(self, folder: Path, spec: dict):
         self.size, self.output = int(spec["size"]), spec["output"]
-        self.session = session(folder / spec["graph"])
+        self.session = ort_graph(folder / spec["graph"])
         self.input_name = self.session.get_inputs()[0].name
 
     def encode(self, images: list) -> dict[str, np.ndarray]:
@@ -144,14 +144,14 @@ class Member:
     folds: int
     loss: str
     inputs: list[str]
-    session: object = field(repr=False)
+    graph: object = field(repr=False)  # the ONNX Runtime InferenceSession
 
     def probabilities(self, features: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
         """Fold-averaged class probabilities (B, C) from the features of every encoder (by encoder name)."""
         feeds = {}
         for modality, name in self.encoders.items():
             feeds.update(features[name])
-        logits = self.session.run(None, {name: feeds[name] for name in self.inputs})[0].astype(np.float64)  # (B,K,C)
+        logits = self.graph.run(None, {name: feeds[name] for name in self.inputs})[0].astype(np.float64)  # (B,K,C)
         if self.loss == "focal":
             scores = 1.0 / (1.0 + np.exp(-logits))
             probs = scores / np.maximum(scores.sum(-1, keepdims=True), 1e-12)
@@ -163,7 +163,7 @@ class Member:
 
 class ExportedModel(Predictor):
     """An exported run or ensemble, loaded for prediction (``mmsent.load_run(MODEL)``). Safe to share between
-    threads: ONNX Runtime sessions may be run concurrently."""
+    threads: ONNX Runtime's InferenceSession may be run concurrently."""
 
     def __init__(self, folder: Path, manifest: dict, encoders: dict, members: list[Member]):
         self.run_dir, self.manifest = folder, manifest
@@ -327,5 +327,5 @@ def load_export(folder, device: str = "auto", backend: str | None = None) -> Exp
     kinds = {"text": TextEncoder, "image": ImageEncoder}
     encoders = {name: kinds[spec["kind"]](folder, spec) for name, spec in manifest["encoders"].items()}
     members = [Member(member["encoders"], int(member["folds"]), member["loss"], list(member["inputs"]),
-                      session(folder / member["graph"])) for member in manifest["members"]]
+                      ort_graph(folder / member["graph"])) for member in manifest["members"]]
     return ExportedModel(folder, manifest, encoders, members)
