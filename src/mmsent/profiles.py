@@ -35,8 +35,8 @@ def quality_profile() -> dict[str, Any]:
 @PROFILES.register("accurate")
 def accurate_profile() -> dict[str, Any]:
     """The default plus what the model otherwise does not see: the text read inside each image (OCR, cached by
-    image content; reading an image not yet cached costs about a third of a second of one core) as a second text,
-    and the VADER and emoji lexicon scores of each post's text (figures: benchmarks/README.md)."""
+    image content; reading each new image costs more than encoding it) as a second text, and the VADER and emoji
+    lexicon scores of each post's text (figures and costs: benchmarks/README.md)."""
     return {"ocr.enabled": True, "lexicon.enabled": True}
 
 
