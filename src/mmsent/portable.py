@@ -224,7 +224,7 @@ class ExportedModel(Predictor):
             combined = np.mean(member_probs, axis=0)
         return apply_temperature(combined, self.temperature)
 
-    def _batch_probs(self, texts, images, n):
+    def _batch_probs(self, texts, images, n, image_texts=None):  # an export reads no text in images
         sizes = self._image_sizes()
         decoded = {size: list(self._decoder.map(lambda image, s=size: None if image is None else load_image(image, s),
                                                 images)) for size in sizes}

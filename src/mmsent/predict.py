@@ -96,12 +96,12 @@ class LoadedRun(Predictor):
 
         return self._call(work)
 
-    def _batch_probs(self, texts, images, n):
+    def _batch_probs(self, texts, images, n, image_texts=None):
         image_tower, text_tower = self.towers.image, self.towers.text
         # Decoding and cleaning run in the caller's thread (callers decode in parallel); tensors on the run's thread.
         pixels = [image_tower.load(image) if image is not None else None for image in images] if image_tower else None
         cleaned = [clean_text(text or "", self.config.text_prep) for text in texts] if text_tower else None
-        read = [self.towers.image_text.read(image) for image in images] if self.towers.image_text else None
+        read = (image_texts if image_texts is not None else self.image_texts(images)) if self.towers.image_text else None
         raw = list(texts) if self.towers.lexicon else None
         return self._call(self._encode_and_ensemble, cleaned, pixels, n, read, raw)
 
@@ -174,7 +174,8 @@ class LoadedEnsemble(Predictor):
                              lambda: [decode_text(raw).text if raw is not None else None
                                       for raw in map(split.read_text_bytes, split.guids)])
 
-    def _batch_probs(self, texts, images, n):
+    def _batch_probs(self, texts, images, n, image_texts=None):
+        # each member reads the images with its own OCR settings (from the cache where another member read them)
         return self._combine([member._batch_probs(texts, images, n) for member in self.members], lambda: texts)
 
     def image_texts(self, images: list) -> list[str] | None:

@@ -89,8 +89,9 @@ class Predictor:
         ``cache=False``, the same probabilities computed in memory: for a chunk of a large table)."""
         raise NotImplementedError
 
-    def _batch_probs(self, texts: list, images: list, n: int) -> np.ndarray:
-        """Class probabilities (N, C) of posts in memory (already checked by ``predict_batch``)."""
+    def _batch_probs(self, texts: list, images: list, n: int, image_texts: list[str] | None = None) -> np.ndarray:
+        """Class probabilities (N, C) of posts in memory (already checked by ``predict_batch``); ``image_texts``: the
+        text read in each image where the caller has it already (:meth:`image_texts`)."""
         raise NotImplementedError
 
     def predict_folder(self, data_dir, label_file, log=print) -> dict[str, Prediction]:
@@ -121,10 +122,11 @@ class Predictor:
             return []
         used = [self._modalities_used(text, image, i if n > 1 else None) for i, (text, image) in
                 enumerate(zip(texts, images))]
-        probs = self._batch_probs(texts, images, n)  # (N, C)
+        read = self.image_texts(images)  # None for a run that does not read the text in images
+        probs = self._batch_probs(texts, images, n, read)  # (N, C)
         predictions = [self.prediction(row, modalities) for row, modalities in zip(probs, used)]
-        for prediction, image, read in zip(predictions, images, self.image_texts(images) or []):  # cached
-            prediction.image_text = read if image is not None else None
+        for prediction, image, text in zip(predictions, images, read or []):
+            prediction.image_text = text if image is not None else None
         return predictions
 
     def image_texts(self, images: list) -> list[str] | None:
