@@ -284,3 +284,13 @@ def test_image_text_of_a_path_bytes_and_an_in_memory_image_agree(tmp_path, text_
     assert "SMILE" in read.upper()
     assert tower.read(path.read_bytes()) == read == tower.read(image) == tower.read(Image.open(path))
     assert tower.read(None) == "" and tower.read(tmp_path / "missing.jpg") == ""
+
+
+def test_the_same_image_twice_is_read_once(monkeypatch):
+    import mmsent.ocr as ocr_module
+
+    calls = []
+    monkeypatch.setattr(ocr_module, "read_image_bytes", lambda raw, config, threads=1: calls.append(raw) or "TEXT")
+    first, second = jpeg_bytes(text_image("ONE")), jpeg_bytes(text_image("TWO"))
+    texts = ocr_module.OcrCache(OcrConfig(enabled=True)).texts_of([first, second, None, first], workers=1)
+    assert texts == ["TEXT", "TEXT", "", "TEXT"] and sorted(calls) == sorted([first, second])

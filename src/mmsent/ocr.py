@@ -131,16 +131,16 @@ class OcrCache:
         progress bar; each is cached as soon as it is read, so an interrupted call resumes."""
         digests = [None if raw is None else hashlib.sha256(raw).hexdigest() for raw in raws]
         texts = [None if digest is None else self.get(digest) for digest in digests]
-        todo = {}  # digest -> index of one image with that content
+        todo: dict[str, list[int]] = {}  # digest -> the indices of the uncached images with that content
         for index, (digest, text) in enumerate(zip(digests, texts)):
             if digest is not None and text is None:
-                todo.setdefault(digest, index)
+                todo.setdefault(digest, []).append(index)
         if todo:
-            for digest, text in _read_many([(d, raws[i]) for d, i in todo.items()], self.config, workers, desc):
+            items = [(digest, raws[indices[0]]) for digest, indices in todo.items()]
+            for digest, text in _read_many(items, self.config, workers, desc):
                 self.put(digest, text)
-                for index, other in enumerate(digests):
-                    if other == digest:
-                        texts[index] = text
+                for index in todo[digest]:
+                    texts[index] = text
         return ["" if text is None else text for text in texts]
 
 
