@@ -162,6 +162,10 @@ class TrainConfig:
                                              "logits; 0 = off")
     ema_decay: float = _opt(0.0, help="validate and keep an exponential moving average of the weights, updated every "
                                       "step with this decay (e.g. 0.99); 0 = off")
+    supcon_weight: float = _opt(0.0, help="weight of a supervised contrastive term on the fused representation "
+                                          "(Khosla et al. 2020): posts of one class in a batch drawn together, the "
+                                          "others pushed apart; 0 = off")
+    supcon_temperature: float = _opt(0.1, help="temperature of the supervised contrastive term")
     decision: str = _opt("accuracy", flag="--decision", choices=DECISION_RULES,
                          help="how a label is chosen from the probabilities: 'accuracy' = the most probable class; "
                               "'macro_f1' = per-class offsets fitted on the out-of-fold probabilities to maximise "

@@ -89,6 +89,24 @@ def create_loss(config: TrainConfig, class_counts: torch.Tensor | None = None) -
     return LogitAdjusted(loss, config.logit_adjustment, counts) if config.logit_adjustment else loss
 
 
+def supervised_contrastive(features: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020) of a batch: each post's L2-normalised
+    representation is pulled towards those of the other posts of its class and pushed from the rest. ``features``
+    (B, F), ``targets`` (B,); posts without another post of their class in the batch do not count (0 if none has)."""
+    z = F.normalize(features.float(), dim=-1)  # (B, F)
+    similarity = z @ z.T / temperature  # (B, B)
+    self_pair = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    similarity = similarity.masked_fill(self_pair, float("-inf"))
+    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)  # (B, B): log p(j | i), j != i
+    positive = (targets[:, None] == targets[None, :]) & ~self_pair  # (B, B)
+    n_positive = positive.sum(1)  # (B,)
+    has_positive = n_positive > 0
+    if not bool(has_positive.any()):
+        return features.sum() * 0.0
+    mean_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[has_positive] / n_positive[has_positive]
+    return -mean_log_prob.mean()
+
+
 def probabilities(loss_name: str, logits: torch.Tensor) -> torch.Tensor:
     """Class probabilities consistent with how the loss reads logits (sigmoid scores renormalised for focal)."""
     if loss_name == "focal":

@@ -196,6 +196,11 @@ class MultimodalClassifier(nn.Module):
                              lexicon: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, C) from ``encoder_outputs``: projections, the missing-image token, fusion and head. The text
         in the image joins the text tokens as a segment of its own (its padding and empty texts masked out)."""
+        return self.head(self.represent_encoded(text, image, image_text, lexicon))  # (B, C)
+
+    def represent_encoded(self, text: tuple | None, image: tuple | None, image_text: tuple | None = None,
+                          lexicon: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused representation (B, F) the head classifies (the supervised contrastive term acts on it)."""
         if text is not None:
             txt, txt_mask = text
             txt = self.text_proj(txt)  # (B, Tt, D)
@@ -213,9 +218,13 @@ class MultimodalClassifier(nn.Module):
             fused = masked_mean(img, img_mask)
         if lexicon is not None:
             fused = torch.cat([fused, self.lexicon_proj(lexicon)], -1)  # (B, F + D)
-        return self.head(fused)  # (B, C)
+        return fused  # (B, F)
+
+    def represent(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """features: cached tensors of a batch -> the fused representation (B, F)."""
+        encoded = self.encoder_outputs(features)
+        return self.represent_encoded(encoded["text"], encoded["image"], encoded["image_text"], encoded["lexicon"])
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """features: cached tensors of a batch -> logits (B, 3)."""
-        encoded = self.encoder_outputs(features)
-        return self.forward_from_encoded(encoded["text"], encoded["image"], encoded["image_text"], encoded["lexicon"])
+        """features: cached tensors of a batch -> logits (B, C)."""
+        return self.head(self.represent(features))

@@ -16,7 +16,7 @@ from torch import nn
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
 from .config import TrainConfig
 from .errors import ConfigError
-from .losses import create_loss, probabilities
+from .losses import create_loss, probabilities, supervised_contrastive
 from .metrics import classification_metrics
 from .progress import progress
 
@@ -248,6 +248,8 @@ class _Loop:
     train_batches: FeatureBatches
     val_batches: FeatureBatches
     device: torch.device
+    supcon_weight: float = 0.0  # weight of the supervised contrastive term (train.supcon_weight)
+    supcon_temperature: float = 0.1
 
 
 def _make_loop(model: nn.Module, features: dict, labels: torch.Tensor, train_idx, val_idx, config: TrainConfig,
@@ -264,8 +266,11 @@ def _make_loop(model: nn.Module, features: dict, labels: torch.Tensor, train_idx
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_cosine(config.epochs * len(train_batches), config.warmup_ratio))
     ema = _make_ema(model, config.ema_decay)
+    if config.supcon_weight < 0 or config.supcon_temperature <= 0:
+        raise ConfigError(f"train.supcon_weight must be >= 0 and train.supcon_temperature > 0, got "
+                          f"{config.supcon_weight} and {config.supcon_temperature}")
     return _Loop(model, ema.module if ema is not None else model, ema, loss_fn, optimizer, scheduler,
-                 train_batches, val_batches, device)
+                 train_batches, val_batches, device, config.supcon_weight, config.supcon_temperature)
 
 
 def _train_epoch(loop: _Loop, desc: str) -> tuple[float, float]:
@@ -277,8 +282,14 @@ def _train_epoch(loop: _Loop, desc: str) -> tuple[float, float]:
     for batch, targets, _ in bar:
         targets = targets.to(loop.device)
         with autocast:
-            logits = loop.model(to_device(batch, loop.device)).float()  # (B, C)
+            if loop.supcon_weight:
+                fused = loop.model.represent(to_device(batch, loop.device))  # (B, F)
+                logits = loop.model.head(fused).float()  # (B, C)
+            else:
+                logits = loop.model(to_device(batch, loop.device)).float()  # (B, C)
         loss = loop.loss_fn(logits, targets)
+        if loop.supcon_weight:
+            loss = loss + loop.supcon_weight * supervised_contrastive(fused, targets, loop.supcon_temperature)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(loop.model.parameters(), 1.0)
