@@ -39,6 +39,9 @@ LEVERS = {  # name -> training flags over the base
     "ocr+lexicon": ["--ocr", "--set", "lexicon.enabled=true"],
     "pad+ocr+lexicon": ["--set", "image.fit=pad", "--ocr", "--set", "lexicon.enabled=true"],
     "supcon": ["--set", "train.supcon_weight=0.1"],
+    "supcon-strong": ["--set", "train.supcon_weight=0.5"],
+    "supcon+lexicon": ["--set", "train.supcon_weight=0.1", "--set", "lexicon.enabled=true"],
+    "seed-average": [],  # the fixed split's seed models averaged (mmsent ensemble); CV as base
 }
 FIGURES = ("accuracy", "weighted_f1", "macro_f1")
 
