@@ -9,7 +9,8 @@ the script runs, through the installed ``mmsent`` command:
     mmsent evaluate --run OUT/<lever>/fixed/seed_S --data DIR --labels-file SPLIT/test.txt
 
 and the decision rule for macro F1 (``mmsent decide``'s cross-fitted figures on each CV run's out-of-fold
-probabilities, no retraining). Finished runs are kept, so the script resumes. It writes OUT/levers.json (the
+probabilities, no retraining), and seed averaging: ``mmsent ensemble`` of the seed runs (their out-of-fold
+probabilities averaged) and the mean of the seed models' probabilities on the fixed split's test posts. Finished runs are kept, so the script resumes. It writes OUT/levers.json (the
 figures, the git revision, the package versions, the machine and the command) and OUT/levers.md (the table).
 
     python benchmarks/bench_levers.py --data DIR --out OUT [--levers base,pad,ocr] [--base "--profile fast"]
@@ -41,7 +42,6 @@ LEVERS = {  # name -> training flags over the base
     "supcon": ["--set", "train.supcon_weight=0.1"],
     "supcon-strong": ["--set", "train.supcon_weight=0.5"],
     "supcon+lexicon": ["--set", "train.supcon_weight=0.1", "--set", "lexicon.enabled=true"],
-    "seed-average": [],  # the fixed split's seed models averaged (mmsent ensemble); CV as base
 }
 FIGURES = ("accuracy", "weighted_f1", "macro_f1")
 
@@ -76,6 +76,12 @@ def cv_figures(folder: Path, seeds: list[int], data: str, flags: list[str], log:
         decided.append(json.loads(decision_file.read_text())["cross_fitted"])
     figures["decision_macro_f1"] = {key: [float(np.mean([d[key] for d in decided])),
                                           float(np.std([d[key] for d in decided]))] for key in FIGURES}
+    averaged = folder / "seed_average"  # the seed runs averaged: mmsent ensemble (their out-of-fold mean)
+    if len(seeds) > 1 and not (averaged / "metrics.json").is_file():
+        mmsent("ensemble", "--out", str(averaged), *[str(folder / f"seed_{seed}") for seed in seeds], log=log)
+    if len(seeds) > 1:
+        out_of_fold = json.loads((averaged / "metrics.json").read_text())["out_of_fold"]
+        figures["seed_average"] = {key: float(out_of_fold[key]) for key in FIGURES}
     wall = [json.loads((folder / f"seed_{s}" / "metrics.json").read_text())["wall_seconds"] for s in seeds]
     figures["train_seconds_per_seed"] = float(np.mean(wall))
     return figures
@@ -91,7 +97,35 @@ def fixed_figures(folder: Path, split: Path, seeds: list[int], data: str, flags:
                    str(split / "val.txt"), "--out", str(run), "--seed", str(seed), "--overwrite", *flags, log=log)
             mmsent("evaluate", "--run", str(run), "--data", data, "--labels-file", str(split / "test.txt"), log=log)
         rows.append(json.loads(result.read_text()))
-    return {key: [float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))] for key in FIGURES}
+    figures = {key: [float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))]
+               for key in FIGURES}
+    figures["seed_average"] = seed_average(folder, split, seeds, data)
+    return figures
+
+
+def seed_average(folder: Path, split: Path, seeds: list[int], data: str) -> dict:
+    """The fixed split's test figures of the seed models' averaged probabilities (one model of several seeds;
+    the CV runs cannot be averaged so, each seed drawing its own folds). Cached in FOLDER/seed_average.json."""
+    cached = folder / "seed_average.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    from mmsent.data.dataset import open_data
+    from mmsent.metrics import classification_metrics
+    from mmsent.predict import load_run
+    from mmsent.runfolder import read_run_config
+
+    config = read_run_config(folder / f"seed_{seeds[0]}")
+    posts = open_data(Path(data), "train", config.data, train_file=split / "test.txt")
+    probabilities = []
+    for seed in seeds:
+        with load_run(folder / f"seed_{seed}", device="cpu") as run:
+            probabilities.append(run.predict_split(posts, lambda *a, **k: None))  # (N, C)
+            classes = list(run.classes)
+    mean = np.mean(probabilities, axis=0)  # (N, C)
+    scores = classification_metrics(np.asarray(posts.labels), mean.argmax(1), classes)
+    figures = {key: float(scores[key]) for key in FIGURES}
+    cached.write_text(json.dumps(figures, indent=2))
+    return figures
 
 
 def versions() -> dict:
@@ -121,16 +155,22 @@ def cell(pair) -> str:
 def markdown(results: dict, base: str) -> str:
     lines = [f"Base: `{base or '(the default)'}`; CV: mean ± std over seeds of the 5-fold CV means; fixed split: "
              "mean ± std over seeds on the 400 test posts; decision: the macro-F1 decision rule, cross-fitted on "
-             "the out-of-fold probabilities.", "",
+             "the out-of-fold probabilities; seeds averaged: the seed models' mean probabilities (CV: `mmsent "
+             "ensemble` of the seed runs, each post predicted out of fold by every seed).", "",
              "| lever | CV accuracy | CV weighted F1 | CV macro F1 | CV macro F1, decision rule | fixed-split "
-             "accuracy | fixed-split weighted F1 | fixed-split macro F1 | train s/seed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "accuracy | fixed-split weighted F1 | fixed-split macro F1 | seeds averaged, CV: accuracy / weighted "
+             "F1 / macro F1 | seeds averaged, fixed split: accuracy / weighted F1 / macro F1 | train s/seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def three(figures):
+        return " / ".join(f"{figures[key]:.4f}" for key in FIGURES) if figures else ""
+
     for name, r in results.items():
         cv, fixed = r["cv"], r["fixed_split"]
         lines.append(f"| {name} | {cell(cv['accuracy'])} | {cell(cv['weighted_f1'])} | {cell(cv['macro_f1'])} | "
                      f"{cell(cv['decision_macro_f1']['macro_f1'])} | {cell(fixed['accuracy'])} | "
-                     f"{cell(fixed['weighted_f1'])} | {cell(fixed['macro_f1'])} | "
-                     f"{cv['train_seconds_per_seed']:.0f} |")
+                     f"{cell(fixed['weighted_f1'])} | {cell(fixed['macro_f1'])} | {three(cv.get('seed_average'))} | "
+                     f"{three(fixed.get('seed_average'))} | {cv['train_seconds_per_seed']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -71,14 +71,28 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     assert "reliability diagram of the ensemble's out-of-fold probabilities" in report
 
 
-def test_ensemble_refuses_runs_on_other_folds(two_runs, dataset, tmp_path, capsys):
+def test_runs_of_other_seeds_average_but_do_not_stack(two_runs, dataset, tmp_path, capsys):
+    """Seed averaging: members that drew other folds still predicted every post out of fold, so their mean is
+    kept (scored on the first member's folds); stacking fits across folds and refuses them, and so does a member
+    with another number of folds."""
     first, _ = two_runs
     other = tmp_path / "seed7"
     train_run(dataset, other, "--seed", "7")
     capsys.readouterr()
-    assert main(["ensemble", "--out", str(tmp_path / "ens"), str(first), str(other)]) == 2
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--out", str(ens), str(first), str(other)]) == 0
+    np.testing.assert_allclose(read_oof(ens).probs, (read_oof(first).probs + read_oof(other).probs) / 2, atol=1e-5)
+    manifest = json.loads((ens / "ensemble.json").read_text())
+    assert manifest["seed"] == 42 and manifest["seeds"] == [42, 7]
+    assert load_run(ens).predict(text="a good day").label in LABELS
+    assert main(["ensemble", "--stack", "--data", str(dataset), "--out", str(tmp_path / "stacked"), str(first),
+                 str(other)]) == 2
     err = capsys.readouterr().err
-    assert "differs" in err and "seed" in err and "Traceback" not in err
+    assert "differs" in err and "seed" in err and "stacked" in err and "Traceback" not in err
+    three_folds = tmp_path / "three"
+    train_run(dataset, three_folds, "--folds", "3")
+    assert main(["ensemble", "--out", str(tmp_path / "ens3"), str(first), str(three_folds)]) == 2
+    assert "folds" in capsys.readouterr().err
     assert main(["ensemble", "--out", str(tmp_path / "ens"), str(first)]) == 2
     assert "at least two runs" in capsys.readouterr().err
 

@@ -1,8 +1,11 @@
-"""Ensembles of finished runs: average the class probabilities of runs cross-validated on the same folds.
+"""Ensembles of finished runs: average the class probabilities of runs cross-validated on the same data.
 
-Runs with different encoders make different mistakes, so their average can beat each of them. Because every member
-predicted each training post out of fold, with the same folds, the averaged out-of-fold probabilities are an honest
-cross-validation estimate of the ensemble too. The ensemble folder's layout: :mod:`mmsent.runfolder`.
+Runs with different encoders make different mistakes, so their average can beat each of them; so do runs of one
+configuration at different seeds (``mmsent train --seeds 1,2,3``, then ``mmsent ensemble`` of its seed runs).
+Because every member predicted each training post out of fold (by a model that never saw it), the averaged
+out-of-fold probabilities are an honest cross-validation estimate of the ensemble too, whether or not the members
+drew the same folds; they are scored on the first member's folds. Stacking fits across the members' folds, so it
+needs members of one seed (the same folds). The ensemble folder's layout: :mod:`mmsent.runfolder`.
 
 ``mmsent predict --run ENS`` and ``mmsent serve --run ENS`` average the members' fold ensembles (their uncalibrated
 probabilities, which the ensemble was fitted on), then apply the ensemble's own temperature (fitted on its
@@ -70,8 +73,10 @@ def _stack(member_probs: list[np.ndarray], guids: list[str], labels: np.ndarray,
         raise RunError(f"--stack: {error}; the members' out-of-fold posts cannot be stacked") from None
 
 
-def _check_members(run_dirs: list[Path], out_dir: Path) -> dict:
-    """Refuse members that cannot be combined; their shared identity (folds, seed, data fingerprint)."""
+def _check_members(run_dirs: list[Path], out_dir: Path, same_folds: bool) -> dict:
+    """Refuse members that cannot be combined; their shared identity (folds, seed, data fingerprint: the first
+    member's seed, and every member's under "seeds" where they differ). ``same_folds``: members must share
+    their seed too (stacking)."""
     if len(run_dirs) < 2:
         raise RunError("an ensemble needs at least two runs")
     if len({r.resolve() for r in run_dirs}) != len(run_dirs):
@@ -80,11 +85,14 @@ def _check_members(run_dirs: list[Path], out_dir: Path) -> dict:
         raise RunError(f"{out_dir} holds a run (config.json); write the ensemble to another folder")
     identities = [_run_identity(r) for r in run_dirs]
     for run_dir, identity in zip(run_dirs[1:], identities[1:]):
-        if identity != identities[0]:
-            what = [k for k in identity if identity[k] != identities[0][k]]
+        what = [k for k in identity if identity[k] != identities[0][k] and (same_folds or k != "seed")]
+        if what:
             raise RunError(f"{run_dir} differs from {run_dirs[0]} in {', '.join(what)} (data fingerprint, number "
-                           "of folds or seed): members must be cross-validated on the same data and folds")
-    return identities[0]
+                           "of folds" + (" or seed): stacked members must be cross-validated on the same data "
+                                         "and folds" if same_folds else "): members must be cross-validated on "
+                                         "the same data with as many folds"))
+    seeds = [identity["seed"] for identity in identities]
+    return {**identities[0], **({"seeds": seeds} if len(set(seeds)) > 1 else {})}
 
 
 def _members_oof(run_dirs: list[Path]) -> tuple[OutOfFold, list[np.ndarray]]:
@@ -126,11 +134,11 @@ def build_ensemble(run_dirs: list[Path], out_dir: Path, log=print, stack_data: P
     (:mod:`.stacking`, inverse L2 strength ``stack_c``; None: chosen by nested cross-fitting)."""
     start = time.perf_counter()
     run_dirs, out_dir = [Path(r) for r in run_dirs], Path(out_dir)
-    identity = _check_members(run_dirs, out_dir)
+    identity = _check_members(run_dirs, out_dir, same_folds=stack_data is not None)
     oof, member_probs = _members_oof(run_dirs)
     averaged = np.mean(member_probs, axis=0)  # (N, C)
     labels = oof.label_indices()
-    folds = stratified_folds(labels.tolist(), identity["folds"], identity["seed"])
+    folds = stratified_folds(labels.tolist(), identity["folds"], identity["seed"])  # the first member's folds
     probs, stacker = averaged, None
     if stack_data is not None:
         probs, stacker = _stack(member_probs, oof.guids, labels, folds, stack_data, run_dirs[0], identity["data"],

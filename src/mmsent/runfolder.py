@@ -12,7 +12,8 @@ RUN/                                  a run (``mmsent train``)
   folds/fold_K/result.json            {"row", "val_probs", "data"}: a finished fold (resume skips it)
   folds/fold_K/checkpoint.safetensors training state after the last finished epoch (only while K is unfinished)
 ENS/                                  an ensemble (``mmsent ensemble``)
-  ensemble.json                       {"members": [paths relative to ENS], "folds", "seed", "data", "stacker"?}
+  ensemble.json                       {"members": [paths relative to ENS], "folds", "seed", "seeds"?, "data",
+                                       "stacker"?}  (seed: the first member's; seeds: each member's, if they differ)
 RUN/evaluations/NAME.json, NAME.md    ``mmsent evaluate``'s scores of the run on a labelled set
   metrics.json, calibration.json, oof_predictions.csv   as a run's
 GROUP/seeds.json                      one run per seed (``mmsent train --seeds``): GROUP/seed_S/ are runs
