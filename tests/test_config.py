@@ -249,3 +249,18 @@ def test_fields_with_choices_refuse_other_values(key, bad):
 
     with pytest.raises(ConfigError, match="expected one of"):
         apply_overrides(RunConfig(), {key: bad})
+
+
+def test_a_run_saved_before_lexicon_scores_were_the_default_reads_none(tmp_path):
+    """Lexicon scores are on by default, but a run folder whose config.json has no "lexicon" section was trained
+    without them and loads so; a section that says otherwise wins."""
+    from mmsent.runfolder import read_run_config
+
+    saved = RunConfig().to_dict()
+    assert saved["lexicon"]["enabled"] is True
+    del saved["lexicon"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert read_run_config(tmp_path).lexicon.enabled is False
+    saved["lexicon"] = {"enabled": True}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert read_run_config(tmp_path).lexicon.enabled is True

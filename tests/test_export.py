@@ -143,7 +143,6 @@ def test_export_refuses_what_it_cannot_carry_over(exported, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     for i, (section, key, value, said) in enumerate([("ocr", "enabled", True, "reads the text in each image"),
-                                                     ("lexicon", "enabled", True, "lexicon scores"),
                                                      ("image", "fit", "pad", "pads each image")]):
         changed = _with_config(run, tmp_path / f"r{i}", **{section: {**config[section], key: value}})
         assert main(["export", "--run", str(changed), "--out", str(tmp_path / f"m{i}")]) == 2
@@ -204,6 +203,38 @@ def test_predict_table_from_export_streams_like_the_run(exported, tmp_path):
     for a, b in zip(expected[1:], got[1:]):
         assert a.split(",")[:2] == b.split(",")[:2]
         assert np.allclose([float(v) for v in a.split(",")[2:-1]], [float(v) for v in b.split(",")[2:-1]], atol=1e-4)
+
+
+def test_lexicon_scores_are_exported(exported, tmp_path, tiny_bert_dir):
+    """A run that reads lexicon scores exports them as an input its graph takes, computed from the raw texts in
+    the base install; a word the lexicon scores changes the exported model's probabilities as it does the run's."""
+    data, _, _ = exported
+    run = tmp_path / "lexicon"
+    assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--text-encoder", tiny_bert_dir,
+                 "--lexicon"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "model")]) == 0  # checked against the run
+    manifest = json.loads((tmp_path / "model" / MANIFEST_FILE).read_text())
+    assert manifest["members"][0]["encoders"]["lexicon"] == "lexicon"
+    assert "lexicon" in manifest["members"][0]["inputs"]
+    texts, images = _posts(data)
+    texts += ["I love this, wonderful and happy 😍"]
+    images += [None]
+    with load_run(run, device="cpu") as loaded, load_run(tmp_path / "model") as portable:
+        expected, got = _probs(loaded.predict_batch(texts, images)), _probs(portable.predict_batch(texts, images))
+        folder_run = loaded.predict_folder(data, data / "test_without_label.txt")
+        folder_export = portable.predict_folder(data, data / "test_without_label.txt")
+        member = portable.members[0]
+        inputs = {"text": ["a day"], "image": [None]}
+        features = {name: encoder.encode(inputs[spec["kind"]]) for (name, encoder), spec in
+                    zip(portable.encoders.items(), manifest["encoders"].values()) if spec["kind"] != "lexicon"}
+        feeds = {k: v for f in features.values() for k, v in f.items()}
+        logits = [member.graph.run(None, {**feeds, "lexicon": np.full((1, 9), value, dtype=np.float32)})[0]
+                  for value in (0.0, 1.0)]
+    assert np.abs(expected - got).max() < 1e-4
+    assert np.abs(logits[0] - logits[1]).max() > 1e-6  # the graph reads its lexicon input
+    for guid, prediction in folder_run.items():
+        assert np.allclose(list(folder_export[guid].probabilities.values()), list(prediction.probabilities.values()),
+                           atol=1e-4)
 
 
 def test_fine_tuned_text_layers_are_exported(exported, tmp_path, tiny_bert_dir):

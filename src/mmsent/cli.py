@@ -86,9 +86,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         if not flag:
             continue
         kwargs = {"dest": f"cfg:{key}", "default": None, "metavar": key.rsplit(".", 1)[-1].upper(), "help": f"{spec.metadata.get('help', '')} (default: {default})"}
-        if isinstance(default, bool):  # a switch: the flag turns it on
-            kwargs = {"dest": kwargs["dest"], "default": None, "action": "store_const", "const": True,
-                      "help": spec.metadata.get("help", "")}
+        if isinstance(default, bool):  # a switch: --flag turns it on, --no-flag off
+            kwargs = {"dest": kwargs["dest"], "default": None, "action": argparse.BooleanOptionalAction,
+                      "help": f"{spec.metadata.get('help', '')} (default: {'on' if default else 'off'})"}
         elif key in _REGISTRY_CHOICES:
             kwargs["choices"] = _REGISTRY_CHOICES[key].names()
         elif spec.metadata.get("choices"):

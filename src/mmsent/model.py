@@ -88,7 +88,7 @@ def pretrained_family(config: RunConfig) -> Towers:
 # trained from random initialisation on a few thousand posts, it gains from regularisation (an EMA of the weights,
 # label smoothing, weight decay). The measurements: benchmarks/README.md.
 CUSTOM_DEFAULTS = {"fusion.name": "bi_cross_attention", "train.ema_decay": 0.99, "train.label_smoothing": 0.1,
-                   "train.weight_decay": 0.1}
+                   "train.weight_decay": 0.1, "lexicon.enabled": False}
 
 
 @MODEL_FAMILIES.register("custom", defaults=CUSTOM_DEFAULTS)
@@ -96,15 +96,18 @@ def custom_family(config: RunConfig) -> Towers:
     """From scratch: a ResNet on cached pixels and a Transformer on WordPiece ids (``custom.*`` settings).
 
     Its defaults differ from the pretrained family's: bi_cross_attention fusion, an EMA of the weights (decay 0.99),
-    label smoothing 0.1 and weight decay 0.1 (family defaults: flags and ``--set`` still override them)."""
+    label smoothing 0.1, weight decay 0.1 and no lexicon scores (family defaults: flags and ``--set`` still
+    override them)."""
+    from .encoders.lexicon import LexiconTower
     from .encoders.scratch import PixelTower, WordPieceTower
 
-    if config.ocr.enabled or config.lexicon.enabled:
-        raise ConfigError("ocr.enabled and lexicon.enabled are available for the pretrained family "
-                          "(--model pretrained)")
+    if config.ocr.enabled:
+        raise ConfigError("ocr.enabled is available for the pretrained family (--model pretrained)")
+    text = WordPieceTower(config.custom) if config.modality in ("all", "text") else None
     return Towers(
-        text=WordPieceTower(config.custom) if config.modality in ("all", "text") else None,
+        text=text,
         image=PixelTower(config.custom) if config.modality in ("all", "image") else None,
+        lexicon=LexiconTower() if config.lexicon.enabled and text is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ The arithmetic is the run's: texts cleaned and tokenized as at training time, im
 :mod:`mmsent.data.images`, encoder outputs rounded to float16 as the feature cache stores them, class probabilities
 as the run's loss reads logits (softmax, or sigmoid scores renormalised for the focal loss), averaged over folds,
 combined over member runs (mean, or the stacker over log-probabilities and VADER's scores), then the temperature.
+A run that reads lexicon scores (``lexicon.enabled``) gets them from the same lexicons, computed in Python.
 """
 
 from __future__ import annotations
@@ -136,6 +137,22 @@ class ImageEncoder:
         return {"image_input": half_rounded(out), "image_present": np.array([i is not None for i in images])}
 
 
+class LexiconScores:
+    """The lexicon scores of posts' raw texts (:func:`mmsent.lexicon.lexicon_scores_of_raw`) -> lexicon (B, K)."""
+
+    def __init__(self, folder: Path, spec: dict):
+        from .lexicon import SCORES
+
+        if list(spec.get("scores", [])) != list(SCORES):
+            raise RunError(f"{folder} was exported with the lexicon scores {spec.get('scores')}; this mmsent "
+                           f"computes {list(SCORES)}: export the run again with this version")
+
+    def encode(self, raw_texts: list) -> dict[str, np.ndarray]:
+        from .lexicon import lexicon_scores_of_raw
+
+        return {"lexicon": lexicon_scores_of_raw(list(raw_texts)).astype(np.float32)}
+
+
 @dataclass
 class Member:
     """One exported run: its encoders (names in the manifest) and the graph of its fold ensemble."""
@@ -211,6 +228,8 @@ class ExportedModel(Predictor):
         for name, encoder in self.encoders.items():
             if isinstance(encoder, TextEncoder):
                 features[name] = encoder.encode(cleaned[name])
+            elif isinstance(encoder, LexiconScores):
+                features[name] = encoder.encode(raw_texts())
             else:
                 features[name] = encoder.encode(images[encoder.size])
         member_probs = [member.probabilities(features) for member in self.members]
@@ -324,7 +343,7 @@ def load_export(folder, device: str = "auto", backend: str | None = None) -> Exp
     missing = [name for name in missing if not (folder / name).is_file()]
     if missing:
         raise RunError(f"{folder} is an incomplete export: missing {', '.join(missing)}")
-    kinds = {"text": TextEncoder, "image": ImageEncoder}
+    kinds = {"text": TextEncoder, "image": ImageEncoder, "lexicon": LexiconScores}
     encoders = {name: kinds[spec["kind"]](folder, spec) for name, spec in manifest["encoders"].items()}
     members = [Member(member["encoders"], int(member["folds"]), member["loss"], list(member["inputs"]),
                       ort_graph(folder / member["graph"])) for member in manifest["members"]]

@@ -143,10 +143,19 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if data.get("version") != CONFIG_VERSION:
         raise RunError(f"{run_dir} was written by an incompatible mmsent (config version {data.get('version')!r}, "
                        f"this mmsent reads version {CONFIG_VERSION}); retrain it")
+    saved = {k: v for k, v in data.items() if k != "version"}
+    for key, meant in SAVED_BEFORE_THEIR_SECTION.items():
+        section, name = key.split(".")
+        saved.setdefault(section, {}).setdefault(name, meant)
     try:
-        return RunConfig.from_dict({k: v for k, v in data.items() if k != "version"})
+        return RunConfig.from_dict(saved)
     except ConfigError as error:
         raise RunError(f"{path}: {error}") from None
+
+
+# What a run saved before a config section existed did, where today's default differs: lexicon scores became the
+# default after runs had been saved without a "lexicon" section (those read none).
+SAVED_BEFORE_THEIR_SECTION = {"lexicon.enabled": False}
 
 
 LEGACY_FOLD_SCHEME = "earlier"  # the folds of a run saved without train.fold_scheme: not rebuilt by this version
