@@ -130,3 +130,14 @@ def test_the_architecture_page_names_every_module():
     modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")} - {"data/__init__.py", "encoders/__init__.py"}
     assert modules - named == set(), "modules missing from the module table of docs/architecture.md"
     assert named - modules == set(), "the module table of docs/architecture.md names modules that do not exist"
+
+
+def test_registries_load_their_own_plugins():
+    """A registry imports the modules that fill it (mmsent.registry): nothing else loads plugins beforehand, and
+    the only callers of ``load_plugins`` are the two places that report a missing PyTorch early."""
+    callers = []
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parents[1] / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and "load_plugins" in ast.unparse(node.func):
+                callers.append(path.name)
+    assert sorted(callers) == ["__init__.py", "cli.py"], callers

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from mmsent import load_plugins
 from mmsent.config import (
     CONFIG_VERSION,
     ConfigError,
@@ -18,8 +17,6 @@ from mmsent.config import (
     load_config_file,
 )
 from mmsent.registry import MODEL_FAMILIES
-
-load_plugins()
 
 
 def without_version(data: dict) -> dict:

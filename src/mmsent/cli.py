@@ -32,6 +32,15 @@ RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written 
 _REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.loss": LOSSES}
 
 
+def _choices(registry) -> list[str]:
+    """A registry's names, or none where its modules need a package that is not installed (a base install has no
+    PyTorch: the commands that need them say so when run)."""
+    try:
+        return registry.names()
+    except ImportError:
+        return []
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
                         help="data set: a lab folder (train.txt, test_without_label.txt, data/), an MVSA release "
@@ -44,8 +53,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
-    from .data import dataset  # noqa: F401  registers the formats
-    from .data.formats import FORMATS
+    from .registry import FORMATS
 
     group = parser.add_argument_group("data format (config keys data.*)")
     group.add_argument("--format", dest="cfg:data.format", choices=FORMATS.names(),
@@ -90,7 +98,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
             kwargs = {"dest": kwargs["dest"], "default": None, "action": "store_const", "const": True,
                       "help": spec.metadata.get("help", "")}
         elif key in _REGISTRY_CHOICES:
-            kwargs["choices"] = _REGISTRY_CHOICES[key].names()
+            kwargs["choices"] = _choices(_REGISTRY_CHOICES[key])
         elif spec.metadata.get("choices"):
             kwargs["choices"] = list(spec.metadata["choices"])
         group.add_argument(flag, **kwargs)
@@ -805,7 +813,7 @@ def _allowed_values(key: str, spec, default) -> str:
     """The values a config key takes, in words, for the reference."""
     open_registries = {"text.name": TEXT_ENCODERS, "image.name": IMAGE_ENCODERS}
     if key == "data.format":
-        from .data.formats import FORMATS
+        from .registry import FORMATS
 
         return "`\"\"` (detected from `--data`), " + ", ".join(f"`{name}`" for name in FORMATS.names())
     if key in _REGISTRY_CHOICES or spec.metadata.get("choices"):

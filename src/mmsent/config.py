@@ -346,8 +346,11 @@ def family_defaults(model: str) -> dict[str, Any]:
     """The config defaults a model family registered with (``MODEL_FAMILIES.register(name, defaults=...)``)."""
     from .registry import MODEL_FAMILIES
 
-    if model not in MODEL_FAMILIES:
-        return {}  # unknown names are reported where the family is built
+    try:
+        if model not in MODEL_FAMILIES:
+            return {}  # unknown names are reported where the family is built
+    except ImportError:
+        return {}  # no PyTorch (a base install): no family is built, the data options are still resolved
     return dict(MODEL_FAMILIES.metadata(model).get("defaults", {}))
 
 

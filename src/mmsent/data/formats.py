@@ -1,8 +1,9 @@
 """The registry of data formats: each reads one part (``train``: labelled posts, ``test``: posts to predict) of a
 data set into :class:`~mmsent.data.posts.Post` records, and says whether it recognises a path.
 
-Formats register with :func:`register_format` (the implementations, imported by :mod:`.dataset` in detection
-order, import this interface, never the reverse); ``--format`` choices and detection are derived from the registry.
+Formats register with :func:`register_format` into ``mmsent.registry.FORMATS``, which imports the modules that
+define them (its ``providers``, in detection order) on first use; they import this interface, never the reverse.
+``--format`` choices and detection are derived from the registry.
 The label set is settled here for every format (:func:`~mmsent.data.posts.settle_labels`).
 """
 
@@ -13,11 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import DataConfig, normalised_labels
-from ..registry import Registry
+from ..registry import FORMATS
 from .posts import Post, settle_labels
 from .records import DataError, Problem
 
-FORMATS = Registry("data format")
 PARTS = ("train", "test")  # labelled posts, posts to predict
 
 
@@ -47,8 +47,9 @@ class PartRead:
 
 
 def register_format(name: str, detect: Callable[[DataSource], bool], layout: str):
-    """Decorator: register ``reader(source, part) -> PartRead`` under ``name``; ``detect(source)`` recognises it."""
-    return FORMATS.register(name, detect=detect, layout=layout)
+    """Decorator: register ``reader(source, part) -> PartRead`` under ``name``; ``detect(source)`` recognises it.
+    Every format reads its options from ``DataSource.config`` (a :class:`~mmsent.config.DataConfig`)."""
+    return FORMATS.register(name, config=DataConfig, detect=detect, layout=layout)
 
 
 def describe_formats() -> str:
