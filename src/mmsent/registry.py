@@ -27,13 +27,14 @@ class Registry:
         self._metadata: dict[str, dict] = {}
         self._order: dict[str, int] = {}  # name -> index of the provider that registered it
         self._loaded = not self.providers
+        self.loading = False  # True while the providers are being imported
 
     def load(self) -> "Registry":
         """Import the provider modules (once); an ImportError (a missing optional package) propagates and leaves
         the registry as it was, so that the next use reports it again."""
         if self._loaded:
             return self
-        self._loaded = True  # a provider that looks itself up while being imported sees what is registered so far
+        self._loaded = self.loading = True  # a provider that looks itself up while imported sees what is registered
         before = set(self._entries)
         try:
             for module in self.providers:
@@ -43,6 +44,8 @@ class Registry:
             for name in set(self._entries) - before:  # a failed import is retried whole: forget its half
                 del self._entries[name], self._metadata[name], self._order[name]
             raise
+        finally:
+            self.loading = False
         return self
 
     def register(self, name: str, config: type | None = None, **metadata):

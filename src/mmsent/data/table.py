@@ -1,6 +1,6 @@
 """The table format: one row per post in CSV, TSV, JSON Lines or Parquet (read with pandas).
 
-Columns (``DataConfig``): ``text`` (inline), ``image`` (a path relative to the table's folder), ``label`` (empty or
+Columns (:class:`TableOptions`, config keys ``data.*``): ``text`` (inline), ``image`` (a path relative to the table's folder), ``label`` (empty or
 ``null`` = a post to predict) and ``id`` (absent = row numbers, counted from 1 without the header). A table without
 a text column or without an image column is a one-modality data set (every post rests on the other one; each post
 is flagged as lacking it); one without either is refused. Image paths that are absolute or leave the table's folder
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from typing import Callable, Iterator
 
+from ..config import option
 from ..errors import PackageError
 from ..registry import TABLE_SUFFIXES
 from .formats import DataSource, PartRead, register_format
@@ -304,8 +305,22 @@ register_suffix(".json", _read_json, _whole_frames, _write_json_lines)  # JSON L
 register_suffix(".parquet", _read_parquet, _parquet_frames, _write_parquet)
 
 
-@register_format("table", detect=_is_table, layout=f"a table file ({', '.join(TABLE_SUFFIXES.names())}) with columns "
-                                                  "id, label, text, image (see --text-column and the others)")
+@dataclass
+class TableOptions:
+    """The table format's options (config keys ``data.*``): its column names and where its image paths may lead."""
+
+    text_column: str = option("text", help="table column of each post's text (inline)")
+    image_column: str = option("image", help="table column of each post's image path (relative to the table's "
+                                             "folder)")
+    label_column: str = option("label", help="table column of each post's label (empty = a post to predict)")
+    id_column: str = option("id", help="table column of each post's id (absent = row numbers)")
+    allow_outside_paths: bool = option(False, help="accept table image paths that are absolute or leave the table's "
+                                                   "folder")
+
+
+@register_format("table", detect=_is_table, config=TableOptions,
+                 layout=f"a table file ({', '.join(TABLE_SUFFIXES.names())}) with columns id, label, text, image "
+                        "(see --text-column and the others)")
 def read_table(source: DataSource, part: str) -> PartRead:
     """The labelled rows (``train``) or the unlabelled rows (``test``) of the table, in table order."""
     path, config = source.path, source.config
