@@ -20,7 +20,7 @@ from typing import Callable
 from . import __version__
 from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
-from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TEXT_ENCODERS
+from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TABLE_SUFFIXES, TEXT_ENCODERS
 
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
@@ -44,7 +44,7 @@ def _choices(registry) -> list[str]:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
                         help="data set: a lab folder (train.txt, test_without_label.txt, data/), an MVSA release "
-                             "folder or a table file (.csv .tsv .jsonl .json .parquet) (default: $MMSENT_DATA or "
+                             f"folder or a table file ({' '.join(TABLE_SUFFIXES.names())}) (default: $MMSENT_DATA or "
                              "../shared/data/mvsa)")
     parser.add_argument("--train-file", type=Path, help=f"lab folder: labelled file (default: DATA/{DEFAULT_TRAIN_FILE})")
     parser.add_argument("--test-file", type=Path, help=f"lab folder: unlabelled file (default: DATA/{DEFAULT_TEST_FILE})")
@@ -324,8 +324,8 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace what is at --out")
 
 
-@command("convert", "write a data set in another format: OUT.csv, .tsv, .jsonl, .parquet or a folder (the lab "
-                    "layout); row order is kept", _convert_arguments, base=True)
+@command("convert", f"write a data set in another format: a table (OUT{', '.join(TABLE_SUFFIXES.names())}) or a "
+                    "folder (the lab layout); row order is kept", _convert_arguments, base=True)
 def cmd_convert(args) -> int:
     from .data.convert import convert
 
