@@ -103,6 +103,10 @@ def test_the_package_has_no_import_cycle():
     ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
     ("mmsent.paths", ("mmsent.",)),  # a leaf
     ("mmsent.atomic", ("mmsent.",)),
+    ("mmsent.registry", ("mmsent.encoders", "mmsent.data", "mmsent.fusion", "mmsent.losses", "mmsent.model",
+                         "mmsent.profiles")),  # names its providers, imports none of them
+    ("mmsent.testing", ("mmsent.encoders.text", "mmsent.encoders.image", "mmsent.encoders.scratch",
+                        "mmsent.encoders.lexicon", "mmsent.encoders.image_text", "mmsent.model")),  # via registries
 ])
 def test_an_interface_imports_none_of_its_users(interface, implementations):
     imported = import_graph()[interface]
