@@ -66,10 +66,23 @@ def test_a_failed_provider_is_reported_again_and_retried_whole(plugin_modules):
 
         import a_package_that_is_not_installed
     """)
-    holder.THINGS = Registry("thing", providers=(broken,))
+    fine = write("plugin_fine", """
+        from holder import THINGS
+
+        @THINGS.register("whole")
+        def whole(): return 2
+    """)
+    holder.THINGS = Registry("thing", providers=(fine, broken))
     for _ in range(2):  # the second use imports it again instead of calling "half" registered twice
         with pytest.raises(ImportError, match="a_package_that_is_not_installed"):
             holder.THINGS.names()
+    write(broken, """
+        from holder import THINGS
+
+        @THINGS.register("half")
+        def half(): return 1
+    """)  # the package installed: the provider imported before it keeps what it registered
+    assert holder.THINGS.names() == ["whole", "half"]
 
 
 def test_an_entry_keeps_its_typed_config():

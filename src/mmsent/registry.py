@@ -30,20 +30,22 @@ class Registry:
         self.loading = False  # True while the providers are being imported
 
     def load(self) -> "Registry":
-        """Import the provider modules (once); an ImportError (a missing optional package) propagates and leaves
-        the registry as it was, so that the next use reports it again."""
+        """Import the provider modules (once). A provider whose import fails (a missing optional package) is
+        forgotten with what it registered, and the error propagates: the next use imports it again and reports it
+        again, the providers imported before it are kept."""
         if self._loaded:
             return self
         self._loaded = self.loading = True  # a provider that looks itself up while imported sees what is registered
-        before = set(self._entries)
         try:
             for module in self.providers:
-                importlib.import_module(module)
-        except BaseException:
-            self._loaded = False
-            for name in set(self._entries) - before:  # a failed import is retried whole: forget its half
-                del self._entries[name], self._metadata[name], self._order[name]
-            raise
+                before = set(self._entries)
+                try:
+                    importlib.import_module(module)
+                except BaseException:
+                    self._loaded = False
+                    for name in set(self._entries) - before:  # Python forgets the failed module: forget its half
+                        del self._entries[name], self._metadata[name], self._order[name]
+                    raise
         finally:
             self.loading = False
         return self
