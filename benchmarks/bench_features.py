@@ -19,14 +19,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["MMSENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmsent-bench-cache-")  # cold cache
 
-    from mmsent import load_plugins
     from mmsent.config import RunConfig, apply_overrides, load_config_file
     from mmsent.features import compute_features
     from mmsent.data.dataset import open_split
     from mmsent.model import load_towers
     from mmsent.training import resolve_device
 
-    load_plugins()
     config = RunConfig()
     if args.config:
         apply_overrides(config, load_config_file(args.config))

@@ -103,6 +103,10 @@ def test_the_package_has_no_import_cycle():
     ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
     ("mmsent.paths", ("mmsent.",)),  # a leaf
     ("mmsent.atomic", ("mmsent.",)),
+    ("mmsent.registry", ("mmsent.encoders", "mmsent.data", "mmsent.fusion", "mmsent.losses", "mmsent.model",
+                         "mmsent.profiles")),  # names its providers, imports none of them
+    ("mmsent.testing", ("mmsent.encoders.text", "mmsent.encoders.image", "mmsent.encoders.scratch",
+                        "mmsent.encoders.lexicon", "mmsent.encoders.image_text", "mmsent.model")),  # via registries
 ])
 def test_an_interface_imports_none_of_its_users(interface, implementations):
     imported = import_graph()[interface]
@@ -130,3 +134,14 @@ def test_the_architecture_page_names_every_module():
     modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")} - {"data/__init__.py", "encoders/__init__.py"}
     assert modules - named == set(), "modules missing from the module table of docs/architecture.md"
     assert named - modules == set(), "the module table of docs/architecture.md names modules that do not exist"
+
+
+def test_registries_load_their_own_plugins():
+    """A registry imports the modules that fill it (mmsent.registry): nothing else loads plugins beforehand, and
+    the only callers of ``load_plugins`` are the two places that report a missing PyTorch early."""
+    callers = []
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parents[1] / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and "load_plugins" in ast.unparse(node.func):
+                callers.append(path.name)
+    assert sorted(callers) == ["__init__.py", "cli.py"], callers

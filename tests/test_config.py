@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from mmsent import load_plugins
 from mmsent.config import (
     CONFIG_VERSION,
     ConfigError,
@@ -18,8 +17,6 @@ from mmsent.config import (
     load_config_file,
 )
 from mmsent.registry import MODEL_FAMILIES
-
-load_plugins()
 
 
 def without_version(data: dict) -> dict:
@@ -264,3 +261,57 @@ def test_a_run_saved_before_lexicon_scores_were_the_default_reads_none(tmp_path)
     saved["lexicon"] = {"enabled": True}
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert read_run_config(tmp_path).lexicon.enabled is True
+
+
+# ----------------------------------------------------------------------------- configs composed from plugins
+
+
+def test_the_data_section_joins_the_options_every_format_shares_with_each_formats_own():
+    from dataclasses import fields
+
+    from mmsent.config import DataConfig, DataOptions
+    from mmsent.data.table import TableOptions
+    from mmsent.registry import FORMATS
+
+    assert FORMATS.config_of("table") is TableOptions and FORMATS.config_of("folder") is None
+    assert [f.name for f in fields(DataConfig)] == [f.name for f in (*fields(DataOptions), *fields(TableOptions))]
+    old = {"data": {"format": "table", "text_column": "body", "image_column": "picture", "label_column": "label",
+                    "id_column": "id", "labels": ["a", "b"], "allow_outside_paths": True}}  # a saved run's section
+    config = RunConfig.from_dict(old)
+    assert config.data.text_column == "body" and config.data.allow_outside_paths is True
+    assert config.to_dict()["data"] == {**old["data"]}
+    with pytest.raises(ConfigError, match="expected true/false"):
+        apply_overrides(config, {"data.allow_outside_paths": "maybe"})  # a format's option is checked like any
+
+
+def test_a_composed_config_takes_each_registered_option_once():
+    from dataclasses import dataclass, fields
+
+    from mmsent.config import compose_config, option
+    from mmsent.registry import Registry
+
+    @dataclass
+    class Common:
+        """Shared."""
+
+        name: str = option("", help="the plugin")
+
+    @dataclass
+    class Width:
+        width: int = option(3, help="how wide")
+
+    @dataclass
+    class AlsoWidth:
+        width: int = option(4)
+
+    things = Registry("thing")
+    things.register("wide", config=Width)(object)
+    things.register("plain")(object)
+    things.register("wide again", config=Width)(object)  # one config for two plugins: its fields once
+    composed = compose_config("ThingConfig", Common, things)
+    assert [(f.name, f.type, f.metadata["help"]) for f in fields(composed)] == [
+        ("name", str, "the plugin"), ("width", int, "how wide")]
+    assert composed().width == 3 and composed.__doc__ == "Shared." and composed.__module__ == "mmsent.config"
+    things.register("clash", config=AlsoWidth)(object)
+    with pytest.raises(ConfigError, match="ThingConfig.width is declared by both .*Width and .*AlsoWidth"):
+        compose_config("ThingConfig", Common, things)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsent import load_plugins
 from mmsent.config import LABELS, RunConfig, TextPrepConfig
 from mmsent.errors import InputError
 from mmsent.explain import cleaned_char_to_word, merge_pieces, words_of
@@ -23,7 +22,6 @@ from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODE
 
 from helpers import TINY_IMAGE, TINY_TEXT, encoder_params
 
-load_plugins()
 
 TEXT = "RT @friend: What a #LegDay 😀 at http://t.co/x today!!  great"
 

@@ -19,7 +19,9 @@ from mmsent.data.dataset import open_data, open_split
 from mmsent.data.formats import FORMATS, DataSource, detect_format
 from mmsent.data.mvsa import merge_pair
 from mmsent.data.records import DataError
+from mmsent.data.table import frame_rows, load_frame, table_chunks
 from mmsent.errors import ConfigError
+from mmsent.registry import TABLE_SUFFIXES
 
 SEVEN = ("angry", "bored", "calm", "fear", "happy", "love", "sad")
 
@@ -218,6 +220,19 @@ def test_convert_round_trip_folder_csv_jsonl_folder(lab, tmp_path):
     for path in (lab / "export.csv", lab / "export.jsonl", tmp_path / "again"):
         assert parts_content(path) == original, path
     assert (tmp_path / "again" / "train.txt").read_text() == (lab / "train.txt").read_text()
+
+
+@pytest.mark.parametrize("suffix", [pytest.param(s, marks=needs_pyarrow) if s == ".parquet" else s
+                                    for s in TABLE_SUFFIXES.names()])
+def test_every_table_suffix_is_written_then_read_whole_and_in_chunks_alike(lab, suffix):
+    out = lab / f"export{suffix.upper()}"  # suffixes are matched whatever their case
+    convert(lab, out)
+    assert detect_format(DataSource(out)) == "table"
+    assert parts_content(out) == parts_content(lab)
+    whole, problems = load_frame(out)
+    assert problems == []
+    chunked = [row for chunk in table_chunks(out, 2) for row in chunk.rows()]
+    assert chunked == list(frame_rows(whole)) and len(chunked) == 7
 
 
 @needs_pyarrow

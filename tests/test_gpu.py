@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmsent import load_plugins
 from mmsent.cli import main
 from mmsent.config import LABELS, RunConfig
 from mmsent.data.dataset import open_split
@@ -21,7 +20,6 @@ from mmsent.model import MultimodalClassifier, build_towers
 from mmsent.registry import FUSIONS, MODEL_FAMILIES
 from mmsent.training import FeatureBatches, fit
 
-load_plugins()
 pytestmark = pytest.mark.gpu
 
 SMALL = ["--epochs", "2", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32", "--workers", "0",

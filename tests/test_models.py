@@ -9,15 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmsent import load_plugins
 from mmsent.config import LABELS, ImageEncoderConfig, RunConfig, TextEncoderConfig, TextPrepConfig
 from mmsent.data.dataset import open_split
 from mmsent.model import MODALITIES, MultimodalClassifier, Towers, build_towers
 from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODERS
 
 from helpers import TINY_IMAGE, TINY_TEXT, encoder_params
-
-load_plugins()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from mmsent import load_plugins
 from mmsent.cli import main
 from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig, TextPrepConfig, apply_overrides
 from mmsent.data.dataset import open_split
@@ -18,7 +17,6 @@ from mmsent.registry import PROFILES
 
 pytestmark = pytest.mark.slow  # trains runs: left out of the quick subset (pytest -m "not slow")
 
-load_plugins()
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32", "--workers", "0",
         "--set", "text.max_length=16"]
 

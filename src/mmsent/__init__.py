@@ -1,26 +1,16 @@
 """mmsent: image+text sentiment classification of posts, with the label set its data carries."""
 
-import importlib
-
 from ._version import __version__
 
-__all__ = ["__version__", "PLUGIN_MODULES", "load_plugins", "load_run"]
-
-# The modules that register encoders, fusions, losses, model families and profiles: a new one is one more line.
-PLUGIN_MODULES = (
-    "mmsent.fusion",
-    "mmsent.losses",
-    "mmsent.model",
-    "mmsent.profiles",
-    "mmsent.encoders.image",
-    "mmsent.encoders.text",
-)
+__all__ = ["__version__", "load_plugins", "load_run"]
 
 
 def load_plugins() -> None:
-    """Import every module of ``PLUGIN_MODULES`` (importing one registers what it defines)."""
-    for name in PLUGIN_MODULES:
-        importlib.import_module(name)
+    """Import the modules that fill every registry (:mod:`mmsent.registry`). Never needed for a look-up (each
+    registry imports its own on first use); it tells early that an optional package (PyTorch) is missing."""
+    from .registry import load_all
+
+    load_all()
 
 
 TRAIN_EXTRAS = "pip install 'mmsent[train]'"

@@ -20,7 +20,7 @@ from typing import Callable
 from . import __version__
 from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
-from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TEXT_ENCODERS
+from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TABLE_SUFFIXES, TEXT_ENCODERS
 
 DEFAULT_TRAIN_FILE = "train.txt"
 DEFAULT_TEST_FILE = "test_without_label.txt"
@@ -32,10 +32,19 @@ RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written 
 _REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.loss": LOSSES}
 
 
+def _choices(registry) -> list[str]:
+    """A registry's names, or none where its modules need a package that is not installed (a base install has no
+    PyTorch: the commands that need them say so when run)."""
+    try:
+        return registry.names()
+    except ImportError:
+        return []
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
                         help="data set: a lab folder (train.txt, test_without_label.txt, data/), an MVSA release "
-                             "folder or a table file (.csv .tsv .jsonl .json .parquet) (default: $MMSENT_DATA or "
+                             f"folder or a table file ({' '.join(TABLE_SUFFIXES.names())}) (default: $MMSENT_DATA or "
                              "../shared/data/mvsa)")
     parser.add_argument("--train-file", type=Path, help=f"lab folder: labelled file (default: DATA/{DEFAULT_TRAIN_FILE})")
     parser.add_argument("--test-file", type=Path, help=f"lab folder: unlabelled file (default: DATA/{DEFAULT_TEST_FILE})")
@@ -44,8 +53,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
-    from .data import dataset  # noqa: F401  registers the formats
-    from .data.formats import FORMATS
+    from .registry import FORMATS
 
     group = parser.add_argument_group("data format (config keys data.*)")
     group.add_argument("--format", dest="cfg:data.format", choices=FORMATS.names(),
@@ -90,7 +98,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
             kwargs = {"dest": kwargs["dest"], "default": None, "action": argparse.BooleanOptionalAction,
                       "help": f"{spec.metadata.get('help', '')} (default: {'on' if default else 'off'})"}
         elif key in _REGISTRY_CHOICES:
-            kwargs["choices"] = _REGISTRY_CHOICES[key].names()
+            kwargs["choices"] = _choices(_REGISTRY_CHOICES[key])
         elif spec.metadata.get("choices"):
             kwargs["choices"] = list(spec.metadata["choices"])
         group.add_argument(flag, **kwargs)
@@ -316,8 +324,8 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace what is at --out")
 
 
-@command("convert", "write a data set in another format: OUT.csv, .tsv, .jsonl, .parquet or a folder (the lab "
-                    "layout); row order is kept", _convert_arguments, base=True)
+@command("convert", f"write a data set in another format: a table (OUT{', '.join(TABLE_SUFFIXES.names())}) or a "
+                    "folder (the lab layout); row order is kept", _convert_arguments, base=True)
 def cmd_convert(args) -> int:
     from .data.convert import convert
 
@@ -805,7 +813,7 @@ def _allowed_values(key: str, spec, default) -> str:
     """The values a config key takes, in words, for the reference."""
     open_registries = {"text.name": TEXT_ENCODERS, "image.name": IMAGE_ENCODERS}
     if key == "data.format":
-        from .data.formats import FORMATS
+        from .registry import FORMATS
 
         return "`\"\"` (detected from `--data`), " + ", ".join(f"`{name}`" for name in FORMATS.names())
     if key in _REGISTRY_CHOICES or spec.metadata.get("choices"):

@@ -1,5 +1,10 @@
 """Typed configuration: one dataclass per component, merged into :class:`RunConfig`.
 
+A plugin declares its own options as a dataclass registered with it (``registry.register(name, config=...)``, fields
+made with :func:`option`); a section whose plugins own options is composed from the registered dataclasses
+(:func:`compose_config`): ``DataConfig`` is the data options of every format joined with each format's own (a
+table's columns).
+
 A run's ``config.json`` is ``RunConfig.to_dict()``; ``--config FILE`` reads the same shape (any subset of keys),
 and command-line flags override it. Every field is reachable from the CLI as ``--set section.field=value``;
 the most used ones also have a short flag, declared once in the field's metadata (``flag``).
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,9 @@ def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None
     if callable(default):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
+
+
+option = _opt  # how a plugin declares an option of its config (the fields of every config are made with it)
 
 
 @dataclass
@@ -192,23 +201,18 @@ class TrainConfig:
 
 
 @dataclass
-class DataConfig:
-    """How the data set is read (mmsent.data.formats): its format, a table's columns and the label set.
+class DataOptions:
+    """How the data set is read (mmsent.data.formats): its format and the label set, joined in ``DataConfig`` with
+    the options each format registers (a table's columns: mmsent.data.table).
 
     No field has a short flag here: ``cli.add_data_options`` declares ``--format``, ``--labels`` and the column
     flags for every command that reads data.
     """
 
     format: str = _opt("", help="data format registered in mmsent.data.formats; '' = detected from --data")
-    text_column: str = _opt("text", help="table column of each post's text (inline)")
-    image_column: str = _opt("image", help="table column of each post's image path (relative to the table's folder)")
-    label_column: str = _opt("label", help="table column of each post's label (empty = a post to predict)")
-    id_column: str = _opt("id", help="table column of each post's id (absent = row numbers)")
     labels: list = _opt(list, item=str, help="the label names in class order; empty = the sorted names found in "
                                              "the labelled rows (a run folder whose config.json has none predicts "
                                              "negative,neutral,positive)")
-    allow_outside_paths: bool = _opt(False, help="accept table image paths that are absolute or leave the table's "
-                                                 "folder")
 
 
 def normalised_labels(names) -> tuple[str, ...]:
@@ -243,7 +247,7 @@ class RunConfig:
     custom: CustomConfig = field(default_factory=CustomConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: data_config_class()())
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict:
@@ -262,6 +266,45 @@ class RunConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
+
+
+def compose_config(name: str, common: type, registry) -> type:
+    """A dataclass ``name`` (of this module) with the fields of ``common``, then those of each config registered in
+    ``registry``, in its order (a plugin's own options). A field is declared once: ConfigError for a field that two
+    of them declare."""
+    if registry.loading:
+        raise RuntimeError(f"{name} is composed from the registered {registry.kind}s while they are being "
+                           f"registered: a module that registers one must not use {name} when it is imported")
+    owners = [common] + list(dict.fromkeys(c for c in map(registry.config_of, registry.names()) if c is not None))
+    specs, declared_by = [], {}
+    for owner in owners:
+        hints = typing.get_type_hints(owner)
+        for spec in fields(owner):
+            if spec.name in declared_by:
+                raise ConfigError(f"{name}.{spec.name} is declared by both {declared_by[spec.name].__qualname__} "
+                                  f"and {owner.__qualname__}")
+            declared_by[spec.name] = owner
+            specs.append((spec.name, hints[spec.name], field(default=spec.default, metadata=spec.metadata,
+                                                             default_factory=spec.default_factory)))
+    composed = dataclasses.make_dataclass(name, specs, namespace={"__doc__": common.__doc__, "__module__": __name__})
+    composed.__qualname__ = name
+    return composed
+
+
+def data_config_class() -> type:
+    """``DataConfig``: :class:`DataOptions` and the options of every registered data format, composed on first use
+    (the formats register themselves when ``FORMATS`` is first asked: mmsent.registry)."""
+    if "DataConfig" not in globals():
+        from .registry import FORMATS
+
+        globals()["DataConfig"] = compose_config("DataConfig", DataOptions, FORMATS)
+    return globals()["DataConfig"]
+
+
+def __getattr__(name: str):
+    if name == "DataConfig":  # ``from mmsent.config import DataConfig`` composes it
+        return data_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -350,8 +393,11 @@ def family_defaults(model: str) -> dict[str, Any]:
     """The config defaults a model family registered with (``MODEL_FAMILIES.register(name, defaults=...)``)."""
     from .registry import MODEL_FAMILIES
 
-    if model not in MODEL_FAMILIES:
-        return {}  # unknown names are reported where the family is built
+    try:
+        if model not in MODEL_FAMILIES:
+            return {}  # unknown names are reported where the family is built
+    except ImportError:
+        return {}  # no PyTorch (a base install): no family is built, the data options are still resolved
     return dict(MODEL_FAMILIES.metadata(model).get("defaults", {}))
 
 

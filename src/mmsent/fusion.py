@@ -33,7 +33,7 @@ class CrossAttentionLayer(nn.Module):
         return self.norm2(x + self.dropout(self.feed_forward(x)))  # (B, Tq, D)
 
 
-@FUSIONS.register("concat")
+@FUSIONS.register("concat", config=FusionConfig)
 class ConcatFusion(nn.Module):
     """Mean-pooled image and text features, concatenated."""
 
@@ -45,7 +45,7 @@ class ConcatFusion(nn.Module):
         return torch.cat([masked_mean(img_tokens, img_mask), masked_mean(txt_tokens, txt_mask)], dim=-1)  # (B, 2D)
 
 
-@FUSIONS.register("cross_attention")
+@FUSIONS.register("cross_attention", config=FusionConfig)
 class CrossAttentionFusion(nn.Module):
     """Image tokens query the text tokens (multi-head); pooled result concatenated with pooled text."""
 
@@ -61,7 +61,7 @@ class CrossAttentionFusion(nn.Module):
         return torch.cat([masked_mean(x, img_mask), masked_mean(txt_tokens, txt_mask)], dim=-1)  # (B, 2D)
 
 
-@FUSIONS.register("bi_cross_attention")
+@FUSIONS.register("bi_cross_attention", config=FusionConfig)
 class BiCrossAttentionFusion(nn.Module):
     """ViLBERT-style co-attention: image->text and text->image cross-attention, stacked ``layers`` times."""
 

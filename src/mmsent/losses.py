@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .registry import LOSSES
 
 
-@LOSSES.register("focal")
+@LOSSES.register("focal", config=TrainConfig)
 class SigmoidFocalLoss(nn.Module):
     """Sigmoid focal loss (Lin et al., 2017) over one-hot targets, averaged over the batch.
 
@@ -40,7 +40,7 @@ class SigmoidFocalLoss(nn.Module):
         return (alpha_t * (1 - p_t) ** self.gamma * ce).sum(-1).mean()
 
 
-@LOSSES.register("cross_entropy")
+@LOSSES.register("cross_entropy", config=TrainConfig)
 class CrossEntropyLoss(nn.Module):
     """Softmax cross-entropy with optional label smoothing and class weights (N / (C * n_c)) ** power."""
 

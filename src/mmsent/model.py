@@ -64,7 +64,7 @@ class Towers:
         return self
 
 
-@MODEL_FAMILIES.register("pretrained")
+@MODEL_FAMILIES.register("pretrained", config=RunConfig)
 def pretrained_family(config: RunConfig) -> Towers:
     """Pretrained encoders: ``text.name`` and ``image.name`` (packaged weights, or any Hugging Face model)."""
     from .encoders.image import create_image_tower
@@ -91,7 +91,7 @@ CUSTOM_DEFAULTS = {"fusion.name": "bi_cross_attention", "train.ema_decay": 0.99,
                    "train.weight_decay": 0.1, "lexicon.enabled": False}
 
 
-@MODEL_FAMILIES.register("custom", defaults=CUSTOM_DEFAULTS)
+@MODEL_FAMILIES.register("custom", config=RunConfig, defaults=CUSTOM_DEFAULTS)
 def custom_family(config: RunConfig) -> Towers:
     """From scratch: a ResNet on cached pixels and a Transformer on WordPiece ids (``custom.*`` settings).
 

@@ -8,21 +8,18 @@ bytes and copies of the images (or symbolic links with ``link_images``).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from ..atomic import atomic_path
 from ..config import DataConfig
-from ..errors import ConfigError, PackageError
-from ..registry import Registry
+from ..errors import ConfigError
+from ..registry import TABLE_SUFFIXES
 from .dataset import Split, open_data
 from .folder import LABEL_FILES
 from .formats import PARTS
 from .text import decode_text
-
-WRITERS = Registry("output format")  # keyed by the output's suffix; "" = a lab folder
 
 
 def read_parts(path: Path, data: DataConfig, train_file=None, test_file=None) -> list[Split]:
@@ -39,8 +36,8 @@ def convert(path: Path, out: Path, data: DataConfig | None = None, link_images: 
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise ConfigError(f"{out} exists; give --overwrite to replace it, or another --out")
     splits = read_parts(path, data or DataConfig(), train_file, test_file)
-    suffix = out.suffix.lower() if out.suffix.lower() in WRITERS else ""
-    counts = WRITERS.get(suffix)(splits, out, link_images=link_images)
+    write = write_table if out.suffix.lower() in TABLE_SUFFIXES else write_folder  # a table, else a lab folder
+    counts = write(splits, out, link_images=link_images)
     return {**{part: len(split.records) for part, split in zip(PARTS, splits)}, **counts}
 
 
@@ -64,33 +61,18 @@ def table_rows(splits: list[Split], folder: Path) -> list[dict]:
             for split in splits for post in split.records]
 
 
-@WRITERS.register(".csv")
-@WRITERS.register(".tsv")
-@WRITERS.register(".jsonl")
-@WRITERS.register(".json")
-@WRITERS.register(".parquet")
 def write_table(splits: list[Split], out: Path, link_images: bool = False) -> dict:
+    """A table file (its suffix registered in ``TABLE_SUFFIXES``: mmsent.data.table) with the default columns."""
     import pandas as pd
 
     folder = Path(os.path.normpath(out.parent.absolute()))
     frame = pd.DataFrame(table_rows(splits, folder), dtype=object)
-    suffix = out.suffix.lower()
     with atomic_path(out) as tmp:  # a killed convert leaves no half-written table
-        if suffix == ".parquet":
-            try:
-                frame.to_parquet(tmp, index=False)
-            except ImportError:
-                raise PackageError("writing Parquet needs pyarrow: pip install pyarrow") from None
-        elif suffix in (".jsonl", ".json"):  # one object a line, as written (pandas would escape every "/")
-            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in frame.to_dict("records")),
-                           encoding="utf-8")
-        else:
-            frame.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
+        TABLE_SUFFIXES.get(out.suffix.lower()).write(frame, tmp)
     image = DataConfig().image_column
     return {"absolute_image_paths": sum(1 for v in frame[image] if v is not None and Path(v).is_absolute())}
 
 
-@WRITERS.register("")
 def write_folder(splits: list[Split], out: Path, link_images: bool = False) -> dict:
     """``OUT/train.txt``, ``OUT/test_without_label.txt`` and ``OUT/data/<guid>.txt|.jpg``."""
     (out / "data").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LABELS, DataConfig, TextPrepConfig
-from . import folder, mvsa, table  # noqa: F401  the registered formats, in detection order
 from .formats import DataSource, read_part
 from .posts import Post, folder_post
 from .records import KINDS, DataError, Problem, Record, read_label_file, require_usable

@@ -1,8 +1,9 @@
 """The registry of data formats: each reads one part (``train``: labelled posts, ``test``: posts to predict) of a
 data set into :class:`~mmsent.data.posts.Post` records, and says whether it recognises a path.
 
-Formats register with :func:`register_format` (the implementations, imported by :mod:`.dataset` in detection
-order, import this interface, never the reverse); ``--format`` choices and detection are derived from the registry.
+Formats register with :func:`register_format` into ``mmsent.registry.FORMATS``, which imports the modules that
+define them (its ``providers``, in detection order) on first use; they import this interface, never the reverse.
+``--format`` choices and detection are derived from the registry.
 The label set is settled here for every format (:func:`~mmsent.data.posts.settle_labels`).
 """
 
@@ -10,14 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..config import DataConfig, normalised_labels
-from ..registry import Registry
+from ..config import normalised_labels
+from ..registry import FORMATS
 from .posts import Post, settle_labels
 from .records import DataError, Problem
 
-FORMATS = Registry("data format")
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+
+def _default_data_config() -> "DataConfig":
+    from ..config import data_config_class  # composed from the formats, which import this module: not at its import
+
+    return data_config_class()()
+
 PARTS = ("train", "test")  # labelled posts, posts to predict
 
 
@@ -26,7 +35,7 @@ class DataSource:
     """What to read: ``--data`` (a folder or a file), how (``config``) and, for the lab folder, its label files."""
 
     path: Path
-    config: DataConfig = field(default_factory=DataConfig)
+    config: "DataConfig" = field(default_factory=_default_data_config)
     train_file: Path | None = None
     test_file: Path | None = None
 
@@ -46,9 +55,12 @@ class PartRead:
     label_names: tuple[str, ...] = ()
 
 
-def register_format(name: str, detect: Callable[[DataSource], bool], layout: str):
-    """Decorator: register ``reader(source, part) -> PartRead`` under ``name``; ``detect(source)`` recognises it."""
-    return FORMATS.register(name, detect=detect, layout=layout)
+def register_format(name: str, detect: Callable[[DataSource], bool], layout: str, config: type | None = None):
+    """Decorator: register ``reader(source, part) -> PartRead`` under ``name``; ``detect(source)`` recognises it.
+    ``config``: the format's own options, a dataclass of :func:`mmsent.config.option` fields, joined into
+    ``DataConfig`` (config keys ``data.<field>``); the reader finds them, and the options every format shares, in
+    ``source.config``."""
+    return FORMATS.register(name, config=config, detect=detect, layout=layout)
 
 
 def describe_formats() -> str:

@@ -1,6 +1,6 @@
 """The table format: one row per post in CSV, TSV, JSON Lines or Parquet (read with pandas).
 
-Columns (``DataConfig``): ``text`` (inline), ``image`` (a path relative to the table's folder), ``label`` (empty or
+Columns (:class:`TableOptions`, config keys ``data.*``): ``text`` (inline), ``image`` (a path relative to the table's folder), ``label`` (empty or
 ``null`` = a post to predict) and ``id`` (absent = row numbers, counted from 1 without the header). A table without
 a text column or without an image column is a one-modality data set (every post rests on the other one; each post
 is flagged as lacking it); one without either is refused. Image paths that are absolute or leave the table's folder
@@ -18,7 +18,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Callable, Iterator
+
+from ..config import option
 from ..errors import PackageError
+from ..registry import TABLE_SUFFIXES
 from .formats import DataSource, PartRead, register_format
 from .posts import Post, normalise_label
 from .records import NULL_TAGS, SAFE_GUID, DataError, Problem, Record, first_occurrence
@@ -85,14 +89,10 @@ def _read_parquet(path: Path):
     return pd.read_parquet(path), []
 
 
-TABLE_READERS = {".csv": lambda p: _read_delimited(p, ","), ".tsv": lambda p: _read_delimited(p, "\t"),
-                 ".jsonl": _read_json, ".json": _read_json, ".parquet": _read_parquet}
-
-
 def load_frame(path: Path):
     """(DataFrame or None, problems) of a table file; text must be UTF-8."""
     try:
-        return TABLE_READERS[path.suffix.lower()](path)
+        return TABLE_SUFFIXES.get(path.suffix.lower()).read(path)
     except UnicodeDecodeError as error:
         return None, [Problem(path.name, f"not UTF-8 text ({error}); save the table as UTF-8", fatal=True)]
     except PackageError:
@@ -161,7 +161,7 @@ def _row_post(values: dict, number: int, name: str, table_dir: Path, config) -> 
 
 
 def _is_table(source: DataSource) -> bool:
-    return source.path.is_file() and source.path.suffix.lower() in TABLE_READERS
+    return source.path.is_file() and source.path.suffix.lower() in TABLE_SUFFIXES
 
 
 def frame_rows(frame, start: int = 1):
@@ -194,26 +194,6 @@ def row_posts(rows, name: str, table_dir: Path, config, part: str, problems: lis
 def table_dir_of(path: Path) -> Path:
     """The folder a table's relative image paths start from."""
     return Path(os.path.normpath(path.parent.absolute()))
-
-
-@register_format("table", detect=_is_table, layout=f"a table file ({', '.join(TABLE_READERS)}) with columns "
-                                                  "id, label, text, image (see --text-column and the others)")
-def read_table(source: DataSource, part: str) -> PartRead:
-    """The labelled rows (``train``) or the unlabelled rows (``test``) of the table, in table order."""
-    path, config = source.path, source.config
-    table_dir = table_dir_of(path)
-    frame, problems = load_frame(path)
-    if frame is None:
-        return PartRead([], problems, table_dir)
-    columns = [str(c) for c in frame.columns]
-    problems += column_problems(path.name, columns, config)
-    posts = []
-    for _, item in row_posts(frame_rows(frame), path.name, table_dir, config, part, problems, seen={}):
-        (problems if isinstance(item, Problem) else posts).append(item)
-    if part == "train" and not posts:
-        problems.append(Problem(path.name, f"no labelled rows (label column {config.label_column!r}; columns "
-                                           f"found: {', '.join(columns)})", fatal=True))
-    return PartRead(posts, problems, table_dir)
 
 
 @dataclass
@@ -285,8 +265,78 @@ def _whole_frames(path: Path, size: int):
         yield frame.iloc[start:start + size], problems if start == 0 else []
 
 
-CHUNK_READERS = {".csv": lambda p, n: _csv_frames(p, ",", n), ".tsv": lambda p, n: _csv_frames(p, "\t", n),
-                 ".jsonl": _jsonl_frames, ".json": _whole_frames, ".parquet": _parquet_frames}
+@dataclass(frozen=True)
+class TableSuffix:
+    """How one kind of table file is read whole, read in chunks of rows, and written (``mmsent convert``)."""
+
+    read: Callable[[Path], tuple]  # path -> (DataFrame or None, problems)
+    chunks: Callable[[Path, int], Iterator[tuple]]  # (path, rows per chunk) -> (DataFrame, problems) per chunk
+    write: Callable[[object, Path], None]  # (DataFrame with the default columns, path)
+
+
+def register_suffix(suffix: str, read, chunks, write) -> TableSuffix:
+    """Register how tables whose file name ends in ``suffix`` (lowercase, with its dot) are read and written."""
+    return TABLE_SUFFIXES.register(suffix)(TableSuffix(read, chunks, write))
+
+
+def _write_delimited(frame, path: Path, sep: str) -> None:
+    frame.to_csv(path, index=False, sep=sep, encoding="utf-8")
+
+
+def _write_json_lines(frame, path: Path) -> None:
+    """One object a line, as written (pandas would escape every "/")."""
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in frame.to_dict("records")),
+                    encoding="utf-8")
+
+
+def _write_parquet(frame, path: Path) -> None:
+    try:
+        frame.to_parquet(path, index=False)
+    except ImportError:
+        raise PackageError("writing Parquet needs pyarrow: pip install pyarrow") from None
+
+
+register_suffix(".csv", lambda p: _read_delimited(p, ","), lambda p, n: _csv_frames(p, ",", n),
+                lambda f, p: _write_delimited(f, p, ","))
+register_suffix(".tsv", lambda p: _read_delimited(p, "\t"), lambda p, n: _csv_frames(p, "\t", n),
+                lambda f, p: _write_delimited(f, p, "\t"))
+register_suffix(".jsonl", _read_json, _jsonl_frames, _write_json_lines)
+register_suffix(".json", _read_json, _whole_frames, _write_json_lines)  # JSON Lines, or an array of objects
+register_suffix(".parquet", _read_parquet, _parquet_frames, _write_parquet)
+
+
+@dataclass
+class TableOptions:
+    """The table format's options (config keys ``data.*``): its column names and where its image paths may lead."""
+
+    text_column: str = option("text", help="table column of each post's text (inline)")
+    image_column: str = option("image", help="table column of each post's image path (relative to the table's "
+                                             "folder)")
+    label_column: str = option("label", help="table column of each post's label (empty = a post to predict)")
+    id_column: str = option("id", help="table column of each post's id (absent = row numbers)")
+    allow_outside_paths: bool = option(False, help="accept table image paths that are absolute or leave the table's "
+                                                   "folder")
+
+
+@register_format("table", detect=_is_table, config=TableOptions,
+                 layout=f"a table file ({', '.join(TABLE_SUFFIXES.names())}) with columns id, label, text, image "
+                        "(see --text-column and the others)")
+def read_table(source: DataSource, part: str) -> PartRead:
+    """The labelled rows (``train``) or the unlabelled rows (``test``) of the table, in table order."""
+    path, config = source.path, source.config
+    table_dir = table_dir_of(path)
+    frame, problems = load_frame(path)
+    if frame is None:
+        return PartRead([], problems, table_dir)
+    columns = [str(c) for c in frame.columns]
+    problems += column_problems(path.name, columns, config)
+    posts = []
+    for _, item in row_posts(frame_rows(frame), path.name, table_dir, config, part, problems, seen={}):
+        (problems if isinstance(item, Problem) else posts).append(item)
+    if part == "train" and not posts:
+        problems.append(Problem(path.name, f"no labelled rows (label column {config.label_column!r}; columns "
+                                           f"found: {', '.join(columns)})", fatal=True))
+    return PartRead(posts, problems, table_dir)
 
 
 def table_chunks(path: Path, size: int):
@@ -294,7 +344,7 @@ def table_chunks(path: Path, size: int):
     :class:`TableChunk`; DataError if the file cannot be read on."""
     start = 1
     try:
-        for frame, problems in CHUNK_READERS[path.suffix.lower()](path, size):
+        for frame, problems in TABLE_SUFFIXES.get(path.suffix.lower()).chunks(path, size):
             yield TableChunk(frame, start, problems)
             start += len(frame)
     except UnicodeDecodeError as error:

@@ -1,4 +1,8 @@
-"""The one interface every encoder follows.
+"""The one interface every encoder follows: the abstract base class :class:`Tower`.
+
+Every encoder sets ``kind`` and ``feature_names`` and implements ``cache_id``, ``expected_shapes``, ``precompute`` and
+``encode_items`` (abstract: a subclass missing one cannot be instantiated); :func:`mmsent.testing.check_encoder`
+checks that an encoder keeps the contract these methods' docstrings state.
 
 An encoder is split in two at ``train_layers`` from the top:
 
@@ -20,6 +24,7 @@ module imports none of the encoders nor the runtimes.
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass
 from typing import Callable
@@ -46,14 +51,15 @@ class FrozenGraph:
 RunnerLoader = Callable[..., Callable[..., torch.Tensor]]
 
 
-class TrainableEncoder(nn.Module):
+class TrainableEncoder(nn.Module, abc.ABC):
     """The trainable upper part of an encoder."""
 
     out_dim: int
     pretrained: bool = True  # False: trained from random initialisation (at the head's learning rate)
 
+    @abc.abstractmethod
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """A batch of cached features -> tokens (B, T, out_dim) float32 and mask (B, T) bool (True = real token)."""
 
     def layers_top_first(self) -> list[list[nn.Parameter]]:
         """The parameters layer by layer, the top layer first (for layer-wise learning rates); by default one
@@ -67,11 +73,11 @@ class TrainableEncoder(nn.Module):
         return self
 
 
-class Tower:
+class Tower(abc.ABC):
     """A loaded encoder: its frozen lower part and a template of its trainable upper part."""
 
-    kind: str  # "text" or "image"
-    feature_names: tuple[str, ...]
+    kind: str  # "text" or "image" (what the model's text or image path reads); "image_text", "lexicon": extra inputs
+    feature_names: tuple[str, ...]  # the keys of what precompute and encode_items give (and the cache stores)
     precompute_batch_size: int = 32
     lower: nn.Module | None = None  # the frozen part (None when the cache holds only preprocessed inputs)
     frozen_inputs: tuple[str, ...] = ()  # input names of the exportable frozen part; () = none to export
@@ -121,20 +127,24 @@ class Tower:
         """A fresh copy of the upper part with its pretrained weights."""
         return copy.deepcopy(self._template)
 
+    @abc.abstractmethod
     def cache_id(self) -> str:
-        """Identifies weights, preprocessing and split point: anything that changes the cached tensors."""
-        raise NotImplementedError
+        """Identifies weights, preprocessing and split point: anything that changes the cached tensors (the same
+        string for the same settings, a different one when a setting changes them)."""
 
+    @abc.abstractmethod
     def precompute(self, split, text_prep, batch_size: int, workers: int) -> dict[str, torch.Tensor]:
         """Run the frozen part over every post of ``split``; tensors have the posts on their first axis."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def encode_items(self, items: list, batch_size: int | None = None) -> dict[str, torch.Tensor]:
-        """Run the frozen part over in-memory posts; the same tensors ``precompute`` gives for the same posts.
+        """Run the frozen part over in-memory posts; the same tensors ``precompute`` gives for the same posts, whatever
+        ``batch_size``, and for ``[]`` every feature with no rows. Masks are bool, floating features float16 or
+        float32.
 
-        Text towers take cleaned texts; image towers take decoded (S, S, 3) uint8 arrays, None for a missing image.
+        Text towers take cleaned texts ("" for a post without text); image towers take decoded (S, S, 3) uint8
+        arrays, None for a missing image.
         """
-        raise NotImplementedError
 
     def tokens_unavailable(self) -> str | None:
         """Why the tokens this encoder hands to the trainable part cannot be attributed to words or image regions
@@ -157,9 +167,9 @@ class Tower:
                 return skip, side, side
         return None
 
+    @abc.abstractmethod
     def expected_shapes(self, n: int) -> dict[str, tuple]:
         """Shapes the cached tensors must have for ``n`` posts (-1 = any size); used to validate cache entries."""
-        raise NotImplementedError
 
 
 def resolve_split(total_layers: int, train_layers: int, what: str) -> int:

