@@ -59,7 +59,7 @@ def test_export_folder_holds_what_prediction_needs(exported):
     assert manifest["labels"] == ["negative", "neutral", "positive"]
     assert manifest["temperature"] == pytest.approx(json.loads((run / "calibration.json").read_text())["temperature"])
     assert [m["folds"] for m in manifest["members"]] == [2]
-    assert {spec["kind"] for spec in manifest["encoders"].values()} == {"text", "image"}
+    assert {spec["kind"] for spec in manifest["encoders"].values()} == {"text", "image", "lexicon"}
     card = (model / "README.md").read_text()
     assert "negative, neutral, positive" in card and "Limitations" in card and "accuracy" in card
 
@@ -185,7 +185,7 @@ def test_exported_ensembles_mean_and_stacked(exported, tmp_path, tiny_bert_dir):
         assert main(["export", "--run", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model")]) == 0
         manifest = json.loads((tmp_path / f"{name}-model" / MANIFEST_FILE).read_text())
         assert manifest["combine"]["rule"] == name and len(manifest["members"]) == 2
-        assert len(manifest["encoders"]) == 2  # the members share their encoders
+        assert len(manifest["encoders"]) == 3  # the members share their encoders (text, image, lexicon scores)
         with load_run(tmp_path / name, device="cpu") as loaded, load_run(tmp_path / f"{name}-model") as portable:
             gap = np.abs(_probs(loaded.predict_batch(texts, images)) - _probs(portable.predict_batch(texts, images)))
         assert gap.max() < 1e-4
