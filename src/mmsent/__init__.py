@@ -4,7 +4,12 @@ import importlib
 
 from ._version import __version__
 
-__all__ = ["__version__", "PLUGIN_MODULES", "load_plugins", "load_run"]
+__all__ = ["__version__", "PLUGIN_MODULES", "SentimentClassifier", "TrainResult", "load_plugins", "load_run",
+           "train"]
+
+# Imported on first use (importing mmsent imports no PyTorch): name -> the module defining it.
+_LAZY = {"train": "mmsent.api", "TrainResult": "mmsent.api", "SeedsResult": "mmsent.api",
+         "SentimentClassifier": "mmsent.estimator"}
 
 # The modules that register encoders, fusions, losses, model families and profiles: a new one is one more line.
 PLUGIN_MODULES = (
@@ -47,3 +52,10 @@ def load_run(run_dir, device: str = "auto", backend: str | None = None):
     from .predict import load_run as _load_run
 
     return _load_run(run_dir, device=device, backend=backend)
+
+
+def __getattr__(name: str):
+    """``mmsent.train``, ``mmsent.TrainResult`` and ``mmsent.SentimentClassifier``, imported when first used."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmsent' has no attribute {name!r}")
