@@ -47,6 +47,21 @@ def write_dataset(root: Path, n_train: int = 24, n_test: int = 6, seed: int = 0)
     return root
 
 
+def generated_posts(n: int, seed: int = 0) -> tuple[list[str], list[Image.Image], list[str]]:
+    """(texts, images, labels) of ``n`` posts in memory, learnable as :func:`write_dataset`'s: three words of their
+    class and an image of its colour with noise; the classes in turn."""
+    rng = random.Random(seed)
+    texts, images, labels = [], [], []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        texts.append(" ".join(rng.sample(WORDS[label], 3)))
+        noise = np.random.default_rng(seed * 10_000 + i).integers(-20, 20, size=(48, 64, 3))
+        pixels = np.clip(np.array(COLOURS[label], dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+        labels.append(label)
+    return texts, images, labels
+
+
 PLANTED = {"positive": "wonderful", "neutral": "tuesday", "negative": "horrible"}
 FILLER = ["the", "photo", "street", "city", "car", "window", "train", "coffee", "book", "walk", "morning", "table"]
 
