@@ -1,5 +1,5 @@
 """Helpers shared by the tests (``from helpers import ...``: tests/ is on sys.path): generated data folders, a small
-training run through the CLI, and the encoders the model tests run over."""
+training run through the CLI or the library, and the encoders the model tests run over."""
 
 from __future__ import annotations
 
@@ -96,6 +96,19 @@ def train_run(dataset: Path, out: Path, *extra: str) -> dict:
 
     assert main(["train", "--data", str(dataset), "--out", str(out), *FAST, *extra]) == 0
     return json.loads((out / "metrics.json").read_text())
+
+
+# the same small settings as config keys, for ``mmsent.train``
+FAST_SETTINGS = {"train.epochs": 1, "train.folds": 2, "train.batch_size": 8, "fusion.dim": 16, "fusion.ffn_dim": 32,
+                 "text.max_length": 16, "image.image_size": 64, "train.workers": 0}
+
+
+def train_fast(dataset: Path, out: Path, **settings):
+    """``mmsent.train`` with :data:`FAST_SETTINGS` (then ``settings``: dotted keys, ``**{"fusion.name": "concat"}``)
+    into ``out``, without progress lines; its :class:`mmsent.api.TrainResult`."""
+    import mmsent
+
+    return mmsent.train(dataset, out, overrides={**FAST_SETTINGS, **settings}, log=lambda line: None)
 
 
 # ----------------------------------------------------------------------------- optional packages
