@@ -57,5 +57,12 @@ def load_run(run_dir, device: str = "auto", backend: str | None = None):
 def __getattr__(name: str):
     """``mmsent.train``, ``mmsent.TrainResult`` and ``mmsent.SentimentClassifier``, imported when first used."""
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ImportError as error:  # a base install: no scikit-learn
+            from .errors import PackageError
+
+            raise PackageError(f"mmsent.{name} needs the training extras ({error.name} is not installed): "
+                               f"{TRAIN_EXTRAS}") from None
+        return getattr(module, name)
     raise AttributeError(f"module 'mmsent' has no attribute {name!r}")
