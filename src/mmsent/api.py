@@ -201,7 +201,7 @@ def _training_data(data, config: RunConfig, train_file, val_file, test_file) -> 
     split = open_data(path, "train", config.data, train_file, test_file)
     if val_file is None:
         return split, None
-    if format_of(DataSource(path, config.data, train_file, test_file)) != "folder":
+    if format_of(DataSource(path, config.data)) != "folder":
         raise ConfigError("--val-file names a guid,tag file of a lab folder; write the data set as one first "
                           "('mmsent convert --data DATA --out FOLDER'), then 'mmsent split' it")
     return split, open_data(path, "train", replace(config.data, labels=list(split.label_names)),

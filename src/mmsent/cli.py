@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
+from .config import BACKENDS, ConfigError, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
 from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TEXT_ENCODERS
 
@@ -119,11 +119,6 @@ def user_overrides(args: argparse.Namespace) -> dict:
         overrides[key.strip()] = value.strip()
     overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None})
     return overrides
-
-
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Defaults and the model family's defaults (or ``base``) <- what the user asked for (:func:`user_overrides`)."""
-    return resolve_config(user_overrides(args), base)
 
 
 @dataclass(frozen=True)
