@@ -1,5 +1,5 @@
 """Helpers shared by the tests (``from helpers import ...``: tests/ is on sys.path): generated data folders, a small
-training run through the CLI, and the encoders the model tests run over."""
+training run through the CLI or the library, and the encoders the model tests run over."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def write_dataset(root: Path, n_train: int = 24, n_test: int = 6, seed: int = 0)
     return root
 
 
+def generated_posts(n: int, seed: int = 0) -> tuple[list[str], list[Image.Image], list[str]]:
+    """(texts, images, labels) of ``n`` posts in memory, learnable as :func:`write_dataset`'s: three words of their
+    class and an image of its colour with noise; the classes in turn."""
+    rng = random.Random(seed)
+    texts, images, labels = [], [], []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        texts.append(" ".join(rng.sample(WORDS[label], 3)))
+        noise = np.random.default_rng(seed * 10_000 + i).integers(-20, 20, size=(48, 64, 3))
+        pixels = np.clip(np.array(COLOURS[label], dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+        labels.append(label)
+    return texts, images, labels
+
+
 PLANTED = {"positive": "wonderful", "neutral": "tuesday", "negative": "horrible"}
 FILLER = ["the", "photo", "street", "city", "car", "window", "train", "coffee", "book", "walk", "morning", "table"]
 
@@ -81,6 +96,19 @@ def train_run(dataset: Path, out: Path, *extra: str) -> dict:
 
     assert main(["train", "--data", str(dataset), "--out", str(out), *FAST, *extra]) == 0
     return json.loads((out / "metrics.json").read_text())
+
+
+# the same small settings as config keys, for ``mmsent.train``
+FAST_SETTINGS = {"train.epochs": 1, "train.folds": 2, "train.batch_size": 8, "fusion.dim": 16, "fusion.ffn_dim": 32,
+                 "text.max_length": 16, "image.image_size": 64, "train.workers": 0}
+
+
+def train_fast(dataset: Path, out: Path, **settings):
+    """``mmsent.train`` with :data:`FAST_SETTINGS` (then ``settings``: dotted keys, ``**{"fusion.name": "concat"}``)
+    into ``out``, without progress lines; its :class:`mmsent.api.TrainResult`."""
+    import mmsent
+
+    return mmsent.train(dataset, out, overrides={**FAST_SETTINGS, **settings}, log=lambda line: None)
 
 
 # ----------------------------------------------------------------------------- optional packages

@@ -113,6 +113,19 @@ def test_an_interface_imports_none_of_its_users(interface, implementations):
     assert not [m for m in imported if m.startswith(implementations)], imported
 
 
+def test_no_library_module_imports_the_command_line():
+    """Library first: the CLI parses and prints what the library decides; nothing but ``python -m mmsent`` uses it."""
+    assert [name for name, imported in import_graph().items() if "mmsent.cli" in imported] == ["mmsent.__main__"]
+
+
+def test_the_estimator_trains_and_predicts_only_through_the_library_functions():
+    """SentimentClassifier trains through ``mmsent.api.train`` (as ``mmsent train`` does) and predicts through
+    ``load_run``: it reaches no training or inference loop of its own."""
+    imported = import_graph()["mmsent.estimator"]
+    assert "mmsent.api" in imported
+    assert not imported & {"mmsent.cv", "mmsent.seeds", "mmsent.training", "mmsent.predict", "mmsent.features"}
+
+
 def test_functions_are_short_or_say_why():
     long = []
     for path in PACKAGE.rglob("*.py"):
@@ -138,10 +151,11 @@ def test_the_architecture_page_names_every_module():
 
 def test_registries_load_their_own_plugins():
     """A registry imports the modules that fill it (mmsent.registry): nothing else loads plugins beforehand, and
-    the only callers of ``load_plugins`` are the two places that report a missing PyTorch early."""
+    the only callers of ``load_plugins`` are the places that report a missing PyTorch early (the CLI, load_run and
+    the training API)."""
     callers = []
     for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parents[1] / "tests").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and "load_plugins" in ast.unparse(node.func):
                 callers.append(path.name)
-    assert sorted(callers) == ["__init__.py", "cli.py"], callers
+    assert sorted(callers) == ["__init__.py", "api.py", "cli.py"], callers

@@ -192,14 +192,12 @@ def test_pieces_merge_back_to_original_words(prep, tiny_bert_dir):
 def test_cli_explain_and_report_error_analysis(tmp_path, capsys, monkeypatch, tiny_bert_dir, tiny_vit_dir):
     """`mmsent predict --explain` on a run folder (trained for one epoch): JSON and the plain-text form; `mmsent
     report --data` adds the run's error analysis."""
-    from helpers import write_dataset
+    from helpers import train_fast, write_dataset
     from mmsent.cli import main
 
     data = write_dataset(tmp_path / "mvsa", n_train=12, n_test=2)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--folds", "2", "--dim", "16",
-                 "--ffn-dim", "32", "--set", "text.max_length=16", "--workers", "0", "--text-encoder", tiny_bert_dir,
-                 "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32"]) == 0
+    train_fast(data, run, **{"text.name": tiny_bert_dir, "image.name": tiny_vit_dir, "image.image_size": 32})
     capsys.readouterr()
     image = _image(tmp_path / "post.png")
     assert main(["predict", "--run", str(run), "--explain", "--json", "--text", "great #day 😀", "--image",

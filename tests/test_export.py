@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import write_dataset
+from helpers import train_fast, write_dataset
 from mmsent import load_run
 from mmsent.cli import main
 from mmsent.data.text import decode_text
 from mmsent.portable import MANIFEST_FILE, ExportedModel
 
 pytestmark = pytest.mark.slow
-FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
-        "--set", "text.max_length=16", "--set", "image.image_size=64", "--workers", "0"]
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -33,8 +31,7 @@ def exported(tmp_path_factory, tiny_bert_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MMSENT_CACHE_DIR", str(root / "cache"))
         data = write_dataset(root / "mvsa")
-        assert main(["train", "--data", str(data), "--out", str(root / "run"), *FAST, "--text-encoder",
-                     tiny_bert_dir]) == 0
+        train_fast(data, root / "run", **{"text.name": tiny_bert_dir})
         assert main(["export", "--run", str(root / "run"), "--out", str(root / "model")]) == 0
     return data, root / "run", root / "model"
 
@@ -177,8 +174,7 @@ def test_export_carries_the_decision_rule(exported, tmp_path):
 def test_exported_ensembles_mean_and_stacked(exported, tmp_path, tiny_bert_dir):
     data, run, _ = exported
     other = tmp_path / "other"
-    assert main(["train", "--data", str(data), "--out", str(other), *FAST, "--text-encoder", tiny_bert_dir,
-                 "--fusion", "concat"]) == 0
+    train_fast(data, other, **{"text.name": tiny_bert_dir, "fusion.name": "concat"})
     texts, images = _posts(data)
     for name, extra in (("mean", []), ("stack", ["--stack", "--data", str(data)])):
         assert main(["ensemble", "--out", str(tmp_path / name), str(run), str(other), *extra]) == 0
@@ -205,21 +201,18 @@ def test_predict_table_from_export_streams_like_the_run(exported, tmp_path):
         assert np.allclose([float(v) for v in a.split(",")[2:-1]], [float(v) for v in b.split(",")[2:-1]], atol=1e-4)
 
 
-def test_lexicon_scores_are_exported(exported, tmp_path, tiny_bert_dir):
+def test_lexicon_scores_are_exported(exported):
     """A run that reads lexicon scores exports them as an input its graph takes, computed from the raw texts in
     the base install; a word the lexicon scores changes the exported model's probabilities as it does the run's."""
-    data, _, _ = exported
-    run = tmp_path / "lexicon"
-    assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--text-encoder", tiny_bert_dir,
-                 "--lexicon"]) == 0
-    assert main(["export", "--run", str(run), "--out", str(tmp_path / "model")]) == 0  # checked against the run
-    manifest = json.loads((tmp_path / "model" / MANIFEST_FILE).read_text())
+    data, run, model = exported  # lexicon scores are the default
+    assert json.loads((run / "config.json").read_text())["lexicon"]["enabled"] is True
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
     assert manifest["members"][0]["encoders"]["lexicon"] == "lexicon"
     assert "lexicon" in manifest["members"][0]["inputs"]
     texts, images = _posts(data)
     texts += ["I love this, wonderful and happy 😍"]
     images += [None]
-    with load_run(run, device="cpu") as loaded, load_run(tmp_path / "model") as portable:
+    with load_run(run, device="cpu") as loaded, load_run(model) as portable:
         expected, got = _probs(loaded.predict_batch(texts, images)), _probs(portable.predict_batch(texts, images))
         folder_run = loaded.predict_folder(data, data / "test_without_label.txt")
         folder_export = portable.predict_folder(data, data / "test_without_label.txt")
@@ -240,8 +233,7 @@ def test_lexicon_scores_are_exported(exported, tmp_path, tiny_bert_dir):
 def test_fine_tuned_text_layers_are_exported(exported, tmp_path, tiny_bert_dir):
     data, _, _ = exported
     run = tmp_path / "finetuned"
-    assert main(["train", "--data", str(data), "--out", str(run), *FAST, "--text-encoder", tiny_bert_dir,
-                 "--set", "text.train_layers=1"]) == 0
+    train_fast(data, run, **{"text.name": tiny_bert_dir, "text.train_layers": 1})
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model")]) == 0  # checked against the run
     texts, images = _posts(data)
     with load_run(run, device="cpu") as loaded, load_run(tmp_path / "model") as portable:

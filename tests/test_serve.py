@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import write_dataset
+from helpers import train_fast, write_dataset
 from mmsent import load_run
 from mmsent.cli import main
 from mmsent.config import LABELS
@@ -28,8 +28,6 @@ from mmsent.data.dataset import open_split
 from mmsent.data.images import ImageError
 from mmsent.data.text import decode_text
 
-FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
-        "--set", "text.max_length=16", "--workers", "0"]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MAX_UPLOAD = 300_000  # bytes, small so that the oversize test stays cheap
 MAX_PIXELS = 150 * 150
@@ -57,9 +55,7 @@ def trained(tmp_path_factory, tiny_bert_dir, tiny_vit_dir) -> Trained:
         patch.setenv("MMSENT_CACHE_DIR", str(root / "cache"))
         data = write_dataset(root / "mvsa")
         run = root / "run"
-        code = main(["train", "--data", str(data), "--out", str(run), *FAST, "--text-encoder", tiny_bert_dir,
-                     "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32"])
-    assert code == 0
+        train_fast(data, run, **{"text.name": tiny_bert_dir, "image.name": tiny_vit_dir, "image.image_size": 32})
     return Trained(data, run, guid="1025")
 
 

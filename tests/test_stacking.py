@@ -55,17 +55,17 @@ def test_one_class_is_a_user_error():
 
 @pytest.mark.slow
 def test_stacked_ensemble_of_a_two_class_table(tmp_path, capsys, tiny_bert_dir, tiny_vit_dir):
-    from helpers import FAST
+    from helpers import train_fast
     from test_label_sets import TWO, write_table
 
     from mmsent.cli import main
     from mmsent.runfolder import read_oof
 
     table = write_table(tmp_path, TWO, per_class=6, n_test=3)
-    encoders = ["--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32"]
+    encoders = {"text.name": tiny_bert_dir, "image.name": tiny_vit_dir, "image.image_size": 32}
     runs = [tmp_path / "concat", tmp_path / "cross"]
     for run, fusion in zip(runs, ("concat", "cross_attention")):
-        assert main(["train", "--data", str(table), "--out", str(run), *FAST, *encoders, "--fusion", fusion]) == 0
+        train_fast(table, run, **encoders, **{"fusion.name": fusion})
     ens = tmp_path / "ens"
     assert main(["ensemble", "--out", str(ens), "--stack", "--data", str(table), *map(str, runs)]) == 0
     assert np.array(json.loads((ens / "ensemble.json").read_text())["stacker"]["weights"]).shape == (2, 2 * 2 + 4)

@@ -1,8 +1,14 @@
 """mmsent: image+text sentiment classification of posts, with the label set its data carries."""
 
+import importlib
+
 from ._version import __version__
 
-__all__ = ["__version__", "load_plugins", "load_run"]
+__all__ = ["__version__", "SentimentClassifier", "TrainResult", "load_plugins", "load_run", "train"]
+
+# Imported on first use (importing mmsent imports no PyTorch): name -> the module defining it.
+_LAZY = {"train": "mmsent.api", "TrainResult": "mmsent.api", "SeedsResult": "mmsent.api",
+         "SentimentClassifier": "mmsent.estimator"}
 
 
 def load_plugins() -> None:
@@ -37,3 +43,17 @@ def load_run(run_dir, device: str = "auto", backend: str | None = None):
     from .predict import load_run as _load_run
 
     return _load_run(run_dir, device=device, backend=backend)
+
+
+def __getattr__(name: str):
+    """``mmsent.train``, ``mmsent.TrainResult`` and ``mmsent.SentimentClassifier``, imported when first used."""
+    if name in _LAZY:
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ImportError as error:  # a base install: no scikit-learn
+            from .errors import PackageError
+
+            raise PackageError(f"mmsent.{name} needs the training extras ({error.name} is not installed): "
+                               f"{TRAIN_EXTRAS}") from None
+        return getattr(module, name)
+    raise AttributeError(f"module 'mmsent' has no attribute {name!r}")

@@ -13,12 +13,12 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import BACKENDS, ConfigError, RunConfig, config_fields, load_config_file, resolve_config
+from .config import BACKENDS, ConfigError, config_fields, load_config_file, resolve_config
 from .data.images import MAX_IMAGE_PIXELS
 from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TABLE_SUFFIXES, TEXT_ENCODERS
 
@@ -127,11 +127,6 @@ def user_overrides(args: argparse.Namespace) -> dict:
         overrides[key.strip()] = value.strip()
     overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None})
     return overrides
-
-
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Defaults and the model family's defaults (or ``base``) <- what the user asked for (:func:`user_overrides`)."""
-    return resolve_config(user_overrides(args), base)
 
 
 @dataclass(frozen=True)
@@ -341,11 +336,15 @@ def cmd_convert(args) -> int:
 
 
 def _print_problems(split, limit: int = 10) -> None:
-    warnings = [p for p in split.problems if not p.fatal]
+    _print_warnings([str(p) for p in split.problems if not p.fatal], limit)
+
+
+def _print_warnings(warnings, limit: int = 10) -> None:
+    """The data's non-fatal problems (repaired or worked around): how many, and the first ones."""
     if warnings:
         print(f"{len(warnings)} data warnings (repaired or worked around); first ones:")
-        for problem in warnings[:limit]:
-            print(f"  {problem}")
+        for warning in warnings[:limit]:
+            print(f"  {warning}")
 
 
 def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
@@ -361,72 +360,21 @@ def _one_modality_rows(split, limit: int = 20) -> tuple[str, list[str]]:
     return counts, lines
 
 
-def _train_config(args, seeds: list[int] | None) -> RunConfig:
-    """What ``train`` trains: the flags over the defaults, or on --resume over the run's saved config (what differs
-    from it is refused by ``train_cv``)."""
-    from .runfolder import is_run, is_seed_group, require_current_folds, trained_config
-
-    if seeds is None and is_seed_group(args.out):
-        raise ConfigError(f"{args.out} holds runs over seeds (seeds.json); give --seeds again, or another --out")
-    if seeds is not None and is_run(args.out):
-        raise ConfigError(f"{args.out} holds a single run (config.json); write the seeds to another --out")
-    if not args.resume or seeds is not None:
-        return config_from_args(args)
-    if not is_run(args.out):
-        raise ConfigError(f"--resume: {args.out} holds no run to continue (no config.json); train without --resume")
-    saved = trained_config(args.out)
-    require_current_folds(saved, args.out, "be continued")
-    return config_from_args(args, base=saved)
-
-
-def _training_data(args, config: RunConfig):
-    """The training posts of --data, read as ``config.data`` says (on --resume: as the run read them, unless the
-    flags say otherwise), and a fixed split's validation posts (--val-file) with the same label set."""
-    from .data.dataset import open_data
-    from .data.formats import DataSource, format_of
-
-    split = open_data(args.data, "train", config.data, args.train_file, args.test_file)
-    if args.val_file is None:
-        return split, None
-    if format_of(DataSource(args.data, config.data)) != "folder":
-        raise ConfigError("--val-file names a guid,tag file of a lab folder; write the data set as one first "
-                          "('mmsent convert --data DATA --out FOLDER'), then 'mmsent split' it")
-    return split, open_data(args.data, "train", replace(config.data, labels=list(split.label_names)),
-                            train_file=args.val_file)
-
-
 @command("train", "stratified k-fold cross-validation; saves fold models and metrics", _train_arguments)
 def cmd_train(args) -> int:
-    from .cv import format_summary, train_cv
+    from .api import train
     from .distributed import current_shard
-    from .seeds import format_seeds, parse_seeds, train_seeds
 
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    if seeds and getattr(args, "cfg:train.seed") is not None:
-        raise ConfigError("--seeds and --seed exclude each other: --seeds 1,2,3 trains one run per seed")
-    if seeds and args.val_file is not None:
-        raise ConfigError("--seeds cross-validates; it does not combine with --val-file")
-    config = _train_config(args, seeds)
-    split, val_split = _training_data(args, config)
     shard = current_shard()  # under torchrun: this process's share of the folds; only process 0 reports
     say = shard.report(print)
-    processes = f" in {shard.world_size} processes" if shard.world_size > 1 else ""
-    scheme = (f"validation file {args.val_file} ({len(val_split.records)} posts)" if val_split is not None
-              else f"{config.train.folds} folds")
-    say(f"{'resuming' if args.resume else 'training'} {config.model} / {config.fusion.name} / modality "
-        f"{config.modality} on {len(split.records)} posts, {scheme}{processes} -> {args.out}")
-    if seeds is not None:
-        summary = train_seeds(config, split, args.out, seeds, log=say, resume=args.resume, overwrite=args.overwrite)
-        if shard.is_main:
-            _print_problems(split)
-        say(format_seeds(summary))
-        say(f"runs saved to {args.out}/seed_*; summary in {args.out / 'seeds.json'} and seeds.md")
-        return 0
-    metrics = train_cv(config, split, args.out, resume=args.resume, overwrite=args.overwrite, val_split=val_split)
+    result = train(args.data, args.out, overrides=user_overrides(args), seeds=args.seeds, resume=args.resume,
+                   overwrite=args.overwrite, train_file=args.train_file, val_file=args.val_file,
+                   test_file=args.test_file)
     if shard.is_main:
-        _print_problems(split)
-    say(format_summary(metrics))
-    say(f"run saved to {args.out}")
+        _print_warnings(result.warnings)
+    say(result.summary())
+    say(f"runs saved to {args.out}/seed_*; summary in {args.out / 'seeds.json'} and seeds.md" if args.seeds is not None
+        else f"run saved to {args.out}")
     return 0
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from ..config import LABELS, DataConfig, TextPrepConfig
+from ..errors import InputError
 from .formats import DataSource, read_part
-from .posts import Post, folder_post
+from .images import encoded_bytes
+from .posts import Post, folder_post, normalise_label, settle_labels
 from .records import KINDS, DataError, Problem, Record, read_label_file, require_usable
 from .text import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, clean_text, decode_text
 
@@ -64,7 +70,10 @@ class Split:
         return self.post(guid).text_where
 
     def read_image_bytes(self, guid: str) -> bytes | None:
-        path = self.image_path(guid)
+        post = self.post(guid)
+        if post.image is not None:
+            return post.image
+        path = post.image_path
         try:
             return None if path is None else path.read_bytes()
         except OSError:
@@ -158,3 +167,54 @@ def open_data(path: Path | str, part: str = "train", data: DataConfig | None = N
     if not read.posts and not allow_empty:
         raise DataError(f"{path} holds no {'labelled posts' if part == 'train' else 'posts to predict'}")
     return Split(read.data_dir, read.posts, problems=read.problems, label_names=read.label_names)
+
+
+def posts_split(texts: list | None, images: list | None, labels: list | None = None,
+                label_names: tuple[str, ...] = ()) -> Split:
+    """Posts given in memory as a :class:`Split`: ``texts[i]`` (a string or None) with ``images[i]`` (a path, bytes,
+    a PIL image or None) and ``labels[i]`` (a label name; ``labels=None``: posts to predict). Either of ``texts`` and
+    ``images`` may be None (no post has one). Guids are the posts' positions ("0", "1", ...); ``label_names`` fixes
+    the label set and its order (as ``--labels``), else it is the sorted names given. Raises InputError for lists of
+    different lengths or a value of the wrong kind, DataError for labels that cannot train (a single class)."""
+    given = {name: values for name, values in (("texts", texts), ("images", images), ("labels", labels))
+             if values is not None}
+    lengths = {name: len(values) for name, values in given.items()}
+    if not {"texts", "images"} & set(given):
+        raise InputError("no posts: give texts, images or both")
+    if len(set(lengths.values())) > 1:
+        raise InputError("texts, images and labels must be as long as each other, got "
+                         + ", ".join(f"{length} {name}" for name, length in lengths.items()))
+    n = max(lengths.values())
+    posts = [_memory_post(i, None if texts is None else texts[i], None if images is None else images[i],
+                          None if labels is None else labels[i], labels is not None) for i in range(n)]
+    names, problems = (tuple(label_names), []) if labels is None else settle_labels(posts, tuple(label_names))
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        raise DataError("the labels cannot be used:\n  " + "\n  ".join(str(p) for p in fatal[:10]))
+    return Split(Path("."), posts, label_names=names)
+
+
+def _memory_post(index: int, text, image, label, labelled: bool) -> Post:
+    where = f"post {index}"
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"{where}: a text is a string or None, not {type(text).__name__}")
+    if labelled and not (isinstance(label, str) and label.strip()):
+        raise InputError(f"{where}: a label is a class name (a non-empty string), not {label!r}")
+    post = Post(str(index), normalise_label(label) if labelled else None, where, text=text,
+                text_where=f"{where} (text)", image_where=f"{where} (image)", label_where=f"{where} (label)")
+    if isinstance(image, (str, os.PathLike)):
+        post.image_path = Path(image)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        post.image = bytes(image)
+    elif isinstance(image, Image.Image):
+        post.image = encoded_bytes(image) or _png_bytes(image)
+    elif image is not None:
+        raise InputError(f"{where}: an image is a path, bytes, a PIL image or None, not {type(image).__name__}")
+    return post
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """A PIL image made in memory, encoded losslessly (its pixels as they are)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -15,7 +15,8 @@ TYPO_MAX_SHARE = 0.01  # a label so spelled is a typo when it holds at most this
 
 @dataclass
 class Post:
-    """One post of any format: id, label name (None = to predict), text (inline, or a file) and image file.
+    """One post of any format: id, label name (None = to predict), text (inline, or a file) and image (a file, or
+    its bytes for a post given in memory).
 
     The ``*_where`` strings name where each part came from in problems: ``train.txt:12`` and ``data/12.jpg`` for
     the lab folder, ``posts.csv:row 12 (image)`` for a table.
@@ -30,6 +31,7 @@ class Post:
     text_where: str = ""
     image_where: str = ""
     label_where: str = ""
+    image: bytes | None = None  # the image's encoded bytes, for a post given in memory (else ``image_path``)
 
     @property
     def has_text_source(self) -> bool:
