@@ -76,7 +76,7 @@ def cv_figures(folder: Path, seeds: list[int], data: str, flags: list[str], log:
         decided.append(json.loads(decision_file.read_text())["cross_fitted"])
     figures["decision_macro_f1"] = {key: [float(np.mean([d[key] for d in decided])),
                                           float(np.std([d[key] for d in decided]))] for key in FIGURES}
-    averaged = folder / "seed_average"  # the seed runs averaged: mmsent ensemble (their out-of-fold mean)
+    averaged = folder / "average"  # the seed runs averaged (mmsent train --seeds writes it; older outputs: here)
     if len(seeds) > 1 and not (averaged / "metrics.json").is_file():
         mmsent("ensemble", "--out", str(averaged), *[str(folder / f"seed_{seed}") for seed in seeds], log=log)
     if len(seeds) > 1:

@@ -21,6 +21,7 @@ from mmsent.data.folds import stratified_folds
 from mmsent.evaluation import classification_report, make_split
 from mmsent.experiments import display_rows
 from mmsent.predict import load_run
+from mmsent.runfolder import read_oof
 
 from helpers import FAST, train_run, write_dataset
 
@@ -263,7 +264,14 @@ def test_seeds_train_one_run_per_seed_and_report_the_spread(dataset, tmp_path, c
     assert json.loads((out / "seed_2" / "config.json").read_text())["train"]["seed"] == 2
     assert summary["over_seeds"]["accuracy_mean"] == pytest.approx(np.mean(means))
     assert summary["over_seeds"]["accuracy_seed_std"] == pytest.approx(np.std(means))
-    assert "over 2 seeds" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "over 2 seeds" in printed and "the seeds averaged (average/" in printed
+    averaged = (read_oof(out / "seed_1").probs + read_oof(out / "seed_2").probs) / 2  # each post's rows, same order
+    np.testing.assert_allclose(read_oof(out / "average").probs, averaged, atol=1e-5)
+    assert summary["average"]["out_of_fold"]["accuracy"] == pytest.approx(
+        json.loads((out / "average" / "metrics.json").read_text())["out_of_fold"]["accuracy"])
+    assert main(["predict", "--run", str(out / "average"), "--data", str(dataset), "--out",
+                 str(tmp_path / "p.txt")]) == 0
     assert main(["predict", "--run", str(out), "--data", str(dataset), "--out", str(tmp_path / "p.txt")]) == 2
     assert "one run per seed" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path / "report"), str(out)]) == 0

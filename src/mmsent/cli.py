@@ -373,7 +373,9 @@ def cmd_train(args) -> int:
     if shard.is_main:
         _print_warnings(result.warnings)
     say(result.summary())
-    say(f"runs saved to {args.out}/seed_*; summary in {args.out / 'seeds.json'} and seeds.md" if args.seeds is not None
+    average = getattr(result, "seeds_summary", {}).get("average")
+    say(f"runs saved to {args.out}/seed_*" + (f", their average to {args.out / average['run']}" if average else "")
+        + f"; summary in {args.out / 'seeds.json'} and seeds.md" if args.seeds is not None
         else f"run saved to {args.out}")
     return 0
 

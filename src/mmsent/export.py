@@ -197,7 +197,8 @@ def _export_member(run: LoadedRun, run_dir: Path, index: int, folder: Path, enco
 def _load(run_dir: Path):
     """The run (or ensemble) with its frozen encoders on ONNX Runtime, after refusing what cannot be exported."""
     if is_seed_group(run_dir):
-        raise ExportError(f"{run_dir} holds one run per seed: export one of them (RUN/seed_S)")
+        raise ExportError(f"{run_dir} holds one run per seed: export their average (RUN/average) or one of "
+                          "them (RUN/seed_S)")
     if not is_ensemble(run_dir) and not is_run(run_dir):
         raise ExportError(f"{run_dir} is not a run folder (no {CONFIG_FILE}) nor an ensemble; train one first")
     for member in member_dirs(run_dir) if is_ensemble(run_dir) else [run_dir]:

@@ -19,8 +19,8 @@ from .decision import DecisionRule, decide
 from .features import compute_features
 from .model import MultimodalClassifier, Towers, load_towers
 from .prediction import Prediction, Predictor
-from .runfolder import (RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict, read_run_config,
-                        read_stacker_dict, read_weights, weight_files)
+from .runfolder import (AVERAGE_DIR, RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict,
+                        read_run_config, read_stacker_dict, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
 from .training import FeatureBatches, predict_probs, resolve_device
 
@@ -191,8 +191,8 @@ def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = No
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
     if is_seed_group(run_dir):
-        raise RunError(f"{run_dir} holds one run per seed (mmsent train --seeds); give one of them, e.g. "
-                       f"{run_dir / 'seed_' }S, or combine runs with 'mmsent ensemble'")
+        raise RunError(f"{run_dir} holds one run per seed (mmsent train --seeds); give their average, "
+                       f"{run_dir / AVERAGE_DIR}, or one of them, e.g. {run_dir / 'seed_' }S")
     if is_ensemble(run_dir):
         return _load_ensemble(run_dir, device, backend)
     config = read_run_config(run_dir)

@@ -16,7 +16,8 @@ ENS/                                  an ensemble (``mmsent ensemble``)
                                        "stacker"?}  (seed: the first member's; seeds: each member's, if they differ)
 RUN/evaluations/NAME.json, NAME.md    ``mmsent evaluate``'s scores of the run on a labelled set
   metrics.json, calibration.json, oof_predictions.csv   as a run's
-GROUP/seeds.json                      one run per seed (``mmsent train --seeds``): GROUP/seed_S/ are runs
+GROUP/seeds.json                      one run per seed (``mmsent train --seeds``): GROUP/seed_S/ are runs and
+                                      GROUP/average/ is their average (an ensemble)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DECISION_FILE = "decision.json"
 OOF_FILE = "oof_predictions.csv"
 ENSEMBLE_FILE = "ensemble.json"
 SEEDS_FILE = "seeds.json"
+AVERAGE_DIR = "average"  # GROUP/average: the seed runs of a group averaged (an ensemble)
 EVALUATIONS_DIR = "evaluations"  # RUN/evaluations/<labels file>.json|.md: held-out evaluations of the run
 MODEL_FILE = "model.safetensors"
 HISTORY_FILE = "history.json"

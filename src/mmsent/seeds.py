@@ -3,7 +3,9 @@
 ``mmsent train --seeds 1,2,3 --out RUN`` writes one complete run folder per seed and a summary::
 
     RUN/seed_S/      a run folder, as ``mmsent train --seed S`` writes it
-    RUN/seeds.json   {"seeds", "rows": [one per seed: its CV means and fold stds], "over_seeds": {...}, "protocol"}
+    RUN/average/     the seed runs averaged: an ensemble (``mmsent ensemble``), which predicts as a run does
+    RUN/seeds.json   {"seeds", "rows": [one per seed: its CV means and fold stds], "over_seeds": {...}, "protocol",
+                      "average": {"run", "out_of_fold"}}
     RUN/seeds.md     the same as a Markdown table
 
 The seed moves the folds, the inner validation split, the initialisation and the batch order. ``over_seeds``
@@ -19,7 +21,8 @@ import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
-from .runfolder import SEEDS_FILE, is_finished, is_run, read_json, read_metrics, seed_dir
+from .distributed import current_shard
+from .runfolder import AVERAGE_DIR, SEEDS_FILE, is_finished, is_run, read_json, read_metrics, seed_dir
 from .metrics import format_mean_std
 from .tables import dict_table_markdown
 
@@ -58,12 +61,14 @@ def seed_rows(metrics_by_seed: dict[int, dict]) -> list[dict]:
             for seed, m in metrics_by_seed.items()]
 
 
-def write_seed_summary(out_dir: Path, metrics_by_seed: dict[int, dict]) -> dict:
-    """Write ``RUN/seeds.json`` and ``RUN/seeds.md``; returns the summary."""
+def write_seed_summary(out_dir: Path, metrics_by_seed: dict[int, dict], average: dict | None = None) -> dict:
+    """Write ``RUN/seeds.json`` and ``RUN/seeds.md``; returns the summary. ``average``: the seeds averaged
+    (:func:`average_seeds`)."""
     first = next(iter(metrics_by_seed.values()))
     summary = {"seeds": list(metrics_by_seed), "rows": seed_rows(metrics_by_seed),
                "over_seeds": over_seeds(metrics_by_seed), "protocol": first.get("protocol"),
-               "runs": {str(seed): seed_dir(Path("."), seed).as_posix() for seed in metrics_by_seed}}
+               "runs": {str(seed): seed_dir(Path("."), seed).as_posix() for seed in metrics_by_seed},
+               **({"average": average} if average else {})}
     atomic_write_json(Path(out_dir) / SEEDS_FILE, summary)
     atomic_write_text(Path(out_dir) / "seeds.md", seeds_markdown(summary) + "\n")
     return summary
@@ -88,13 +93,29 @@ def seeds_markdown(summary: dict) -> str:
 
 def format_seeds(summary: dict) -> str:
     over = summary["over_seeds"]
-    return "\n".join([
+    lines = [
         f"over {over['seeds']} seeds ({', '.join(map(str, summary['seeds']))}): "
         + "  ".join(f"{name} {format_mean_std(over[key + '_mean'], over[key + '_seed_std'])} (seeds), "
                     f"± {over[key + '_fold_std']:.4f} (folds, mean over seeds)"
                     for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"),
                                       ("macro F1", "macro_f1"))),
-    ])
+    ]
+    average = summary.get("average")
+    if average:
+        figures = average["out_of_fold"]
+        lines.append(f"the seeds averaged ({average['run']}/, an ensemble of the seed runs): accuracy "
+                     f"{figures['accuracy']:.4f}  weighted F1 {figures['weighted_f1']:.4f}  macro F1 "
+                     f"{figures['macro_f1']:.4f} (out of fold)")
+    return "\n".join(lines)
+
+
+def average_seeds(out_dir: Path, seeds: list[int], log=print) -> dict:
+    """Average the seed runs into ``RUN/average`` (:func:`mmsent.ensemble.build_ensemble`: each post predicted out
+    of fold by every seed, so its figures are honest); what the summary records of it."""
+    from .ensemble import build_ensemble
+
+    metrics = build_ensemble([seed_dir(out_dir, seed) for seed in seeds], Path(out_dir) / AVERAGE_DIR, log=log)
+    return {"run": AVERAGE_DIR, "out_of_fold": {key: metrics["out_of_fold"][key] for key in FIGURES}}
 
 
 def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=print, resume: bool = False,
@@ -116,7 +137,11 @@ def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=p
         started = resume and is_run(run_dir)
         metrics_by_seed[seed] = train_cv(seeded, split, run_dir, log=log, resume=started, overwrite=overwrite)
         log(format_summary(metrics_by_seed[seed]).splitlines()[0])
-    return write_seed_summary(out_dir, metrics_by_seed)
+    average = None
+    if current_shard().is_main and (config.train.folds > 1 and
+                                    next(iter(metrics_by_seed.values())).get("protocol", {}).get("name") != "fixed_split"):
+        average = average_seeds(out_dir, seeds, log=lambda *a, **k: None)
+    return write_seed_summary(out_dir, metrics_by_seed, average)
 
 
 def read_seed_summary(folder: Path) -> dict:
