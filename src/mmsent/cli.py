@@ -293,6 +293,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests predicted together at most (default: 32; 1 = one at a time)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                         help="how long a request waits for others to share its batch (default: 5)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="server processes sharing the port, each loading the model once and batching its own "
+                             "requests (default: 1; /metrics then counts the process that answers)")
     _device_args(parser)
 
 
@@ -695,10 +698,12 @@ def cmd_serve(args) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     batching = Batching(max_batch=args.max_batch, wait_ms=args.batch_wait_ms)
     serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
-          batching=batching)
+          batching=batching, workers=args.workers)
     return 0
 
 
