@@ -569,7 +569,7 @@ def cmd_predict(args) -> int:
     if args.resume or args.overwrite or args.all_rows or args.chunk_size != 1000:
         raise ConfigError("--chunk-size, --resume, --overwrite and --all-rows apply to --out OUT.csv or OUT.jsonl")
     from . import load_run
-    from .predict import write_predictions
+    from .prediction import write_predictions
 
     start = time.perf_counter()
     split = _open_data(args, "test")  # cheap checks first
@@ -877,11 +877,14 @@ def main(argv: list[str] | None = None) -> int:
     """
     from . import TRAIN_EXTRAS, load_plugins
 
-    try:
-        load_plugins()
-        missing = None
-    except ImportError as error:  # a base install: no PyTorch
-        missing = error
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((word for word in argv if not word.startswith("-")), None)
+    missing = None
+    if named not in COMMANDS or not COMMANDS[named].base:  # a base command loads the plugins when a run needs them
+        try:
+            load_plugins()
+        except ImportError as error:  # a base install: no PyTorch
+            missing = error
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
