@@ -59,7 +59,7 @@ def test_export_folder_holds_what_prediction_needs(exported):
     assert manifest["labels"] == ["negative", "neutral", "positive"]
     assert manifest["temperature"] == pytest.approx(json.loads((run / "calibration.json").read_text())["temperature"])
     assert [m["folds"] for m in manifest["members"]] == [2]
-    assert {spec["kind"] for spec in manifest["encoders"].values()} == {"text", "image"}
+    assert {spec["kind"] for spec in manifest["encoders"].values()} == {"text", "image", "lexicon"}  # lexicon: default
     card = (model / "README.md").read_text()
     assert "negative, neutral, positive" in card and "Limitations" in card and "accuracy" in card
 
@@ -185,7 +185,7 @@ def test_exported_ensembles_mean_and_stacked(exported, tmp_path, tiny_bert_dir):
         assert main(["export", "--run", str(tmp_path / name), "--out", str(tmp_path / f"{name}-model")]) == 0
         manifest = json.loads((tmp_path / f"{name}-model" / MANIFEST_FILE).read_text())
         assert manifest["combine"]["rule"] == name and len(manifest["members"]) == 2
-        assert len(manifest["encoders"]) == 2  # the members share their encoders
+        assert len(manifest["encoders"]) == 3  # the members share their encoders (text, image, lexicon)
         with load_run(tmp_path / name, device="cpu") as loaded, load_run(tmp_path / f"{name}-model") as portable:
             gap = np.abs(_probs(loaded.predict_batch(texts, images)) - _probs(portable.predict_batch(texts, images)))
         assert gap.max() < 1e-4
@@ -366,3 +366,28 @@ def test_serve_with_two_worker_processes_without_torch(exported, tmp_path):
         output = server.communicate(timeout=60)[0]
     assert server.returncode == 0, output
     assert "with 2 worker processes" in output and "Traceback" not in output, output
+
+
+def test_image_graph_pads_inside_its_convolutions(exported, tmp_path):
+    """The exported image graph has no Pad left (folded into the convolutions) and gives the same outputs as the
+    graph the run's ONNX backend runs."""
+    import onnx
+    import onnxruntime
+
+    from mmsent.export import fold_pads_into_convs
+
+    _, run, model = exported
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
+    spec = next(spec for spec in manifest["encoders"].values() if spec["kind"] == "image")
+    assert "Pad" not in {node.op_type for node in onnx.load(str(model / spec["graph"])).graph.node}
+    with load_run(run, device="cpu", backend="onnx") as loaded:
+        source = Path(loaded.towers.image._runner.path)
+    assert "Pad" in {node.op_type for node in onnx.load(str(source)).graph.node}
+    pixels = np.random.default_rng(0).integers(0, 255, size=(3, spec["size"], spec["size"], 3), dtype=np.uint8)
+    outputs = []
+    for graph in (source, model / spec["graph"]):
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: pixels})[0])
+    assert np.array_equal(*outputs)
+    assert not fold_pads_into_convs(model / spec["graph"], tmp_path / "again.onnx", spec["size"])  # nothing left
+    assert (tmp_path / "again.onnx").read_bytes() == (model / spec["graph"]).read_bytes()
