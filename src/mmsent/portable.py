@@ -101,6 +101,10 @@ class TextEncoder:
     def clean(self, raw_texts: list) -> list[str]:
         return [clean_text(text or "", self.prep) for text in raw_texts]
 
+    def lengths(self, cleaned: list[str]) -> list[int]:
+        """The number of tokens of each cleaned text (what a batch is padded to the longest of)."""
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(cleaned)]
+
     def encode(self, cleaned: list[str]) -> dict[str, np.ndarray]:
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(cleaned)]
         width = max(1, max(len(row) for row in ids))
@@ -287,8 +291,9 @@ class ExportedModel(Predictor):
         n = len(split.records)
         cleaned = {name: split.texts(encoder.prep) for name, encoder in self.encoders.items()
                    if isinstance(encoder, TextEncoder)}
-        lengths = next(iter(cleaned.values()), None)
-        order = sorted(range(n), key=lambda i: len(lengths[i])) if lengths is not None else list(range(n))
+        first = next((name for name in cleaned), None)  # batches of texts of similar token counts: little padding
+        lengths = self.encoders[first].lengths(cleaned[first]) if first is not None else [0] * n
+        order = sorted(range(n), key=lambda i: lengths[i])
         batches = [order[i:i + BATCH_SIZE] for i in range(0, n, BATCH_SIZE)]
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         pending = deque()
