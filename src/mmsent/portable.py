@@ -39,7 +39,7 @@ FORMAT = "mmsent-export"
 FORMAT_VERSION = 1
 BATCH_SIZE = 32  # posts per batch through the encoders and the fold graphs
 IMAGE_CHUNK = 1  # images per run of the image graph: one at a time keeps its activations in the CPU's cache
-PREFETCH = 2  # batches of images decoded ahead of the one being encoded
+PREFETCH = 2  # batches of images decoded and encoded ahead of the one whose texts and folds run
 COMBINE_RULES = ("single", "mean", "stack")
 DECISION_RULES = (None, "offsets")  # None: the most probable class; offsets: argmax of log p + per-class offsets
 
