@@ -3,11 +3,20 @@ under a bounded loopback load, and agreement of the Python API, the CLI, folder 
 
     python benchmarks/bench_serve.py --run RUN --data DIR [--guid G] [--screenshot /tmp/page.png]
     python benchmarks/bench_serve.py --run MODEL --data DIR --levels 1,4,16 [--before-run RUN --before-src SRC]
+    python benchmarks/bench_serve.py --run MODEL --data DIR --levels 1,4,16 --serve-flags="--max-batch 1" \
+        --serve-flags="" --serve-flags="--workers 2"
+    python benchmarks/bench_serve.py --run MODEL --data DIR --floor
 
 With ``--levels`` it measures only the server's scaling: requests/s and p50/p95 latency at each number of
 concurrent clients, each request a different real test post (image + text), for ``--run`` served by this code and,
 with ``--before-run``, for that run served by the mmsent whose ``src`` folder ``--before-src`` names (e.g. the
-code before batching: ``git archive COMMIT src | tar -x -C /tmp/before``).
+code before batching: ``git archive COMMIT src | tar -x -C /tmp/before``). Each ``--serve-flags`` (repeatable) is
+one more server of ``--run`` measured in turn, started with those ``mmsent serve`` flags (e.g. ``--max-batch 1``,
+``--workers 2``).
+
+``--floor`` (an exported MODEL) measures the compute of one post in this process, each graph on one thread:
+CPU milliseconds per post to decode its image, to run the text encoder, the image encoder and the fold graphs, one
+post at a time and in batches of 8; the cores divided by that is the most requests/s the machine can answer.
 
 The server runs as its own process (``python -m mmsent serve``) on 127.0.0.1; the load comes from --clients threads
 sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them.
@@ -74,10 +83,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run: Path, port: int, src: Path | None = None) -> subprocess.Popen:
+def start_server(run: Path, port: int, src: Path | None = None, flags: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(src)) if src else None
-    process = subprocess.Popen([sys.executable, "-m", "mmsent", "serve", "--run", str(run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen([sys.executable, "-m", "mmsent", "serve", "--run", str(run), "--port", str(port),
+                                *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -118,26 +127,35 @@ def screenshot(url: str, image: Path, text: str, out: Path) -> None:
             driver.quit()
 
 
-def real_posts(data: Path, count: int) -> list[tuple[bytes, str]]:
-    """Multipart bodies of the first ``count`` test posts with a non-empty text and an image file."""
+def real_guids(data: Path, count: int) -> list[str]:
+    """The first ``count`` test posts with a non-empty text and an image file."""
     from mmsent.data.text import decode_text
 
-    posts = []
+    guids = []
     for line in (data / "test_without_label.txt").read_text().splitlines()[1:]:
         guid = line.split(",")[0].strip()
         text, image = data / "data" / f"{guid}.txt", data / "data" / f"{guid}.jpg"
         if image.is_file() and text.is_file() and decode_text(text.read_bytes()).text.strip():
-            posts.append(multipart(decode_text(text.read_bytes()).text, image.read_bytes()))
-        if len(posts) == count:
+            guids.append(guid)
+        if len(guids) == count:
             break
-    return posts
+    return guids
 
 
-def scaling(run: Path, data: Path, levels: list[int], requests: int, src: Path | None = None) -> dict:
+def real_posts(data: Path, count: int) -> list[tuple[bytes, str]]:
+    """Multipart bodies of the first ``count`` test posts with a non-empty text and an image file."""
+    from mmsent.data.text import decode_text
+
+    return [multipart(decode_text((data / "data" / f"{guid}.txt").read_bytes()).text,
+                      (data / "data" / f"{guid}.jpg").read_bytes()) for guid in real_guids(data, count)]
+
+
+def scaling(run: Path, data: Path, levels: list[int], requests: int, src: Path | None = None,
+            flags: tuple[str, ...] = ()) -> dict:
     """{clients: {requests_per_s, p50_ms, p95_ms}} of one server, each level after a warm-up."""
     posts = real_posts(data, 64)
     port = free_port()
-    server = start_server(run, port, src)
+    server = start_server(run, port, src, flags)
     figures = {}
     try:
         url = f"http://127.0.0.1:{port}/predict"
@@ -166,9 +184,71 @@ def main_scaling(args) -> None:
     if args.before_run:
         print(f"before: {args.before_run} served by {args.before_src or 'this mmsent'}")
         results["before"] = scaling(args.before_run, args.data, levels, args.requests, args.before_src)
-    print(f"after: {args.run} served by this mmsent")
-    results["after"] = scaling(args.run, args.data, levels, args.requests)
+    for flags in args.serve_flags or [""]:
+        name = f"after {flags}".strip()
+        print(f"{name}: {args.run} served by this mmsent", flush=True)
+        results[name] = scaling(args.run, args.data, levels, args.requests, flags=tuple(flags.split()))
     print(json.dumps(results))
+
+
+def compute_floor(model: Path, data: Path, count: int = 64) -> dict:
+    """CPU milliseconds per post of each stage of an exported model, every graph on one thread of this process."""
+    from mmsent import load_run
+    from mmsent.data.images import load_image
+    from mmsent.data.text import decode_text
+    from mmsent.portable import ImageEncoder, TextEncoder, ort_graph
+
+    guids = real_guids(data, count)
+    texts = [decode_text((data / "data" / f"{g}.txt").read_bytes()).text for g in guids]
+    raws = [(data / "data" / f"{g}.jpg").read_bytes() for g in guids]
+    run = load_run(model)
+    text_name, text = next((n, e) for n, e in run.encoders.items() if isinstance(e, TextEncoder))
+    image_name, image = next((n, e) for n, e in run.encoders.items() if isinstance(e, ImageEncoder))
+    text.session = ort_graph(model / run.manifest["encoders"][text_name]["graph"], threads=1)
+    image.session = ort_graph(model / run.manifest["encoders"][image_name]["graph"], threads=1)
+    for member, spec in zip(run.members, run.manifest["members"]):
+        member.graph = ort_graph(model / spec["graph"], threads=1)
+    cleaned = text.clean(texts)
+    figures = {}
+    for batch in (1, 8):
+        chunks = [range(i, min(i + batch, len(texts))) for i in range(0, len(texts), batch)]
+        stages = {"decode": lambda c: [load_image(raws[i], image.size) for i in c],
+                  "text encoder": lambda c: text.encode([cleaned[i] for i in c]),
+                  "image encoder": lambda c: image.encode(decoded[c.start:c.stop])}
+        decoded = [load_image(raw, image.size) for raw in raws]
+        for chunk in chunks[:2]:  # warm-up
+            for stage in stages.values():
+                stage(chunk)
+        row = {}
+        for name, stage in stages.items():
+            start = time.process_time()
+            for chunk in chunks:
+                stage(chunk)
+            row[name] = 1000 * (time.process_time() - start) / len(texts)
+        features = [{text_name: text.encode([cleaned[i] for i in c]), image_name: image.encode(decoded[c.start:c.stop])}
+                    for c in chunks]
+        start = time.process_time()
+        for feature in features:
+            for member in run.members:
+                member.probabilities(feature)
+        row["fold graphs"] = 1000 * (time.process_time() - start) / len(texts)
+        row["total"] = sum(row.values())
+        figures[batch] = row
+    run.close()
+    return figures
+
+
+def main_floor(args) -> None:
+    from mmsent.portable import is_export, usable_cores
+
+    if not is_export(args.run):
+        raise SystemExit("--floor measures an exported model: mmsent export --run RUN --out MODEL")
+    cores = usable_cores()
+    figures = compute_floor(args.run, args.data)
+    for batch, row in figures.items():
+        print(f"batch {batch}: " + ", ".join(f"{name} {value:.1f}" for name, value in row.items())
+              + f" CPU ms per post; {cores} cores: at most {1000 * cores / row['total']:.0f} posts/s")
+    print(json.dumps({"cores": cores, "cpu_ms_per_post": figures}))
 
 
 def main() -> None:
@@ -183,7 +263,12 @@ def main() -> None:
     parser.add_argument("--levels", help="only the server's scaling, at these numbers of clients (e.g. 1,4,16)")
     parser.add_argument("--before-run", type=Path, help="with --levels: a run to serve first, for comparison")
     parser.add_argument("--before-src", type=Path, help="with --before-run: the src folder of the mmsent serving it")
+    parser.add_argument("--serve-flags", action="append", metavar="FLAGS",
+                        help="with --levels: serve --run with these mmsent serve flags (repeatable: one server each)")
+    parser.add_argument("--floor", action="store_true", help="only the CPU time per post of an exported model")
     args = parser.parse_args()
+    if args.floor:
+        return main_floor(args)
     if args.levels:
         return main_scaling(args)
 

@@ -86,6 +86,9 @@ def test_user_errors_are_one_line(tmp_path, capsys, dataset):
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert main(["predict", "--run", str(tmp_path / "norun"), "--data", str(dataset), "--out", str(tmp_path / "p")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+    for workers in ("0", "-2"):
+        assert main(["serve", "--run", str(tmp_path / "norun"), "--workers", workers]) == 2
+        assert f"--workers must be at least 1, got {workers}" in capsys.readouterr().err
 
 
 def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, capsys, tmp_path):

@@ -270,3 +270,116 @@ def test_server_batches_concurrent_requests_and_reports_metrics(exported):
     assert 'mmsent_request_seconds_count{endpoint="/predict"} 17' in metrics
     batches = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("mmsent_batch")}
     assert batches["mmsent_batch_size_sum"] == 16 and batches["mmsent_batch_size_count"] < 16  # some were batched
+
+
+SITE_BLOCK_TORCH = """
+import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "sklearn", "scipy", "captum", "matplotlib"):
+            raise ImportError(f"blocked: {name}", name=name)
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _multipart(text: str, image: bytes) -> tuple[bytes, str]:
+    boundary = "mmsent-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{text}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="post.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_serve_with_two_worker_processes_without_torch(exported, tmp_path):
+    """``mmsent serve --workers 2`` from an export, in processes (the workers too) where torch cannot be imported:
+    concurrent answers equal the model's in this process, and two worker processes answer."""
+    import os
+    import signal
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, _, model = exported
+    texts, images = _posts(data)
+    with load_run(model) as portable:
+        expected = [portable.predict(text=texts[i], image=images[i]).probabilities for i in (0, 3)]
+    posts = [_multipart(texts[0], images[0]), _multipart(texts[3], Path(images[3].filename).read_bytes())]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(textwrap.dedent(SITE_BLOCK_TORCH))  # every process
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mmsent", "serve", "--run", str(model), "--workers", "2", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{SRC}", "PATH": "/usr/bin:/bin",
+             "MMSENT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        with urllib.request.urlopen(url + path, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def ask(i):
+        body, kind = posts[i % 2]
+        request = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": kind})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return i % 2, json.loads(answer.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                get("/health")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate(timeout=10)[0]
+                time.sleep(0.5)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(16)))
+        for which, answer in answers:
+            assert answer["probabilities"] == pytest.approx(expected[which], abs=1e-6)
+            assert answer["modalities_used"] == ["text", "image"]
+        pids = set()
+        with ThreadPoolExecutor(4) as pool:  # each request on a connection of its own: the kernel hands them out
+            for _ in range(50):
+                pids |= {health["pid"] for health in pool.map(lambda _: get("/health"), range(8))}
+                if len(pids) == 2:
+                    break
+        assert len(pids) == 2 and server.pid not in pids
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, output
+    assert "with 2 worker processes" in output and "Traceback" not in output, output
+
+
+def test_image_graph_pads_inside_its_convolutions(exported, tmp_path):
+    """The exported image graph has no Pad left (folded into the convolutions) and gives the same outputs as the
+    graph the run's ONNX backend runs."""
+    import onnx
+    import onnxruntime
+
+    from mmsent.export import fold_pads_into_convs
+
+    _, run, model = exported
+    manifest = json.loads((model / MANIFEST_FILE).read_text())
+    spec = next(spec for spec in manifest["encoders"].values() if spec["kind"] == "image")
+    assert "Pad" not in {node.op_type for node in onnx.load(str(model / spec["graph"])).graph.node}
+    with load_run(run, device="cpu", backend="onnx") as loaded:
+        source = Path(loaded.towers.image._runner.path)
+    assert "Pad" in {node.op_type for node in onnx.load(str(source)).graph.node}
+    pixels = np.random.default_rng(0).integers(0, 255, size=(3, spec["size"], spec["size"], 3), dtype=np.uint8)
+    outputs = []
+    for graph in (source, model / spec["graph"]):
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: pixels})[0])
+    assert np.array_equal(*outputs)
+    assert not fold_pads_into_convs(model / spec["graph"], tmp_path / "again.onnx", spec["size"])  # nothing left
+    assert (tmp_path / "again.onnx").read_bytes() == (model / spec["graph"]).read_bytes()

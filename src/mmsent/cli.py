@@ -296,6 +296,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests predicted together at most (default: 32; 1 = one at a time)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
                         help="how long a request waits for others to share its batch (default: 5)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="server processes sharing the port, each loading the model once and batching its own "
+                             "requests (default: 1; /metrics then counts the process that answers)")
     _device_args(parser)
 
 
@@ -524,7 +527,7 @@ def cmd_predict(args) -> int:
     if args.resume or args.overwrite or args.all_rows or args.chunk_size != 1000:
         raise ConfigError("--chunk-size, --resume, --overwrite and --all-rows apply to --out OUT.csv or OUT.jsonl")
     from . import load_run
-    from .predict import write_predictions
+    from .prediction import write_predictions
 
     start = time.perf_counter()
     split = _open_data(args, "test")  # cheap checks first
@@ -653,10 +656,12 @@ def cmd_serve(args) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     batching = Batching(max_batch=args.max_batch, wait_ms=args.batch_wait_ms)
     serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
-          batching=batching)
+          batching=batching, workers=args.workers)
     return 0
 
 
@@ -830,11 +835,14 @@ def main(argv: list[str] | None = None) -> int:
     """
     from . import TRAIN_EXTRAS, load_plugins
 
-    try:
-        load_plugins()
-        missing = None
-    except ImportError as error:  # a base install: no PyTorch
-        missing = error
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((word for word in argv if not word.startswith("-")), None)
+    missing = None
+    if named not in COMMANDS or not COMMANDS[named].base:  # a base command loads the plugins when a run needs them
+        try:
+            load_plugins()
+        except ImportError as error:  # a base install: no PyTorch
+            missing = error
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

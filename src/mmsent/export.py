@@ -117,10 +117,83 @@ def _text_encoder(tower: HFTextTower, config: RunConfig, folder: Path) -> tuple[
                   "pad_id": tower.tokenizer.pad_id, "pooled": config.text.pooled, "text_prep": prep}
 
 
+def _zero_pads_before_convs(model) -> tuple[list, dict]:
+    """The graph's zero-filling Pads whose one user is a Conv reading them, and each Pad's Conv (by Pad output)."""
+    from onnx import numpy_helper
+
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+    def foldable(pad) -> bool:
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        following = users.get(pad.output[0], [])
+        return (mode == b"constant" and (value == "" or (value in constants and not np.any(constants[value])))
+                and len(following) == 1 and following[0].op_type == "Conv"
+                and following[0].input[0] == pad.output[0]
+                and not any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in following[0].attribute))
+
+    pads = [node for node in model.graph.node if node.op_type == "Pad" and foldable(node)]
+    return pads, {pad.output[0]: users[pad.output[0]][0] for pad in pads}
+
+
+def _pad_widths(model, pads: list, size: int) -> list | None:
+    """Each Pad's widths (8,) as ONNX Runtime computes them for (B, size, size, 3) pixels; None unless they are the
+    same at two batch sizes and pad the height and width only."""
+    import onnx
+    import onnxruntime
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for pad in pads:  # the widths as the graph's outputs
+        probe.graph.output.append(helper.make_tensor_value_info(pad.input[1], onnx.TensorProto.INT64, None))
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    one, two = (session.run(None, {feed: np.zeros((batch, size, size, 3), dtype=np.uint8)}) for batch in (1, 2))
+    if any(not np.array_equal(a, b) or a.shape != (8,) or np.any(a[:2]) or np.any(a[4:6]) for a, b in zip(one, two)):
+        return None
+    return one
+
+
+def fold_pads_into_convs(source: Path, target: Path, size: int) -> bool:
+    """Write ``source`` (an image graph taking (B, size, size, 3) pixels) to ``target`` with each zero ``Pad`` that
+    feeds one ``Conv`` folded into that Conv's own padding; True if it did.
+
+    EfficientNet-Lite's "same" padding is traced as a Pad whose widths are computed from the input's shape at every
+    run; it splits ONNX Runtime's blocked-layout chain of convolutions (a layout change around each Pad). At a fixed
+    image size the widths are constants, so the Conv can pad by itself: the same sums, hence the same outputs, in
+    less time. A graph of another shape (no such Pad, widths that vary with the batch) is copied as it is."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(source))
+    pads, convs = _zero_pads_before_convs(model)
+    widths = _pad_widths(model, pads, size) if pads and len(model.graph.input) == 1 else None
+    if widths is None:
+        shutil.copyfile(source, target)
+        return False
+    for pad, width in zip(pads, widths):
+        conv = convs[pad.output[0]]
+        own = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        for attribute in [a for a in conv.attribute if a.name == "pads"]:
+            conv.attribute.remove(attribute)
+        conv.attribute.append(helper.make_attribute("pads", [own[0] + int(width[2]), own[1] + int(width[3]),
+                                                             own[2] + int(width[6]), own[3] + int(width[7])]))
+        conv.input[0] = pad.input[0]
+        model.graph.node.remove(pad)
+    onnx.save(model, str(target))  # the shape arithmetic left unused is dropped by ONNX Runtime when it loads
+    return True
+
+
 def _image_encoder(tower: EfficientNetLiteTower, folder: Path) -> tuple[str, dict]:
     graph = tower._runner.path
     name = f"image-{_digest(graph)}"
-    shutil.copyfile(graph, folder / "encoders" / f"{name}.onnx")
+    fold_pads_into_convs(graph, folder / "encoders" / f"{name}.onnx", tower.size)
     tokens = tower.split_at == len(tower._input_channels) - 1
     output = ("pooled" if tower.pooled else "tokens") if tokens else "map"
     return name, {"kind": "image", "graph": f"encoders/{name}.onnx", "size": tower.size, "output": output}

@@ -38,8 +38,8 @@ MANIFEST_FILE = "mmsent-export.json"
 FORMAT = "mmsent-export"
 FORMAT_VERSION = 1
 BATCH_SIZE = 32  # posts per batch through the encoders and the fold graphs
-IMAGE_CHUNK = 8  # images per run of the image graph: small batches keep its activations in the CPU's cache
-PREFETCH = 2  # batches of images decoded ahead of the one being encoded
+IMAGE_CHUNK = 1  # images per run of the image graph: one at a time keeps its activations in the CPU's cache
+PREFETCH = 2  # batches of images decoded and encoded ahead of the one whose texts and folds run
 COMBINE_RULES = ("single", "mean", "stack")
 DECISION_RULES = (None, "offsets")  # None: the most probable class; offsets: argmax of log p + per-class offsets
 
@@ -100,6 +100,10 @@ class TextEncoder:
 
     def clean(self, raw_texts: list) -> list[str]:
         return [clean_text(text or "", self.prep) for text in raw_texts]
+
+    def lengths(self, cleaned: list[str]) -> list[int]:
+        """The number of tokens of each cleaned text (what a batch is padded to the longest of)."""
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(cleaned)]
 
     def encode(self, cleaned: list[str]) -> dict[str, np.ndarray]:
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(cleaned)]
@@ -222,10 +226,14 @@ class ExportedModel(Predictor):
     def _image_sizes(self) -> list[int]:
         return sorted({encoder.size for encoder in self.encoders.values() if isinstance(encoder, ImageEncoder)})
 
-    def _probabilities(self, cleaned: dict[str, list[str]], images: dict[int, list], raw_texts) -> np.ndarray:
-        """Class probabilities (B, C) of one batch: cleaned texts per text encoder, decoded images per size."""
-        features = {}
+    def _probabilities(self, cleaned: dict[str, list[str]], images: dict[int, list], raw_texts,
+                       features: dict | None = None) -> np.ndarray:
+        """Class probabilities (B, C) of one batch: cleaned texts per text encoder, decoded images per size
+        (``features``: the outputs of encoders already run, by encoder name)."""
+        features = dict(features or {})
         for name, encoder in self.encoders.items():
+            if name in features:
+                continue
             if isinstance(encoder, TextEncoder):
                 features[name] = encoder.encode(cleaned[name])
             elif isinstance(encoder, LexiconScores):
@@ -268,32 +276,43 @@ class ExportedModel(Predictor):
             out[size] = rows
         return out
 
+    def _image_features(self, split: Split, index: list[int]) -> tuple[dict[int, list], dict[str, dict]]:
+        """The images of ``split``'s posts at ``index`` decoded (as :meth:`_decode_split`) and through the image
+        encoders: (decoded rows per size, features per image encoder name)."""
+        decoded = self._decode_split(split, index)
+        features = {name: encoder.encode([image for image, _ in decoded[encoder.size]])
+                    for name, encoder in self.encoders.items() if isinstance(encoder, ImageEncoder)}
+        return decoded, features
+
     def predict_split(self, split: Split, log=print, cache: bool = True) -> np.ndarray:
         """Class probabilities (N, C) of every post of ``split`` (no feature cache: ``cache`` is ignored). Images
-        are decoded in threads a few batches ahead of the encoders."""
+        are decoded and encoded in threads a few batches ahead, while this thread encodes the texts and runs the
+        fold graphs."""
         n = len(split.records)
         cleaned = {name: split.texts(encoder.prep) for name, encoder in self.encoders.items()
                    if isinstance(encoder, TextEncoder)}
-        lengths = next(iter(cleaned.values()), None)
-        order = sorted(range(n), key=lambda i: len(lengths[i])) if lengths is not None else list(range(n))
+        first = next((name for name in cleaned), None)  # batches of texts of similar token counts: little padding
+        lengths = self.encoders[first].lengths(cleaned[first]) if first is not None else [0] * n
+        order = sorted(range(n), key=lambda i: lengths[i])
         batches = [order[i:i + BATCH_SIZE] for i in range(0, n, BATCH_SIZE)]
         probs = np.zeros((n, len(self.classes)), dtype=np.float32)
         pending = deque()
         ahead = iter(batches)
         for index in ahead:
-            pending.append((index, self._decoder.submit(self._decode_split, split, index)))
+            pending.append((index, self._decoder.submit(self._image_features, split, index)))
             if len(pending) > PREFETCH:
                 break
         for _ in progress(range(len(batches)), desc="predict", unit="batch", quiet=len(batches) < 2):
             index, decoding = pending.popleft()
             following = next(ahead, None)
             if following is not None:
-                pending.append((following, self._decoder.submit(self._decode_split, split, following)))
-            images = self._report_images(split, index, decoding.result())
+                pending.append((following, self._decoder.submit(self._image_features, split, following)))
+            decoded, image_features = decoding.result()
+            images = self._report_images(split, index, decoded)
             probs[index] = self._probabilities(
                 {name: [texts[i] for i in index] for name, texts in cleaned.items()}, images,
                 lambda: [decode_text(raw).text if raw is not None else None
-                         for raw in (split.read_text_bytes(split.records[i].guid) for i in index)])
+                         for raw in (split.read_text_bytes(split.records[i].guid) for i in index)], image_features)
         return probs
 
     @staticmethod

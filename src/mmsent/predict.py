@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
 from .calibration import apply_temperature, read_temperature
 from .config import RunConfig, run_labels
 from .data.dataset import Split
 from .data.text import clean_text, decode_text
-from .decision import DecisionRule, decide
+from .decision import DecisionRule
 from .features import compute_features
 from .model import MultimodalClassifier, Towers, load_towers
-from .prediction import Prediction, Predictor
+from .prediction import Prediction, Predictor, write_predictions
 from .runfolder import (AVERAGE_DIR, RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict,
                         read_run_config, read_stacker_dict, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
@@ -267,10 +266,3 @@ def _build_models(config: RunConfig, files: list[Path], target: torch.device):
             raise RunError(f"{path} does not match the model described by config.json: {error}") from None
         models.append(model.to(target).eval())
     return towers, models
-
-
-def write_predictions(path: Path, guids: list[str], probs: np.ndarray, classes, offsets=None) -> None:
-    """Write ``guid,tag`` rows (the test file's layout), atomically; ``classes`` names the columns of ``probs``,
-    ``offsets`` are the decision rule's (None: the most probable class)."""
-    rows = ["guid,tag"] + [f"{guid},{classes[int(i)]}" for guid, i in zip(guids, decide(probs, offsets))]
-    atomic_write_text(Path(path), "\n".join(rows) + "\n")

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_write_text
 from .data.dataset import Split, open_data
 from .decision import decide
 from .errors import InputError
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "write_predictions"]
 
 
 @dataclass
@@ -155,3 +156,10 @@ class Predictor:
     def warm_up(self) -> None:
         """One prediction on a blank post, so that the first real one is not slowed by lazy initialisation."""
         self.predict(text="warm up", image=Image.new("RGB", (8, 8), "white"))
+
+
+def write_predictions(path: Path, guids: list[str], probs: np.ndarray, classes, offsets=None) -> None:
+    """Write ``guid,tag`` rows (the test file's layout), atomically; ``classes`` names the columns of ``probs``,
+    ``offsets`` are the decision rule's (None: the most probable class)."""
+    rows = ["guid,tag"] + [f"{guid},{classes[int(i)]}" for guid, i in zip(guids, decide(probs, offsets))]
+    atomic_write_text(Path(path), "\n".join(rows) + "\n")

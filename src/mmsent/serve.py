@@ -1,7 +1,7 @@
 """``mmsent serve``: a local web page and a JSON API over a trained run (Starlette + uvicorn).
 
 GET  /         the page (one self-contained HTML file: web/index.html)
-GET  /health   {"status", "run", "labels", "folds", "modalities", "max_upload_bytes", "temperature"}
+GET  /health   {"status", "run", "labels", "folds", "modalities", "max_upload_bytes", "temperature", "pid"}
 POST /predict  multipart/form-data with a ``text`` field and/or an ``image`` file
                -> {"label", "probabilities", "modalities_used"}; errors -> {"error": message} with a 4xx status
 POST /explain  the same form -> the prediction and why: {"label", "probabilities", "modalities_used", "words",
@@ -11,11 +11,18 @@ GET  /metrics  Prometheus text format: requests by endpoint and status, errors, 
 Concurrent /predict requests are gathered into batches (:class:`Batcher`): a request waits at most
 ``Batching.wait_ms`` for others, up to ``Batching.max_batch`` posts are predicted together, and each gets its own
 answer back; a batch that fails is predicted post by post, so that one bad post fails only its own request.
+
+With ``workers`` > 1, uvicorn starts that many server processes on one listening socket; each builds its app with
+:func:`app_from_environment` (it loads the run once, batches its own requests and counts its own /metrics). The
+options reach the workers in the environment variable :data:`OPTIONS_VARIABLE` (JSON), which ``serve`` sets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import queue
 import socket
 import threading
@@ -41,6 +48,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # An oversize body is still read (and dropped) up to this much past the limit, so that the client, still sending,
 # gets the 413 answer instead of a reset connection; beyond it the connection is cut.
 DRAIN_BYTES = 64 * 1024 * 1024
+OPTIONS_VARIABLE = "MMSENT_SERVE_OPTIONS"  # the JSON options of every worker process (serve with workers > 1)
 
 
 class RequestError(Exception):
@@ -258,11 +266,14 @@ def timed(metrics: Metrics, endpoint: str, handler):
 
 # long: the routes share the app's state (the run, the batcher, the limits) as closures
 def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_image_pixels: int | None = None, batching: Batching | None = None) -> Starlette:
+               max_image_pixels: int | None = None, batching: Batching | None = None,
+               close_run: bool = False) -> Starlette:
     """The ASGI app serving ``run`` (already loaded: one model for every request).
 
     ``max_image_pixels`` can lower, not raise, the image loader's own limit (``data.images.MAX_IMAGE_PIXELS``).
     ``batching``: how /predict requests are gathered into batches (default :class:`Batching`).
+    ``close_run``: the app owns ``run``: its batcher and the run are closed when the server shuts down (its
+    lifespan); otherwise the caller closes both (``app.state.batcher.close()``, then the run).
     """
     max_pixels = min(max_image_pixels or MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
     metrics = Metrics()
@@ -270,7 +281,7 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     html = page_html()
     health_body = {"status": "ok", "run": str(run.run_dir) if run.run_dir else None, "labels": list(run.classes),
                    "folds": run.fold_count, "modalities": run.modalities, "max_upload_bytes": max_upload_bytes,
-                   "temperature": getattr(run, "temperature", None)}
+                   "temperature": getattr(run, "temperature", None), "pid": os.getpid()}
 
     async def index(request):
         return HTMLResponse(html)
@@ -305,7 +316,17 @@ def create_app(run: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
               Route("/predict", timed(metrics, "/predict", predict), methods=["POST"]),
               Route("/explain", timed(metrics, "/explain", explain), methods=["POST"]),
               Route("/metrics", metrics_text)]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    lifespan = None
+    if close_run:
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            try:
+                yield
+            finally:
+                batcher.close()
+                run.close()
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.batcher, app.state.metrics = batcher, metrics
     return app
 
@@ -319,15 +340,84 @@ def check_port(host: str, port: int) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}") from None
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """What a server process needs to build its app: the run, where it runs and the request limits."""
+
+    run_dir: str
+    device: str = "auto"
+    backend: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_image_pixels: int | None = None
+    max_batch: int = Batching.max_batch
+    wait_ms: float = Batching.wait_ms
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeOptions":
+        return cls(**json.loads(text))
+
+
+def app_from_options(options: ServeOptions) -> Starlette:
+    """Load the run of ``options``, warm it up and build the app that owns it (closed at shutdown)."""
+    from . import load_run
+
+    run = load_run(options.run_dir, device=options.device, backend=options.backend)
+    try:
+        run.warm_up()
+        return create_app(run, max_upload_bytes=options.max_upload_bytes, max_image_pixels=options.max_image_pixels,
+                          batching=Batching(options.max_batch, options.wait_ms), close_run=True)
+    except BaseException:
+        run.close()
+        raise
+
+
+def app_from_environment() -> Starlette:
+    """The app factory of a worker process (``uvicorn mmsent.serve:app_from_environment --factory``): its options
+    are the JSON in the environment variable :data:`OPTIONS_VARIABLE`."""
+    text = os.environ.get(OPTIONS_VARIABLE)
+    if not text:
+        raise ConfigError(f"{OPTIONS_VARIABLE} is not set: start the server with 'mmsent serve' (or set it to the "
+                          "JSON of mmsent.serve.ServeOptions)")
+    return app_from_options(ServeOptions.from_json(text))
+
+
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           backend: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-          max_image_pixels: int | None = None, batching: Batching | None = None) -> None:
-    """Load the run once, then serve it until interrupted."""
+          max_image_pixels: int | None = None, batching: Batching | None = None, workers: int = 1) -> None:
+    """Load the run once, then serve it until interrupted.
+
+    ``workers`` > 1: that many processes share the port (uvicorn's supervisor starts them); each loads the run
+    itself, batches its own requests and answers /metrics for itself alone. The run is loaded here once first, so
+    that a run that cannot be loaded is reported before any worker starts."""
     import uvicorn
 
     from . import load_run
 
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     check_port(host, port)
+    batching = batching or Batching()
+    if workers > 1:
+        with load_run(run_dir, device=device, backend=backend) as run:  # its errors now, in this process
+            what = f"{run.description}, {' + '.join(run.modalities)}"
+        options = ServeOptions(str(run_dir), device, backend, max_upload_bytes, max_image_pixels, batching.max_batch,
+                               batching.wait_ms)
+        print(f"serving {run_dir} ({what}) on http://{host}:{port}/ with {workers} worker processes  (Ctrl+C stops)",
+              flush=True)
+        previous = os.environ.get(OPTIONS_VARIABLE)
+        os.environ[OPTIONS_VARIABLE] = options.to_json()  # the spawned workers inherit the environment
+        try:
+            uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                        log_level="warning")
+        finally:
+            if previous is None:
+                os.environ.pop(OPTIONS_VARIABLE, None)
+            else:
+                os.environ[OPTIONS_VARIABLE] = previous
+        return
     with load_run(run_dir, device=device, backend=backend) as run:
         run.warm_up()
         app = create_app(run, max_upload_bytes=max_upload_bytes, max_image_pixels=max_image_pixels,
