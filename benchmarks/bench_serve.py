@@ -10,7 +10,8 @@ with ``--before-run``, for that run served by the mmsent whose ``src`` folder ``
 code before batching: ``git archive COMMIT src | tar -x -C /tmp/before``).
 
 The server runs as its own process (``python -m mmsent serve``) on 127.0.0.1; the load comes from --clients threads
-sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them.
+sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them, and
+writes them as a JSON record (``record.py``) to ``--json`` (default: bench_serve.json).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from record import Recorder, add_json_option
 
 
 def pick_post(data: Path, guid: str | None) -> str:
@@ -160,7 +162,7 @@ def scaling(run: Path, data: Path, levels: list[int], requests: int, src: Path |
     return figures
 
 
-def main_scaling(args) -> None:
+def main_scaling(args, recorder: Recorder) -> None:
     levels = [int(level) for level in args.levels.split(",")]
     results = {}
     if args.before_run:
@@ -169,6 +171,7 @@ def main_scaling(args) -> None:
     print(f"after: {args.run} served by this mmsent")
     results["after"] = scaling(args.run, args.data, levels, args.requests)
     print(json.dumps(results))
+    recorder.write(args.json, {"scaling": results})
 
 
 def main() -> None:
@@ -183,9 +186,11 @@ def main() -> None:
     parser.add_argument("--levels", help="only the server's scaling, at these numbers of clients (e.g. 1,4,16)")
     parser.add_argument("--before-run", type=Path, help="with --levels: a run to serve first, for comparison")
     parser.add_argument("--before-src", type=Path, help="with --before-run: the src folder of the mmsent serving it")
+    add_json_option(parser, "bench_serve.json")
     args = parser.parse_args()
+    recorder = Recorder("serve")
     if args.levels:
-        return main_scaling(args)
+        return main_scaling(args, recorder)
 
     import torch
 
@@ -257,8 +262,10 @@ def main() -> None:
         print(f"  {name:7s} {d['label']:9s} " + " ".join(f"{label} {d['probabilities'][label]:.6f}"
                                                       for label in LABELS))
     print(f"API, CLI, folder and server agree: {agree} (max probability difference {max_diff:.2e})")
-    print(json.dumps({"guid": guid, "latency": latency, "load": load, "agree": agree, "max_diff": max_diff,
-                      "prediction": api.to_dict()}))
+    figures = {"guid": guid, "latency": latency, "load": load, "agree": agree, "max_diff": max_diff,
+               "prediction": api.to_dict()}
+    print(json.dumps(figures))
+    recorder.write(args.json, figures)
 
 
 if __name__ == "__main__":
