@@ -429,3 +429,25 @@ def test_parse_value_refuses_by_annotation():
         parse_value("k", "x", int | None)
     with pytest.raises(ConfigError, match="k: expected a comma-separated list of ints"):
         parse_value("k", "1,x", list[int])
+
+
+def test_a_config_built_in_python_is_checked_by_the_same_function():
+    from mmsent.config import check_config
+
+    check_config(RunConfig())
+    config = RunConfig(modality="audio")
+    with pytest.raises(ConfigError, match="modality: expected one of all, image, text, got 'audio'"):
+        check_config(config)
+    config = RunConfig()
+    config.image.fit = "stretch"
+    with pytest.raises(ConfigError, match=r"image\.fit: expected one of crop, pad"):
+        check_config(config)
+
+
+def test_the_data_format_is_a_registered_one_or_detected():
+    from mmsent.registry import FORMATS
+
+    assert apply_overrides(RunConfig(), {"data.format": "table"}).data.format == "table"
+    assert apply_overrides(RunConfig(), {"data.format": ""}).data.format == ""
+    with pytest.raises(ConfigError, match=rf"data\.format: expected one of {', '.join(FORMATS.names())}"):
+        apply_overrides(RunConfig(), {"data.format": "xml"})

@@ -50,10 +50,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
-    from .registry import FORMATS
-
     group = parser.add_argument_group("data format (config keys data.*)")
-    group.add_argument("--format", dest="cfg:data.format", choices=FORMATS.names(),
+    group.add_argument("--format", dest="cfg:data.format", choices=allowed_values("data.format"),
                        help="format of --data (default: detected from what --data is)")
     group.add_argument("--labels", dest="cfg:data.labels", metavar="A,B,...",
                        help="the label names in class order; rows with another label are refused (default: the "
@@ -758,13 +756,10 @@ def _config_flags() -> dict[str, str]:
 def _allowed_values_text(key: str, spec, kind) -> str:
     """The values a config key takes, in words, for the reference."""
     open_registries = {"text.name": TEXT_ENCODERS, "image.name": IMAGE_ENCODERS}
-    if key == "data.format":
-        from .registry import FORMATS
-
-        return "`\"\"` (detected from `--data`), " + ", ".join(f"`{name}`" for name in FORMATS.names())
     allowed = allowed_values(key, spec)
     if allowed is not None:
-        return ", ".join(f"`{name}`" for name in allowed)
+        detected = "`\"\"` (detected from `--data`), " if key == "data.format" else ""
+        return detected + ", ".join(f"`{name}`" for name in allowed)
     if key in open_registries:
         return ", ".join(f"`{name}`" for name in open_registries[key].names()) + ", a Hugging Face id or a local folder"
     if kind is bool:

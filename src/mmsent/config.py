@@ -36,7 +36,8 @@ DECISION_RULES = ("accuracy", "macro_f1")  # train.decision: how a label is chos
 
 
 # Config keys whose values are names registered in a registry of mmsent.registry (checked by allowed_values).
-REGISTRY_KEYS = {"model": "MODEL_FAMILIES", "fusion.name": "FUSIONS", "train.loss": "LOSSES"}
+# data.format also takes its default, '' (detected from the data).
+REGISTRY_KEYS = {"model": "MODEL_FAMILIES", "fusion.name": "FUSIONS", "train.loss": "LOSSES", "data.format": "FORMATS"}
 
 
 def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
@@ -455,6 +456,21 @@ def check_allowed(key: str, value: Any, spec: dataclasses.Field | None = None, d
     allowed = allowed_values(key, spec)
     if allowed is not None and value not in allowed:
         raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def config_value(config: RunConfig, key: str) -> Any:
+    """The value of dotted ``key`` in ``config``."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_config(config: RunConfig) -> None:
+    """ConfigError for the first value of ``config`` that its key does not allow (a config built in Python, not
+    through :func:`apply_overrides`)."""
+    for key, spec, default in config_fields():
+        check_allowed(key, config_value(config, key), spec, default)
 
 
 def unknown_key_error(key: str, known) -> ConfigError:
