@@ -8,6 +8,11 @@ table's columns).
 A run's ``config.json`` is ``RunConfig.to_dict()``; ``--config FILE`` reads the same shape (any subset of keys),
 and command-line flags override it. Every field is reachable from the CLI as ``--set section.field=value``;
 the most used ones also have a short flag, declared once in the field's metadata (``flag``).
+
+A value is parsed and checked as its field's annotation (:func:`parse_value`: ``bool``, ``int``, ``float``, ``str``,
+``list[X]``, ``X | None``), and a key that takes only some values (a field's ``choices``, or the names of a registry:
+``REGISTRY_KEYS``) is checked by :func:`allowed_values` alone, which :func:`apply_overrides`, the CLI's flags and
+``mmsent config`` all use.
 """
 
 from __future__ import annotations
