@@ -4,7 +4,9 @@ Encodes the same real posts with each (images decoded once beforehand, so only t
 each after a warm-up batch) and prints images/s, texts/s and the largest difference from torch's features. This is
 the measurement behind the order in which ``--backend auto`` tries the runtimes (src/mmsent/encoders/runtime.py).
 
-    python benchmarks/bench_backends.py --data ../shared/data/mvsa [--posts 400]
+    python benchmarks/bench_backends.py --data ../shared/data/mvsa [--posts 400] [--json bench_backends.json]
+
+The figures also go to a JSON record (``record.py``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import Recorder, add_json_option
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")))
     parser.add_argument("--posts", type=int, default=400)
+    add_json_option(parser, "bench_backends.json")
     args = parser.parse_args()
+    recorder = Recorder("backends")
     os.environ.setdefault("MMSENT_CACHE_DIR", tempfile.mkdtemp(prefix="mmsent-bench-cache-"))  # exports land here
     os.environ.setdefault("TQDM_DISABLE", "1")  # one line per measurement instead of progress bars
 
@@ -41,7 +47,8 @@ def main() -> None:
               for guid in split.guids[: args.posts]]
     backends = ["torch"] + [name for name in GRAPH_RUNTIMES.names() if runtime_available(name)]
     print(f"{len(images)} posts, {size}-px images, {torch.get_num_threads()} threads; backends: {', '.join(backends)}")
-    reference = {}
+    reference, figures = {}, {"posts": len(images), "image_size": size, "threads": torch.get_num_threads(),
+                              "posts_per_second": {}, "max_diff_from_torch": {}}
     for backend in backends:
         towers = build_towers(config)
         for tower, items, key in ((towers.image, images, "image_input"), (towers.text, texts, "text_hidden")):
@@ -54,8 +61,11 @@ def main() -> None:
                 rates.append(len(items) / (time.perf_counter() - start))
             diff = (features - reference[key]).abs().max().item() if key in reference else 0.0
             reference.setdefault(key, features)
+            figures["posts_per_second"][f"{backend} {tower.kind}"] = rates
+            figures["max_diff_from_torch"][f"{backend} {tower.kind}"] = diff
             print(f"{backend:>9} {tower.kind:>5}: {rates[0]:6.1f} / {rates[1]:6.1f} posts/s   max |diff| from torch "
                   f"{diff:.4f} (features up to {reference[key].abs().max().item():.1f}, stored in float16)", flush=True)
+    recorder.write(args.json, figures)
 
 
 if __name__ == "__main__":

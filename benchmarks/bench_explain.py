@@ -3,7 +3,8 @@
     python benchmarks/bench_explain.py --run RUN --data DIR [--posts 20] [--steps 32]
 
 Explains and predicts the first ``--posts`` posts of DIR/train.txt (text + image) with the run, and prints the mean
-milliseconds per post of each.
+milliseconds per post of each, and writes them as a JSON record (``record.py``) to ``--json`` (default:
+bench_explain.json).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from record import Recorder, add_json_option
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,7 +22,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--posts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=None)
+    add_json_option(parser, "bench_explain.json")
     args = parser.parse_args()
+    recorder = Recorder("explain")
 
     import torch
 
@@ -43,6 +48,9 @@ def main() -> None:
     print(f"{args.run}: {model.description}; {len(posts)} posts, torch threads {torch.get_num_threads()}")
     print(f"explain {explain_ms:.0f} ms per post, predict {predict_ms:.0f} ms per post "
           f"({explain_ms / predict_ms:.1f}x)")
+    recorder.write(args.json, {"run": model.description, "posts": len(posts), "steps": args.steps,
+                               "torch_threads": torch.get_num_threads(), "explain_ms_per_post": explain_ms,
+                               "predict_ms_per_post": predict_ms})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Feature-extraction throughput on the real data, from a cold cache: image-text pairs per second end to end
-(read, decode, resize, both frozen encoders, cache write). Prints one line per tower and the total."""
+(read, decode, resize, both frozen encoders, cache write). Prints one line per tower and the total, and writes
+them as a JSON record (``record.py``) to ``--json`` (default: bench_features.json)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import Recorder, add_json_option
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -16,7 +19,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="run config JSON (default: the default RunConfig)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config key to change, e.g. --set train.workers=2 (repeatable)")
+    add_json_option(parser, "bench_features.json")
     args = parser.parse_args()
+    recorder = Recorder("features")
     os.environ["MMSENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmsent-bench-cache-")  # cold cache
 
     from mmsent.config import RunConfig, apply_overrides, load_config_file
@@ -41,6 +46,8 @@ def main() -> None:
     changed = f", {' '.join(args.set)}" if args.set else ""
     print(f"feature extraction (cold cache, {n} pairs, text.train_layers={config.text.train_layers}{changed}): "
           f"{seconds:.1f} s = {n / seconds:.1f} pairs/s")
+    recorder.write(args.json, {"settings": args.set, "backend": config.train.backend, "pairs": n,
+                               "load_seconds": load_seconds, "seconds": seconds, "pairs_per_second": n / seconds})
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ the script runs, through the installed ``mmsent`` command:
 
 and the decision rule for macro F1 (``mmsent decide``'s cross-fitted figures on each CV run's out-of-fold
 probabilities, no retraining), and seed averaging: ``mmsent ensemble`` of the seed runs (their out-of-fold
-probabilities averaged) and the mean of the seed models' probabilities on the fixed split's test posts. Finished runs are kept, so the script resumes. It writes OUT/levers.json (the
-figures, the git revision, the package versions, the machine and the command) and OUT/levers.md (the table).
+probabilities averaged) and the mean of the seed models' probabilities on the fixed split's test posts. Finished runs are kept, so the script resumes. It writes the record
+OUT/levers.json (``record.py``: the figures, the git revision, the package versions, the machine, the load average,
+the command, the date; ``--json PATH`` writes a copy there too) and OUT/levers.md (the table).
 
     python benchmarks/bench_levers.py --data DIR --out OUT [--levers base,pad,ocr] [--base "--profile fast"]
     python benchmarks/bench_levers.py render OUT [OUT2 ...]     # the tables of finished outputs, merged
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import Recorder, add_json_option
+from render import levers_table, mean_std, read_record, render_levers
 
 LEVERS = {  # name -> training flags over the base
     "base": [],
@@ -128,59 +130,9 @@ def seed_average(folder: Path, split: Path, seeds: list[int], data: str) -> dict
     return figures
 
 
-def versions() -> dict:
-    from importlib import metadata
-
-    found = {}
-    for name in ("mmsent", "torch", "onnxruntime", "rapidocr-onnxruntime", "scikit-learn", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return ""
-
-
-def cell(pair) -> str:
-    return f"{pair[0]:.4f} ± {pair[1]:.4f}"
-
-
-def markdown(results: dict, base: str) -> str:
-    lines = [f"Base: `{base or '(the default)'}`; CV: mean ± std over seeds of the 5-fold CV means; fixed split: "
-             "mean ± std over seeds on the 400 test posts; decision: the macro-F1 decision rule, cross-fitted on "
-             "the out-of-fold probabilities; seeds averaged: the seed models' mean probabilities (CV: `mmsent "
-             "ensemble` of the seed runs, each post predicted out of fold by every seed).", "",
-             "| lever | CV accuracy | CV weighted F1 | CV macro F1 | CV macro F1, decision rule | fixed-split "
-             "accuracy | fixed-split weighted F1 | fixed-split macro F1 | seeds averaged, CV: accuracy / weighted "
-             "F1 / macro F1 | seeds averaged, fixed split: accuracy / weighted F1 / macro F1 | train s/seed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-
-    def three(figures):
-        return " / ".join(f"{figures[key]:.4f}" for key in FIGURES) if figures else ""
-
-    for name, r in results.items():
-        cv, fixed = r["cv"], r["fixed_split"]
-        lines.append(f"| {name} | {cell(cv['accuracy'])} | {cell(cv['weighted_f1'])} | {cell(cv['macro_f1'])} | "
-                     f"{cell(cv['decision_macro_f1']['macro_f1'])} | {cell(fixed['accuracy'])} | "
-                     f"{cell(fixed['weighted_f1'])} | {cell(fixed['macro_f1'])} | {three(cv.get('seed_average'))} | "
-                     f"{three(fixed.get('seed_average'))} | {cv['train_seconds_per_seed']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
 def render(folders: list[Path]) -> str:
     """One Markdown table per base from the levers.json of several output folders (their rows in the given order)."""
-    by_base: dict[str, dict] = {}
-    for folder in folders:
-        record = json.loads((folder / "levers.json").read_text())
-        by_base.setdefault(record["base"], {}).update(record["levers"])
-    return "\n".join(markdown(results, base) for base, results in by_base.items())
+    return render_levers([read_record(folder / "levers.json") for folder in folders])
 
 
 def main(argv=None) -> None:
@@ -194,7 +146,9 @@ def main(argv=None) -> None:
     parser.add_argument("--base", default="", help="flags every lever shares, e.g. '--profile fast'")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--no-fixed-split", action="store_true", help="CV only")
+    add_json_option(parser)
     args = parser.parse_args(argv)
+    recorder = Recorder("levers", None if argv is None else [sys.argv[0], *argv])
     names = [n for n in args.levers.split(",") if n]
     unknown = [n for n in names if n not in LEVERS]
     if unknown:
@@ -206,22 +160,22 @@ def main(argv=None) -> None:
     if not (split / "test.txt").is_file():
         mmsent("split", "--data", args.data, "--out", str(split), log=log)
     results_file = args.out / "levers.json"
-    results = json.loads(results_file.read_text())["levers"] if results_file.is_file() else {}
+    results = read_record(results_file)["figures"]["levers"] if results_file.is_file() else {}
     for name in names:
         flags = shlex.split(args.base) + LEVERS[name]
         cv = cv_figures(args.out / name / "cv", seeds, args.data, flags, log)
         fixed = ({key: [float("nan")] * 2 for key in FIGURES} if args.no_fixed_split else
                  fixed_figures(args.out / name / "fixed", split, seeds, args.data, flags, log))
         results[name] = {"flags": flags, "cv": cv, "fixed_split": fixed}
-        record = {"levers": results, "base": args.base, "seeds": seeds, "revision": revision(),
-                  "versions": versions(), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                  "cpus": __import__("os").cpu_count(), "command": shlex.join(sys.argv)}
-        results_file.write_text(json.dumps(record, indent=2))
-        (args.out / "levers.md").write_text(markdown(results, args.base))
-        print(f"{name}: CV accuracy {cell(cv['accuracy'])}, macro F1 {cell(cv['macro_f1'])} "
-              f"(decision rule {cell(cv['decision_macro_f1']['macro_f1'])}); fixed split accuracy "
-              f"{cell(fixed['accuracy'])}, weighted F1 {cell(fixed['weighted_f1'])}, macro F1 "
-              f"{cell(fixed['macro_f1'])}", flush=True)
+        figures = {"base": args.base, "seeds": seeds, "levers": results}
+        recorder.write(results_file, figures)
+        if args.json:
+            recorder.write(args.json, figures)
+        (args.out / "levers.md").write_text(levers_table(results, args.base))
+        print(f"{name}: CV accuracy {mean_std(cv['accuracy'])}, macro F1 {mean_std(cv['macro_f1'])} "
+              f"(decision rule {mean_std(cv['decision_macro_f1']['macro_f1'])}); fixed split accuracy "
+              f"{mean_std(fixed['accuracy'])}, weighted F1 {mean_std(fixed['weighted_f1'])}, macro F1 "
+              f"{mean_std(fixed['macro_f1'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,16 @@ largest boxes read), on the first N images of the training file; and how often t
 
     python benchmarks/bench_ocr.py --data DIR [--images 100]
 
-It writes OUT.json (default ``bench_ocr.json``) with the figures, the git revision, the package versions and the
-command. No cache is read or written.
+It writes the figures as a JSON record (``record.py``) to ``--json`` (default ``bench_ocr.json``; ``--out`` is the
+same option). No cache is read or written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
+
+from record import Recorder, add_json_option
 
 from mmsent.config import OcrConfig
 from mmsent.data.dataset import open_data
@@ -46,8 +43,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/mvsa")
     parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("bench_ocr.json"))
+    add_json_option(parser, "bench_ocr.json")
+    parser.add_argument("--out", dest="json", help=argparse.SUPPRESS)  # the option's earlier name
     args = parser.parse_args(argv)
+    recorder = Recorder("ocr", None if argv is None else ["benchmarks/bench_ocr.py", *argv])
     split = open_data(args.data, "train")
     raws = [raw for raw in map(split.read_image_bytes, split.guids[:args.images]) if raw is not None]
     config = OcrConfig(enabled=True)
@@ -64,9 +63,7 @@ def main(argv=None) -> None:
     }
     for key, value in figures.items():
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
-    record = {"figures": figures, "engine": engine_version(), "python": sys.version.split()[0],
-              "machine": platform.machine(), "command": shlex.join(sys.argv)}
-    args.out.write_text(json.dumps(record, indent=2))
+    recorder.write(args.json, figures, engine=engine_version())
 
 
 if __name__ == "__main__":

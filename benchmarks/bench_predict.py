@@ -9,6 +9,8 @@ cache key, text features, image features, the fold ensemble), then the `mmsent p
 
 With ``--export MODEL`` (``mmsent export --run RUN --out MODEL``) each round runs the cold ``mmsent predict`` command
 from the run, then from the export, back to back, and compares their wall times and their predictions.
+
+The figures of every round also go to a JSON record (``record.py``): ``--json`` (default: bench_predict.json).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from record import Recorder, add_json_option  # noqa: E402
 
 KEPT = ("onnx", "models")  # cache folders that a trained run leaves warm: graph exports, unpacked models
 
@@ -83,8 +87,9 @@ def cold_predict(run: Path, data: Path, cache: str) -> tuple[float, list[str]]:
     return time.perf_counter() - mark, out.read_text().splitlines()
 
 
-def compare_export(run: Path, model: Path, data: Path, rounds: int) -> None:
-    """Cold predict from the run and from its export, back to back, ``rounds`` times."""
+def compare_export(run: Path, model: Path, data: Path, rounds: int) -> list[dict]:
+    """Cold predict from the run and from its export, back to back, ``rounds`` times: each round's figures."""
+    figures = []
     for round_ in range(1, rounds + 1):
         caches = [cold_cache(), cold_cache()]
         try:
@@ -96,6 +101,9 @@ def compare_export(run: Path, model: Path, data: Path, rounds: int) -> None:
         same = sum(a == b for a, b in zip(run_rows[1:], export_rows[1:]))
         print(f"round {round_}: mmsent predict from the run {run_s:.1f} s, from the export {export_s:.1f} s "
               f"({export_s / run_s:.0%} of the run's); {same} of {len(run_rows) - 1} labels the same", flush=True)
+        figures.append({"run_seconds": run_s, "export_seconds": export_s, "same_labels": same,
+                        "rows": len(run_rows) - 1})
+    return figures
 
 
 def main() -> None:
@@ -106,15 +114,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--export", type=Path, help="an export of --run: compare cold predict from each")
     parser.add_argument("--phases-only", action="store_true", help=argparse.SUPPRESS)  # the child process
+    add_json_option(parser, "bench_predict.json")
     args = parser.parse_args()
+    recorder = Recorder("predict")
     if args.export:
-        return compare_export(args.run, args.export, args.data, args.rounds)
+        recorder.write(args.json, {"export_rounds": compare_export(args.run, args.export, args.data, args.rounds)})
+        return
     if args.phases_only:
         print(json.dumps(time_phases(args.run, args.data, args.backend)))
         return
     if not (args.run / "config.json").is_file() and not (args.run / "ensemble.json").is_file():
         sys.exit(f"{args.run} is not a run folder: train one with 'mmsent train' (or 'make run')")
     backend = ["--backend", args.backend] if args.backend else []
+    rounds = []
     for round_ in range(1, args.rounds + 1):
         caches = [cold_cache(), cold_cache()]
         try:
@@ -136,6 +148,8 @@ def main() -> None:
                 shutil.rmtree(cache)  # the links to the kept folders go, not what they point to
         print(f"round {round_}: " + ", ".join(f"{name} {value:.2f} s" for name, value in phases.items()))
         print(f"round {round_}: mmsent predict {wall:.1f} s wall, {rows} rows")
+        rounds.append({"phase_seconds": phases, "predict_seconds": wall, "rows": rows})
+    recorder.write(args.json, {"backend": args.backend, "rounds": rounds})
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,8 @@ text only (`--modality text --profile fast`). The tables to predict hold short g
 image column. A fresh feature cache (a temp folder) is used; predicting a table does not use it.
 
     python benchmarks/bench_predict_table.py [--sizes 20000,100000] [--chunk-size 1000] [--keep DIR]
+
+The figures also go to a JSON record (``record.py``): ``--json`` (default: bench_predict_table.json).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import Recorder, add_json_option
 
 WORDS = {"positive": ["love", "great", "happy", "beautiful", "win", "amazing"],
          "neutral": ["today", "meeting", "report", "street", "photo", "train"],
@@ -58,7 +62,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="20000,100000", help="rows of each table to predict")
     parser.add_argument("--chunk-size", default="1000")
     parser.add_argument("--keep", type=Path, help="folder to keep the tables, the run and the outputs in")
+    add_json_option(parser, "bench_predict_table.json")
     args = parser.parse_args()
+    recorder = Recorder("predict_table")
+    figures = {"chunk_size": int(args.chunk_size), "sizes": {}}
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_predict_table_"))
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["MMSENT_CACHE_DIR"] = str(folder / "cache")
@@ -69,6 +76,7 @@ def main() -> None:
         seconds, _ = mmsent("train", "--data", str(train), "--out", str(run), "--overwrite", "--profile", "fast",
                             "--modality", "text", "--folds", "2", "--epochs", "5")
         print(f"train: {seconds:.1f} s")
+        figures["train_seconds"] = seconds
     for size in map(int, args.sizes.split(",")):
         table = write_table(folder / f"table_{size}.csv", size, labelled=False, seed=size)
         out = folder / f"predictions_{size}.csv"
@@ -78,6 +86,8 @@ def main() -> None:
             written = sum(1 for _ in csv.reader(handle)) - 1
         assert written == size, f"{out} holds {written} rows, not {size}"
         print(f"{size} rows: {seconds:.1f} s wall for the command = {size / seconds:.0f} rows/s; peak RSS {peak} MiB")
+        figures["sizes"][str(size)] = {"seconds": seconds, "rows_per_second": size / seconds, "peak_rss_mib": peak}
+    recorder.write(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ CPU milliseconds per post to decode its image, to run the text encoder, the imag
 post at a time and in batches of 8; the cores divided by that is the most requests/s the machine can answer.
 
 The server runs as its own process (``python -m mmsent serve``) on 127.0.0.1; the load comes from --clients threads
-sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them.
+sending --requests multipart POSTs (image + text) in all. Prints the numbers and a JSON line with all of them, and
+writes them as a JSON record (``record.py``) to ``--json`` (default: bench_serve.json).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from record import Recorder, add_json_option
 
 
 def pick_post(data: Path, guid: str | None) -> str:
@@ -178,7 +180,7 @@ def scaling(run: Path, data: Path, levels: list[int], requests: int, src: Path |
     return figures
 
 
-def main_scaling(args) -> None:
+def main_scaling(args, recorder: Recorder) -> None:
     levels = [int(level) for level in args.levels.split(",")]
     results = {}
     if args.before_run:
@@ -189,6 +191,7 @@ def main_scaling(args) -> None:
         print(f"{name}: {args.run} served by this mmsent", flush=True)
         results[name] = scaling(args.run, args.data, levels, args.requests, flags=tuple(flags.split()))
     print(json.dumps(results))
+    recorder.write(args.json, {"scaling": results})
 
 
 def compute_floor(model: Path, data: Path, count: int = 64) -> dict:
@@ -238,7 +241,7 @@ def compute_floor(model: Path, data: Path, count: int = 64) -> dict:
     return figures
 
 
-def main_floor(args) -> None:
+def main_floor(args, recorder: Recorder) -> None:
     from mmsent.portable import is_export, usable_cores
 
     if not is_export(args.run):
@@ -249,6 +252,7 @@ def main_floor(args) -> None:
         print(f"batch {batch}: " + ", ".join(f"{name} {value:.1f}" for name, value in row.items())
               + f" CPU ms per post; {cores} cores: at most {1000 * cores / row['total']:.0f} posts/s")
     print(json.dumps({"cores": cores, "cpu_ms_per_post": figures}))
+    recorder.write(args.json, {"floor": {"cores": cores, "cpu_ms_per_post": figures}})
 
 
 def main() -> None:
@@ -266,11 +270,13 @@ def main() -> None:
     parser.add_argument("--serve-flags", action="append", metavar="FLAGS",
                         help="with --levels: serve --run with these mmsent serve flags (repeatable: one server each)")
     parser.add_argument("--floor", action="store_true", help="only the CPU time per post of an exported model")
+    add_json_option(parser, "bench_serve.json")
     args = parser.parse_args()
+    recorder = Recorder("serve")
     if args.floor:
-        return main_floor(args)
+        return main_floor(args, recorder)
     if args.levels:
-        return main_scaling(args)
+        return main_scaling(args, recorder)
 
     import torch
 
@@ -342,8 +348,10 @@ def main() -> None:
         print(f"  {name:7s} {d['label']:9s} " + " ".join(f"{label} {d['probabilities'][label]:.6f}"
                                                       for label in LABELS))
     print(f"API, CLI, folder and server agree: {agree} (max probability difference {max_diff:.2e})")
-    print(json.dumps({"guid": guid, "latency": latency, "load": load, "agree": agree, "max_diff": max_diff,
-                      "prediction": api.to_dict()}))
+    figures = {"guid": guid, "latency": latency, "load": load, "agree": agree, "max_diff": max_diff,
+               "prediction": api.to_dict()}
+    print(json.dumps(figures))
+    recorder.write(args.json, figures)
 
 
 if __name__ == "__main__":

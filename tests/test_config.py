@@ -42,7 +42,7 @@ def test_defaults_round_trip():
 
 
 def test_changed_values_round_trip_through_json():
-    config = RunConfig(model="baseline", modality="text")
+    config = RunConfig(model="custom", modality="text")
     config.train.lr, config.train.focal_alpha, config.fusion.heads = 0.0025, [0.25, 0.5, 0.25], 8
     config.text_prep.remove_stopwords, config.image.image_size = True, 0
     data = json.loads(json.dumps(config.to_dict()))
@@ -93,7 +93,7 @@ def test_default_instances_do_not_share_lists():
     ("custom.widths", "8, 16,32", [8, 16, 32]),
     ("custom.blocks", [2.0, 1], [2, 1]),
     ("text.name", "bert-base-uncased", "bert-base-uncased"),
-    ("model", "baseline", "baseline"),
+    ("model", "custom", "custom"),
 ])
 def test_apply_overrides_coerces(key, value, expected):
     config = apply_overrides(RunConfig(), {key: value})
@@ -315,3 +315,139 @@ def test_a_composed_config_takes_each_registered_option_once():
     things.register("clash", config=AlsoWidth)(object)
     with pytest.raises(ConfigError, match="ThingConfig.width is declared by both .*Width and .*AlsoWidth"):
         compose_config("ThingConfig", Common, things)
+
+
+# ----------------------------------------------------------------------------- types from annotations, allowed values
+
+
+@pytest.mark.parametrize("value", ["0.3,0.3,0.4", "[0.3, 0.3, 0.4]", [0.3, 0.3, 0.4], ["0.3", "0.3", "0.4"]])
+def test_a_list_whose_default_is_empty_parses_by_its_annotation(value):
+    config = apply_overrides(RunConfig(), {"train.focal_alpha": value})
+    assert config.train.focal_alpha == [0.3, 0.3, 0.4]
+    assert all(type(v) is float for v in config.train.focal_alpha)
+
+
+def test_set_on_the_command_line_parses_by_the_annotation():
+    from mmsent.cli import build_parser, user_overrides
+    from mmsent.config import resolve_config
+
+    args = build_parser().parse_args(["train", "--out", "run", "--set", "train.focal_alpha=0.3,0.3,0.4", "--set",
+                                      "data.labels=a,b", "--set", "custom.widths=[8, 16]"])
+    config = resolve_config(user_overrides(args))
+    assert config.train.focal_alpha == [0.3, 0.3, 0.4]
+    assert config.data.labels == ["a", "b"] and config.custom.widths == [8, 16]
+
+
+def test_every_key_has_a_resolved_annotation_including_the_composed_data_section():
+    from mmsent.config import config_types
+
+    kinds = config_types()
+    assert set(kinds) == {key for key, _, _ in config_fields()}
+    assert not any(isinstance(kind, str) for kind in kinds.values())  # no annotation left as a string
+    assert kinds["train.focal_alpha"] == list[float] and kinds["custom.widths"] == list[int]
+    assert kinds["data.labels"] == list[str] and kinds["data.allow_outside_paths"] is bool
+    assert kinds["text_prep.lowercase"] is bool and kinds["train.epochs"] is int and kinds["train.lr"] is float
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("False", False), ("on", True), (0, False), (True, True)])
+def test_bool_accepts_true_and_false(value, expected):
+    assert apply_overrides(RunConfig(), {"text_prep.lowercase": value}).text_prep.lowercase is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 0.5, None, ""])
+def test_bool_refuses_anything_else_clearly(value):
+    with pytest.raises(ConfigError, match=r"text_prep\.lowercase: expected true/false, got"):
+        apply_overrides(RunConfig(), {"text_prep.lowercase": value})
+
+
+@pytest.mark.parametrize("value", ["1.5", 1.5, "one", True])
+def test_an_int_field_refuses_what_is_not_an_integer(value):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int"):
+        apply_overrides(RunConfig(), {"train.epochs": value})
+
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("image.fit", "stretch", "crop, pad"),
+    ("train.decision", "recall", "accuracy, macro_f1"),
+    ("model", "transformer", "pretrained"),  # a registry's names
+    ("train.loss", "hinge", "cross_entropy"),
+    ("fusion.name", "sum", "cross_attention"),
+])
+def test_a_choice_field_refuses_an_unknown_value_naming_the_allowed_ones(key, bad, allowed):
+    config = RunConfig()
+    with pytest.raises(ConfigError, match=rf"{key.replace('.', chr(92) + '.')}: expected one of .*{allowed}.*"
+                                          rf"got '{bad}'"):
+        apply_overrides(config, {key: bad})
+    assert config == RunConfig()
+
+
+def test_the_cli_offers_the_values_allowed_values_allows():
+    from mmsent.cli import build_parser
+    from mmsent.config import allowed_values
+
+    actions = {action.dest: action for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    for key in ("model", "fusion.name", "train.loss", "train.backend", "train.decision"):
+        assert tuple(actions[f"cfg:{key}"].choices) == allowed_values(key), key
+
+
+def test_an_unknown_key_names_the_close_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'; did you mean train\.lr"):
+        apply_overrides(RunConfig(), {"train.lrr": "1"})
+    with pytest.raises(ConfigError, match="unknown config key 'zzz'; 'mmsent config' lists every key"):
+        apply_overrides(RunConfig(), {"zzz": "1"})
+
+
+def test_a_refused_override_among_several_changes_nothing():
+    config = RunConfig()
+    with pytest.raises(ConfigError):
+        apply_overrides(config, {"train.epochs": "3", "train.lr": "fast"})
+    assert config == RunConfig()
+
+
+@pytest.mark.parametrize("kind, value, expected", [
+    ("int | None", None, None),
+    ("int | None", "null", None),
+    ("int | None", "7", 7),
+    ("Optional[float]", "none", None),
+    ("Optional[float]", "0.5", 0.5),
+    ("str | None", None, None),
+    ("str | None", "none", "none"),  # a string field keeps the word
+    ("list", "a,b", ["a", "b"]),
+])
+def test_parse_value_by_annotation(kind, value, expected):
+    import typing
+
+    from mmsent.config import parse_value
+
+    assert parse_value("k", value, eval(kind, {"Optional": typing.Optional})) == expected
+
+
+def test_parse_value_refuses_by_annotation():
+    from mmsent.config import parse_value
+
+    with pytest.raises(ConfigError, match="k: expected int"):
+        parse_value("k", "x", int | None)
+    with pytest.raises(ConfigError, match="k: expected a comma-separated list of ints"):
+        parse_value("k", "1,x", list[int])
+
+
+def test_a_config_built_in_python_is_checked_by_the_same_function():
+    from mmsent.config import check_config
+
+    check_config(RunConfig())
+    config = RunConfig(modality="audio")
+    with pytest.raises(ConfigError, match="modality: expected one of all, image, text, got 'audio'"):
+        check_config(config)
+    config = RunConfig()
+    config.image.fit = "stretch"
+    with pytest.raises(ConfigError, match=r"image\.fit: expected one of crop, pad"):
+        check_config(config)
+
+
+def test_the_data_format_is_a_registered_one_or_detected():
+    from mmsent.registry import FORMATS
+
+    assert apply_overrides(RunConfig(), {"data.format": "table"}).data.format == "table"
+    assert apply_overrides(RunConfig(), {"data.format": ""}).data.format == ""
+    with pytest.raises(ConfigError, match=rf"data\.format: expected one of {', '.join(FORMATS.names())}"):
+        apply_overrides(RunConfig(), {"data.format": "xml"})

@@ -13,12 +13,22 @@ import os
 import sys
 import time
 import traceback
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import BACKENDS, ConfigError, config_fields, load_config_file, resolve_config
+from .config import (
+    BACKENDS,
+    ConfigError,
+    allowed_values,
+    config_fields,
+    config_types,
+    load_config_file,
+    resolve_config,
+    type_name,
+)
 from .data.images import MAX_IMAGE_PIXELS
 from .registry import FUSIONS, IMAGE_ENCODERS, LOSSES, MODEL_FAMILIES, PROFILES, TABLE_SUFFIXES, TEXT_ENCODERS
 
@@ -27,19 +37,6 @@ DEFAULT_TEST_FILE = "test_without_label.txt"
 DEFAULT_EVAL_FILE = "test.txt"
 _GRID_NOTE = "finished cells are kept, an interrupted grid continues"
 RUN_HELP = "run folder written by 'mmsent train', or an ensemble folder written by 'mmsent ensemble'"
-
-# Flags whose values must come from a registry (choices are derived, never hand-listed).
-_REGISTRY_CHOICES = {"model": MODEL_FAMILIES, "fusion.name": FUSIONS, "train.loss": LOSSES}
-
-
-def _choices(registry) -> list[str]:
-    """A registry's names, or none where its modules need a package that is not installed (a base install has no
-    PyTorch: the commands that need them say so when run)."""
-    try:
-        return registry.names()
-    except ImportError:
-        return []
-
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MMSENT_DATA", "../shared/data/mvsa")),
@@ -53,10 +50,8 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--format, --labels, the table's column names and --allow-outside-paths: the keys of ``RunConfig.data``."""
-    from .registry import FORMATS
-
     group = parser.add_argument_group("data format (config keys data.*)")
-    group.add_argument("--format", dest="cfg:data.format", choices=FORMATS.names(),
+    group.add_argument("--format", dest="cfg:data.format", choices=allowed_values("data.format"),
                        help="format of --data (default: detected from what --data is)")
     group.add_argument("--labels", dest="cfg:data.labels", metavar="A,B,...",
                        help="the label names in class order; rows with another label are refused (default: the "
@@ -89,18 +84,17 @@ def _label_files(args) -> tuple[Path, Path]:
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     """One option per config field that declares a short flag, plus --set KEY=VALUE for every field."""
     group = parser.add_argument_group("model and training (override --config)")
+    kinds = config_types()
     for key, spec, default in config_fields():
         flag = spec.metadata.get("flag")
         if not flag:
             continue
         kwargs = {"dest": f"cfg:{key}", "default": None, "metavar": key.rsplit(".", 1)[-1].upper(), "help": f"{spec.metadata.get('help', '')} (default: {default})"}
-        if isinstance(default, bool):  # a switch: --flag turns it on, --no-flag off
+        if kinds[key] is bool:  # a switch: --flag turns it on, --no-flag off
             kwargs = {"dest": kwargs["dest"], "default": None, "action": argparse.BooleanOptionalAction,
                       "help": f"{spec.metadata.get('help', '')} (default: {'on' if default else 'off'})"}
-        elif key in _REGISTRY_CHOICES:
-            kwargs["choices"] = _choices(_REGISTRY_CHOICES[key])
-        elif spec.metadata.get("choices"):
-            kwargs["choices"] = list(spec.metadata["choices"])
+        else:  # the values config.allowed_values allows (a registry that cannot be loaded: none listed)
+            kwargs["choices"] = list(allowed_values(key, spec) or ()) or None
         group.add_argument(flag, **kwargs)
     group.add_argument("--profile", choices=PROFILES.names(),
                        help="a named preset applied over the defaults (flags, --set and --config override it): "
@@ -764,24 +758,21 @@ def _config_flags() -> dict[str, str]:
     return {action.dest[4:]: action.option_strings[0] for action in parser._actions if action.dest.startswith("cfg:")}
 
 
-def _allowed_values(key: str, spec, default) -> str:
+def _allowed_values_text(key: str, spec, kind) -> str:
     """The values a config key takes, in words, for the reference."""
     open_registries = {"text.name": TEXT_ENCODERS, "image.name": IMAGE_ENCODERS}
-    if key == "data.format":
-        from .registry import FORMATS
-
-        return "`\"\"` (detected from `--data`), " + ", ".join(f"`{name}`" for name in FORMATS.names())
-    if key in _REGISTRY_CHOICES or spec.metadata.get("choices"):
-        names = _REGISTRY_CHOICES[key].names() if key in _REGISTRY_CHOICES else spec.metadata["choices"]
-        return ", ".join(f"`{name}`" for name in names)
+    allowed = allowed_values(key, spec)
+    if allowed is not None:
+        detected = "`\"\"` (detected from `--data`), " if key == "data.format" else ""
+        return detected + ", ".join(f"`{name}`" for name in allowed)
     if key in open_registries:
         return ", ".join(f"`{name}`" for name in open_registries[key].names()) + ", a Hugging Face id or a local folder"
-    if isinstance(default, bool):
+    if kind is bool:
         return "`true`, `false`"
-    if isinstance(default, list):
-        item = spec.metadata.get("item") or (type(default[0]) if default else float)
+    if kind is list or typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind) or (str,)
         return {int: "integers", float: "numbers", str: "names"}[item] + ", comma-separated"
-    return {int: "an integer", float: "a number", str: "text"}[type(default)]
+    return {int: "an integer", float: "a number", str: "text"}.get(kind, type_name(kind))
 
 
 def _code_settings(overrides: dict) -> str:
@@ -796,7 +787,7 @@ def config_reference_markdown() -> str:
     from .config import family_defaults
     from .profiles import profile_overrides
 
-    flags = _config_flags()
+    flags, kinds = _config_flags(), config_types()
     lines = ["<!-- generated by 'mmsent config --markdown > docs/config-reference.md': edit the help texts in "
              "src/mmsent/config.py, not this page -->", "", "# Configuration reference", "",
              "Every key of a run's `config.json`. Each is set by `--set KEY=VALUE`, by a `--config FILE` JSON (nested "
@@ -807,7 +798,7 @@ def config_reference_markdown() -> str:
              "| key | flag | default | values | what it does |", "| --- | --- | --- | --- | --- |"]
     for key, spec, default in config_fields():
         cells = (f"`{key}`", f"`{flags[key]}`" if key in flags else "", f"`{json.dumps(default)}`",
-                 _allowed_values(key, spec, default), spec.metadata.get("help", ""))
+                 _allowed_values_text(key, spec, kinds[key]), spec.metadata.get("help", ""))
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     lines += ["", "## Profiles", "", "`--profile NAME` applies these settings over the defaults.", ""]
     for name in PROFILES.names():

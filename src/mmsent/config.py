@@ -8,12 +8,20 @@ table's columns).
 A run's ``config.json`` is ``RunConfig.to_dict()``; ``--config FILE`` reads the same shape (any subset of keys),
 and command-line flags override it. Every field is reachable from the CLI as ``--set section.field=value``;
 the most used ones also have a short flag, declared once in the field's metadata (``flag``).
+
+A value is parsed and checked as its field's annotation (:func:`parse_value`: ``bool``, ``int``, ``float``, ``str``,
+``list[X]``, ``X | None``), and a key that takes only some values (a field's ``choices``, or the names of a registry:
+``REGISTRY_KEYS``) is checked by :func:`allowed_values` alone, which :func:`apply_overrides`, the CLI's flags and
+``mmsent config`` all use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,11 +40,15 @@ SELECTION_SETS = ("inner", "scored_fold")  # train.select_on: where early stoppi
 DECISION_RULES = ("accuracy", "macro_f1")  # train.decision: how a label is chosen (decision.RULES)
 
 
-def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, item: type | None = None,
-         **kw):
+# Config keys whose values are names registered in a registry of mmsent.registry (checked by allowed_values).
+# data.format also takes its default, '' (detected from the data).
+REGISTRY_KEYS = {"model": "MODEL_FAMILIES", "fusion.name": "FUSIONS", "train.loss": "LOSSES", "data.format": "FORMATS"}
+
+
+def _opt(default, flag: str | None = None, help: str = "", choices: tuple | None = None, **kw):
     """A dataclass field with CLI metadata (``flag``: the short option, ``help``: its text, ``choices``: the only
-    values allowed, ``item``: the element type of a list field whose default is empty)."""
-    metadata = {"flag": flag, "help": help, "choices": choices, "item": item}
+    values allowed). The field's annotation is the type its values are parsed and checked as."""
+    metadata = {"flag": flag, "help": help, "choices": choices}
     if callable(default):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
@@ -124,8 +136,8 @@ class CustomConfig:
     dropout: float = _opt(0.3, flag="--custom-dropout", help="dropout inside both encoders")
     max_length: int = _opt(64, help="tokens per text (longer texts are cut)")
     image_size: int = _opt(64, flag="--custom-image-size", help="side of the square input image")
-    widths: list = _opt(lambda: [16, 32, 64, 128], help="ResNet channels per stage (comma-separated)")
-    blocks: list = _opt(lambda: [1, 1, 1, 1], help="residual blocks per stage (comma-separated, one per width)")
+    widths: list[int] = _opt(lambda: [16, 32, 64, 128], help="ResNet channels per stage (comma-separated)")
+    blocks: list[int] = _opt(lambda: [1, 1, 1, 1], help="residual blocks per stage (comma-separated, one per width)")
     augment: bool = _opt(True, help="random crop and horizontal flip of training images")
 
 
@@ -162,7 +174,7 @@ class TrainConfig:
     warmup_ratio: float = _opt(0.1, help="share of steps with linear warm-up, then cosine decay")
     loss: str = _opt("cross_entropy", flag="--loss", help="loss registered by name")
     focal_gamma: float = _opt(2.0, help="focal loss focusing parameter")
-    focal_alpha: list = _opt(list, help="per-class focal alpha in label order (empty = 0.25 for every class)")
+    focal_alpha: list[float] = _opt(list, help="per-class focal alpha in label order (empty = 0.25 for every class)")
     label_smoothing: float = _opt(0.0, help="cross-entropy label smoothing")
     class_weight_power: float = _opt(0.0, help="cross-entropy weight of each class: (N / (classes * n_class)) ** power, "
                                                "counted on the training fold; 0 = off, 1 = balanced")
@@ -210,9 +222,9 @@ class DataOptions:
     """
 
     format: str = _opt("", help="data format registered in mmsent.data.formats; '' = detected from --data")
-    labels: list = _opt(list, item=str, help="the label names in class order; empty = the sorted names found in "
-                                             "the labelled rows (a run folder whose config.json has none predicts "
-                                             "negative,neutral,positive)")
+    labels: list[str] = _opt(list, help="the label names in class order; empty = the sorted names found in the "
+                                        "labelled rows (a run folder whose config.json has none predicts "
+                                        "negative,neutral,positive)")
 
 
 def normalised_labels(names) -> tuple[str, ...]:
@@ -319,68 +331,173 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@functools.lru_cache(maxsize=None)
+def field_types(cls: type) -> dict[str, Any]:
+    """A config dataclass's field name -> its annotation, resolved (``from __future__ import annotations`` leaves
+    strings; RunConfig's ``DataConfig`` is composed first)."""
+    return typing.get_type_hints(cls, localns={"DataConfig": data_config_class()} if cls is RunConfig else None)
+
+
 def config_fields(config: Any = None, prefix: str = ""):
-    """Yield (dotted_key, dataclass_field, owner_class) for every leaf field of RunConfig."""
+    """Yield (dotted_key, dataclass_field, default) for every leaf field of RunConfig."""
     cls = RunConfig if config is None else config
+    hints = field_types(cls)
     for f in fields(cls):
         if f.name == "version":
             continue
-        if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None):
-            yield from config_fields(f.type, prefix + f.name + ".")
-            continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            yield from config_fields(type(default), prefix + f.name + ".")
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from config_fields(hints[f.name], prefix + f.name + ".")
         else:
             yield prefix + f.name, f, default
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return bool(value)
-    if isinstance(default, list):
-        if isinstance(value, str):
+def config_types() -> dict[str, Any]:
+    """Every dotted config key -> the annotation of its field (``list[float]``, ``bool``, ``str | None``...)."""
+    types_by_key = {}
+    for key, spec, _ in config_fields():
+        *parents, _leaf = key.split(".")
+        owner = RunConfig
+        for part in parents:
+            owner = field_types(owner)[part]
+        types_by_key[key] = field_types(owner)[spec.name]
+    return types_by_key
+
+
+def _optional_of(kind: Any) -> Any:
+    """``X`` for ``Optional[X]`` / ``X | None``; None for any other annotation."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        others = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if len(others) == 1 and len(typing.get_args(kind)) == 2:
+            return others[0]
+    return None
+
+
+def type_name(kind: Any) -> str:
+    """An annotation in words for messages: ``list[float]`` -> 'list of floats'."""
+    if _optional_of(kind) is not None:
+        return f"{type_name(_optional_of(kind))} or null"
+    if kind is list or typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind) or (str,)
+        return f"comma-separated list of {type_name(item)}s"
+    return {bool: "true/false"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def parse_value(key: str, value: Any, kind: Any) -> Any:
+    """``value`` (a string from the command line, or a JSON value) as the annotation ``kind`` of config key ``key``:
+    ``bool``, ``int``, ``float``, ``str``, ``list``/``list[X]`` (comma-separated or a JSON list), ``Optional[X]``
+    (null/none or an X). ConfigError naming the key and the expected type otherwise."""
+    inner = _optional_of(kind)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and inner is not str):
+            return None
+        return parse_value(key, value, inner)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if kind is list or typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind) or (str,)
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key}: expected a JSON list or a {type_name(kind)}, got {value!r}") from None
+        elif isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a comma-separated list, got {value!r}")
-        kind = type(default[0]) if default else float  # the default's element type: int for [32, 64], else float
+            raise ConfigError(f"{key}: expected a {type_name(kind)}, got {value!r}")
         try:
-            return [_coerce(key, v, kind(0)) for v in value]
+            return [parse_value(key, v.strip() if isinstance(v, str) else v, item) for v in value]
         except ConfigError:
-            raise ConfigError(f"{key}: expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if isinstance(value, bool) or isinstance(value, (list, dict)) or value is None:
-        raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
-    for kind in (int, float, str):
-        if isinstance(default, kind):
-            try:
-                if kind is int and isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                return kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a {type_name(kind)}, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if kind in (int, float):
+        if isinstance(value, (bool, list, dict)) or value is None:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+        try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return kind(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    return value  # an annotation without a parser (Any): taken as given
+
+
+def allowed_values(key: str, spec: dataclasses.Field | None = None) -> tuple[str, ...] | None:
+    """The only values config key ``key`` takes: its field's ``choices``, or the names of the registry it names
+    (``REGISTRY_KEYS``); None when any value of its type is allowed, or when the registry cannot be loaded (a
+    missing optional package: what needs it says so when run)."""
+    if spec is None:
+        spec = {k: s for k, s, _ in config_fields()}[key]
+    if spec.metadata.get("choices"):
+        return tuple(spec.metadata["choices"])
+    if key in REGISTRY_KEYS:
+        from . import registry
+
+        names = getattr(registry, REGISTRY_KEYS[key])
+        if names.loading:
+            return None
+        try:
+            return tuple(names.names())
+        except ImportError:
+            return None
+    return None
+
+
+def check_allowed(key: str, value: Any, spec: dataclasses.Field | None = None, default: Any = None) -> None:
+    """ConfigError unless ``value`` is one of ``allowed_values(key)`` (the field's default always is)."""
+    if value == default and spec is not None:
+        return
+    allowed = allowed_values(key, spec)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def config_value(config: RunConfig, key: str) -> Any:
+    """The value of dotted ``key`` in ``config``."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
     return value
 
 
+def check_config(config: RunConfig) -> None:
+    """ConfigError for the first value of ``config`` that its key does not allow (a config built in Python, not
+    through :func:`apply_overrides`)."""
+    for key, spec, default in config_fields():
+        check_allowed(key, config_value(config, key), spec, default)
+
+
+def unknown_key_error(key: str, known) -> ConfigError:
+    """The error for a config key that is not one: it names the closest keys, if any."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "'mmsent config' lists every key"
+    return ConfigError(f"unknown config key {key!r}; {hint}")
+
+
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Set dotted keys (``train.lr``) on ``config`` in place, with type checks."""
+    """Set dotted keys (``train.lr``) on ``config`` in place, each parsed as its field's annotation and checked
+    against its allowed values; nothing is changed when one is refused."""
     known = {key: (spec, default) for key, spec, default in config_fields()}
+    kinds = config_types()
+    parsed = {}
     for key, value in overrides.items():
         if key not in known:
-            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}")
+            raise unknown_key_error(key, known)
         spec, default = known[key]
-        item = spec.metadata.get("item")
-        value = _coerce(key, value, [item()] if item and default == [] else default)
-        choices = spec.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        parsed[key] = parse_value(key, value, kinds[key])
+        check_allowed(key, parsed[key], spec, default)
+    for key, value in parsed.items():
         owner = config
         *parents, leaf = key.split(".")
         for part in parents:

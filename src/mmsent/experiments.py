@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, apply_overrides, config_fields, flatten, resolve_config
+from .config import ConfigError, RunConfig, apply_overrides, config_fields, config_types, flatten, resolve_config
 from .atomic import atomic_write_json, atomic_write_text
 from .cv import format_summary, protocol_of, train_cv
 from .runfolder import RunError, config_differences, is_finished, is_run, read_metrics, trained_config
@@ -82,7 +83,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """
     if not items:
         raise ConfigError("--grid needs at least one KEY=V1,V2,... (e.g. --grid heads=4,8 ffn_dim=256,512)")
-    defaults = {key: default for key, _, default in config_fields()}
+    kinds = config_types()
     grid: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
@@ -93,7 +94,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"{key} cannot be swept: every cell of a grid is evaluated on the same folds")
         if key in grid:
             raise ConfigError(f"{key} is given twice in --grid")
-        separator = ";" if isinstance(defaults[key], list) else ","
+        separator = ";" if kinds[key] is list or typing.get_origin(kinds[key]) is list else ","
         values = [v.strip() for v in raw.split(separator) if v.strip()]
         if not values:
             raise ConfigError(f"--grid {name}: no values given")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import MODALITIES, RunConfig, run_labels
+from .config import MODALITIES, RunConfig, check_config, run_labels  # noqa: F401 (MODALITIES: imported from here)
 from .errors import ConfigError
 from .encoders.base import Tower, TrainableEncoder
 from .fusion import create_fusion
@@ -118,8 +118,7 @@ def load_towers(config: RunConfig, device: torch.device, log=print) -> Towers:
 
 
 def build_towers(config: RunConfig) -> Towers:
-    if config.modality not in MODALITIES:
-        raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
+    check_config(config)  # a config built in Python has not been through apply_overrides
     return MODEL_FAMILIES.create(config.model, config)
 
 
