@@ -126,6 +126,19 @@ def test_the_estimator_trains_and_predicts_only_through_the_library_functions():
     assert not imported & {"mmsent.cv", "mmsent.seeds", "mmsent.training", "mmsent.predict", "mmsent.features"}
 
 
+PREDICTION_SIDE = ("mmsent.predict", "mmsent.predict_table", "mmsent.prediction", "mmsent.portable", "mmsent.export",
+                   "mmsent.explain", "mmsent.serve", "mmsent.evaluation", "mmsent.ensemble", "mmsent.stacking")
+
+
+def test_prediction_reaches_the_inference_loop_not_the_training_loop():
+    """The inference loop (``predict_probs``, ``FeatureBatches``) lives in ``mmsent.inference``, which the training
+    loop imports and which imports no training: predicting never imports ``mmsent.training``."""
+    graph = import_graph()
+    assert "mmsent.training" not in graph["mmsent.inference"]
+    assert "mmsent.inference" in graph["mmsent.training"]
+    assert [name for name in PREDICTION_SIDE if "mmsent.training" in graph[name]] == []
+
+
 def test_functions_are_short_or_say_why():
     long = []
     for path in PACKAGE.rglob("*.py"):

@@ -18,7 +18,8 @@ from mmsent.config import LABELS, RunConfig
 from mmsent.data.dataset import open_split
 from mmsent.model import MultimodalClassifier, build_towers
 from mmsent.registry import FUSIONS, MODEL_FAMILIES
-from mmsent.training import FeatureBatches, fit
+from mmsent.inference import FeatureBatches
+from mmsent.training import fit
 
 pytestmark = pytest.mark.gpu
 

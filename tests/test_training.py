@@ -11,7 +11,8 @@ from torch import nn
 from mmsent.config import TrainConfig
 from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, create_loss, probabilities
 from mmsent.metrics import classification_metrics, format_mean_std
-from mmsent.training import FeatureBatches, fit, predict_probs
+from mmsent.inference import FeatureBatches, predict_probs
+from mmsent.training import fit
 
 
 def _text_features(n=50, length=12, dim=4, seed=0):

@@ -30,12 +30,13 @@ from .data.folds import fold_assignment, stratified_folds
 from .data.records import DataError
 from .distributed import Shard, current_shard
 from .features import compute_features
+from .inference import FeatureBatches, predict_probs, resolve_device
 from .metrics import classification_metrics, format_mean_std
 from .model import MultimodalClassifier, Towers, load_towers
 from .runfolder import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, OutOfFold, RunError, finished_fold, fold_dir,
                         prepare_run_dir, write_calibration_dict, write_decision_dict, write_fold_result, write_metrics,
                         write_oof)
-from .training import FeatureBatches, fit, predict_probs, resolve_device
+from .training import fit
 
 
 def seed_everything(seed: int) -> None:

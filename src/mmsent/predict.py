@@ -17,13 +17,12 @@ from .data.dataset import Split
 from .data.text import clean_text, decode_text
 from .decision import DecisionRule, decide
 from .features import compute_features
+from .inference import FeatureBatches, predict_probs, resolve_device
 from .model import MultimodalClassifier, Towers, load_towers
 from .prediction import Prediction, Predictor
 from .runfolder import (AVERAGE_DIR, RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict,
                         read_run_config, read_stacker_dict, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
-from .training import FeatureBatches, predict_probs, resolve_device
-
 
 __all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "write_predictions"]
 
