@@ -139,6 +139,14 @@ def test_prediction_reaches_the_inference_loop_not_the_training_loop():
     assert [name for name in PREDICTION_SIDE if "mmsent.training" in graph[name]] == []
 
 
+def test_run_summaries_are_apart_from_cross_validation():
+    """A run's summary figures and their printing (``mmsent.summaries``) read metrics only: no run folder, no
+    training; reporting and ensembling import them there, not from ``mmsent.cv``."""
+    graph = import_graph()
+    assert not graph["mmsent.summaries"] & {"mmsent.cv", "mmsent.runfolder", "mmsent.training", "mmsent.inference"}
+    assert [name for name in ("mmsent.ensemble", "mmsent.report", "mmsent.export") if "mmsent.cv" in graph[name]] == []
+
+
 def test_functions_are_short_or_say_why():
     long = []
     for path in PACKAGE.rglob("*.py"):

@@ -498,7 +498,7 @@ def cmd_ensemble(args) -> int:
                              stack_c=_stack_strength(args.stack_c))
     print(format_ensemble(metrics))
     from .calibration import format_calibration
-    from .cv import describe_protocol
+    from .summaries import describe_protocol
 
     print(f"protocol: {describe_protocol(metrics)}")
     print(format_calibration(metrics["calibration"]))

@@ -284,7 +284,7 @@ def folder_size(folder: Path) -> int:
 
 
 def _figures(run_dir: Path) -> list[str]:
-    from .cv import describe_protocol
+    from .summaries import describe_protocol
 
     try:
         metrics = read_metrics(run_dir)
