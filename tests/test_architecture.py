@@ -101,6 +101,9 @@ def test_the_package_has_no_import_cycle():
     ("mmsent.encoders.base", ("mmsent.encoders.",)),  # the encoder interface
     ("mmsent.runfolder", ("mmsent.cv", "mmsent.predict", "mmsent.ensemble", "mmsent.report")),
     ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
+    ("mmsent.calibration", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble",
+                            "mmsent.data")),  # the maths only: runs are recalibrated by mmsent.refit
+    ("mmsent.decision", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble")),
     ("mmsent.paths", ("mmsent.",)),  # a leaf
     ("mmsent.atomic", ("mmsent.",)),
     ("mmsent.registry", ("mmsent.encoders", "mmsent.data", "mmsent.fusion", "mmsent.losses", "mmsent.model",
@@ -145,6 +148,14 @@ def test_run_summaries_are_apart_from_cross_validation():
     graph = import_graph()
     assert not graph["mmsent.summaries"] & {"mmsent.cv", "mmsent.runfolder", "mmsent.training", "mmsent.inference"}
     assert [name for name in ("mmsent.ensemble", "mmsent.report", "mmsent.export") if "mmsent.cv" in graph[name]] == []
+
+
+def test_a_finished_run_is_refitted_in_one_place():
+    """Recalibrating a finished run and fitting its decision rule again rebuild its scored folds the same way, in
+    ``mmsent.refit``; cross-validation does not import it (nor it cross-validation)."""
+    graph = import_graph()
+    assert "mmsent.cv" not in graph["mmsent.refit"] and "mmsent.refit" not in graph["mmsent.cv"]
+    assert [name for name, imported in graph.items() if "mmsent.refit" in imported] == ["mmsent.cli"]
 
 
 def test_functions_are_short_or_say_why():

@@ -326,35 +326,3 @@ def join_splits(train: Split, val: Split) -> Split:
 def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:
     log(f"fold {row['fold'] + 1}/{folds}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
         f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']}){suffix}")
-
-
-def decide_run(run_dir: Path, rule: str) -> DecisionRule:
-    """Fit the decision rule ``rule`` of a finished run from its out-of-fold probabilities and its folds (rebuilt
-    from its config); writes decision.json (removed for ``accuracy``: the most probable class) and metrics.json's
-    ``decision``. Predict, evaluate and serve then label by it."""
-    from .data.folds import fold_assignment, stratified_folds
-    from .runfolder import (DECISION_FILE, is_ensemble, read_metrics, read_oof, require_current_folds,
-                            trained_config)
-
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        raise RunError(f"{run_dir} is an ensemble; fit the decision rule of a run ('mmsent decide --run RUN')")
-    config = trained_config(run_dir)
-    metrics = read_metrics(run_dir)
-    oof = read_oof(run_dir)
-    labels = oof.label_indices()
-    if metrics.get("protocol", {}).get("name") == "fixed_split":
-        fold_of = np.zeros(len(labels), dtype=np.int64)  # the validation posts: cross-fitted over parts of their own
-    else:
-        require_current_folds(config, run_dir, "have its decision rule fitted from its out-of-fold predictions")
-        fold_of = fold_assignment(stratified_folds(labels.tolist(), config.train.folds, config.train.seed),
-                                  len(labels))
-    decision = fit_decision(oof.probs, labels, fold_of, rule, oof.classes)
-    metrics.pop("decision", None)
-    if rule == "accuracy":
-        (run_dir / DECISION_FILE).unlink(missing_ok=True)
-    else:
-        write_decision_dict(run_dir, decision.to_dict())
-        metrics["decision"] = decision.to_dict()
-    write_metrics(run_dir, metrics)
-    return decision

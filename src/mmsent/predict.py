@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text
-from .calibration import apply_temperature, read_temperature
+from .calibration import apply_temperature
 from .config import RunConfig, run_labels
 from .data.dataset import Split
 from .data.text import clean_text, decode_text
@@ -21,7 +21,7 @@ from .inference import FeatureBatches, predict_probs, resolve_device
 from .model import MultimodalClassifier, Towers, load_towers
 from .prediction import Prediction, Predictor
 from .runfolder import (AVERAGE_DIR, RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict,
-                        read_run_config, read_stacker_dict, read_weights, weight_files)
+                        read_run_config, read_stacker_dict, read_temperature, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
 
 __all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "write_predictions"]
