@@ -158,6 +158,21 @@ def test_a_finished_run_is_refitted_in_one_place():
     assert [name for name, imported in graph.items() if "mmsent.refit" in imported] == ["mmsent.cli"]
 
 
+GENERIC_OF_LABELS = ("metrics.py", "losses.py", "data/posts.py", "data/formats.py", "data/folder.py", "data/table.py",
+                     "data/folds.py", "data/check.py", "data/convert.py")
+
+
+@pytest.mark.parametrize("module", GENERIC_OF_LABELS)
+def test_generic_functions_take_the_class_set_explicitly(module):
+    """The three MVSA polarities (``config.LABELS``) are the label set of a run saved without one and of the MVSA
+    releases, never a silent default: metrics, losses and the generic data modules are given the run's labels."""
+    tree = ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
+    named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    named |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              for alias in node.names}
+    assert "LABELS" not in named
+
+
 def test_functions_are_short_or_say_why():
     long = []
     for path in PACKAGE.rglob("*.py"):
