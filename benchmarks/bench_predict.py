@@ -33,11 +33,11 @@ def time_phases(run: Path, data: Path, backend: str | None) -> dict[str, float]:
     """Seconds per phase of one prediction, in this (fresh) process."""
     from mmsent.data.dataset import open_split
     from mmsent.features import load_or_compute
-    from mmsent.predict import LoadedRun, load_run
+    from mmsent.predict import LoadedRun, load_run_folder
 
     seconds = {"imports": time.perf_counter() - START}
     mark = time.perf_counter()
-    predictor = load_run(run, backend=backend)
+    predictor = load_run_folder(run, backend=backend)
     if not isinstance(predictor, LoadedRun):
         sys.exit(f"{run} is an ensemble: time one of its member runs")
     seconds["load run"] = time.perf_counter() - mark

@@ -173,6 +173,15 @@ def test_generic_functions_take_the_class_set_explicitly(module):
     assert "LABELS" not in named
 
 
+def test_load_run_is_one_function():
+    """``mmsent.load_run`` (a run, an ensemble or an exported model) is the only function of that name: the one
+    that loads a run folder with PyTorch is ``mmsent.predict.load_run_folder``."""
+    defined = [module_name(path) for path in PACKAGE.rglob("*.py")
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "load_run"]
+    assert defined == ["mmsent"]
+
+
 def test_functions_are_short_or_say_why():
     long = []
     for path in PACKAGE.rglob("*.py"):
