@@ -159,7 +159,7 @@ def test_a_finished_run_is_refitted_in_one_place():
 
 
 GENERIC_OF_LABELS = ("metrics.py", "losses.py", "data/posts.py", "data/formats.py", "data/folder.py", "data/table.py",
-                     "data/folds.py", "data/check.py", "data/convert.py")
+                     "data/dataset.py", "data/folds.py", "data/check.py", "data/convert.py")
 
 
 @pytest.mark.parametrize("module", GENERIC_OF_LABELS)

@@ -11,7 +11,7 @@ import pytest
 from mmsent.calibration import apply_temperature
 from mmsent.cli import main
 from mmsent.config import LABELS
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.data.folds import stratified_folds
 from mmsent.data.text import decode_text
 from mmsent.runfolder import read_oof
@@ -51,7 +51,7 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     assert "ensemble of 2 runs, 4 fold models" in capsys.readouterr().out
     loaded = load_run_folder(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.modalities == ["text", "image"]
-    split = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
+    split = open_data(dataset, "test")
     members = [load_run_folder(first), load_run_folder(second)]
     for member in members:  # the ensemble averages its members' uncalibrated probabilities, then applies its own T
         member.temperature = 1.0
@@ -162,7 +162,7 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     guids, names, probs = oof.guids, oof.labels, oof.probs
     labels = np.array([LABELS.index(n) for n in names])
     member_probs = [read_oof(run).probs for run in (first, second)]
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))
     folds = stratified_folds(labels.tolist(), 2, 42)
@@ -174,7 +174,7 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
 
     loaded = load_run_folder(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.stacker is not None
-    test = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
+    test = open_data(dataset, "test")
     members = [load_run_folder(run) for run in (first, second)]
     for member in members:  # the stacker was fitted on, and combines, the members' uncalibrated probabilities
         member.temperature = 1.0

@@ -16,7 +16,7 @@ from mmsent.calibration import (Calibration, apply_temperature, expected_calibra
                                 fit_temperature, negative_log_likelihood)
 from mmsent.cli import main
 from mmsent.config import LABELS, TrainConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.data.folds import stratified_folds
 from mmsent.evaluation import classification_report, make_split
 from mmsent.experiments import display_rows
@@ -49,7 +49,7 @@ def _spy_fit(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_path, monkeypatch):
     calls = _spy_fit(monkeypatch)
     metrics = train_run(larger_dataset, tmp_path / "run", "--folds", "3", "--epochs", "2", "--inner-val", "0.2")
-    labels = np.array(open_split(larger_dataset, larger_dataset / "train.txt", labelled=True).labels)
+    labels = np.array(open_data(larger_dataset).labels)
     folds = stratified_folds(labels, 3, 42)
     assert len(calls) == 3
     for (train_idx, scored_idx), (fit_idx, chosen_on) in zip(folds, calls):
@@ -66,7 +66,7 @@ def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_p
 def test_old_protocol_chooses_on_the_scored_fold(dataset, tmp_path, monkeypatch, capsys):
     calls = _spy_fit(monkeypatch)
     metrics = train_run(dataset, tmp_path / "run", "--select-on", "scored_fold")
-    labels = open_split(dataset, dataset / "train.txt", labelled=True).labels
+    labels = open_data(dataset).labels
     for (train_idx, scored_idx), (fit_idx, chosen_on) in zip(stratified_folds(labels, 2, 42), calls):
         assert np.array_equal(fit_idx, train_idx) and np.array_equal(chosen_on, scored_idx)
     assert metrics["protocol"]["name"] == "cv_select_on_scored_fold"
@@ -75,7 +75,7 @@ def test_old_protocol_chooses_on_the_scored_fold(dataset, tmp_path, monkeypatch,
 
 def test_scored_fold_labels_never_reach_its_model(larger_dataset, tmp_path, monkeypatch):
     """Change only the labels of fold 0's posts: fold 0's model (training and epoch choice) must not change."""
-    labels = np.array(open_split(larger_dataset, larger_dataset / "train.txt", labelled=True).labels)
+    labels = np.array(open_data(larger_dataset).labels)
     folds = stratified_folds(labels, 3, 42)
     monkeypatch.setattr(cv_module, "stratified_folds", lambda *args: folds)  # the same folds for both label sets
     args = ("--folds", "3", "--epochs", "3", "--patience", "1", "--inner-val", "0.2", "--lr", "3e-3")

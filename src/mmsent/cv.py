@@ -27,7 +27,7 @@ from .decision import DecisionRule, fit_decision
 from .config import ConfigError, RunConfig, TrainConfig, normalised_labels, run_labels
 from .data.dataset import Split
 from .data.folds import fold_assignment, stratified_folds
-from .data.records import DataError
+from .data.posts import DataError
 from .distributed import Shard, current_shard
 from .features import compute_features
 from .inference import FeatureBatches, predict_probs, resolve_device
