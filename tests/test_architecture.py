@@ -100,7 +100,7 @@ def test_the_package_has_no_import_cycle():
 @pytest.mark.parametrize("interface, implementations", [
     ("mmsent.encoders.base", ("mmsent.encoders.",)),  # the encoder interface
     ("mmsent.runfolder", ("mmsent.cv", "mmsent.predict", "mmsent.ensemble", "mmsent.report")),
-    ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
+    ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.ensemble")),  # numerics only
     ("mmsent.calibration", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble",
                             "mmsent.data")),  # the maths only: runs are recalibrated by mmsent.refit
     ("mmsent.decision", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble")),
