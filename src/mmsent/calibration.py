@@ -162,12 +162,3 @@ def stratified_parts(labels: np.ndarray, k: int = 5) -> np.ndarray:
     for fold, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=0).split(labels, labels)):
         fold_of[held] = fold
     return fold_of
-
-
-def format_calibration(summary: dict) -> str:
-    """One line: the temperature and the cross-fitted ECE / NLL before and after it."""
-    if summary.get("ece_before") is None:
-        return "calibration: no scored posts"
-    return (f"calibration: temperature {summary['temperature']:.3f}; expected calibration error "
-            f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> "
-            f"{summary['nll_after']:.4f} (cross-fitted, {summary['bins']} bins)")

@@ -497,8 +497,7 @@ def cmd_ensemble(args) -> int:
     metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
                              stack_c=_stack_strength(args.stack_c))
     print(format_ensemble(metrics))
-    from .calibration import format_calibration
-    from .summaries import describe_protocol
+    from .summaries import describe_protocol, format_calibration
 
     print(f"protocol: {describe_protocol(metrics)}")
     print(format_calibration(metrics["calibration"]))
@@ -684,8 +683,8 @@ def cmd_export(args) -> int:
          "predictions) -> RUN/calibration.json; 'train' does this for every new run",
          lambda parser: _run_args(parser, "run folder written by 'mmsent train'"))
 def cmd_calibrate(args) -> int:
-    from .calibration import format_calibration
     from .refit import calibrate_run
+    from .summaries import format_calibration
 
     calibration = calibrate_run(args.run)
     print(format_calibration(calibration.summary()))

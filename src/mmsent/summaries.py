@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import format_calibration
 from .config import TrainConfig
 from .decision import DecisionRule, format_decision
 from .metrics import format_mean_std
@@ -44,6 +43,15 @@ def cv_summary(fold_rows: list[dict]) -> dict:
         values = np.array([row[key] for row in fold_rows])
         summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std())
     return summary
+
+
+def format_calibration(summary: dict) -> str:
+    """One line: the temperature and the cross-fitted ECE / NLL before and after it."""
+    if summary.get("ece_before") is None:
+        return "calibration: no scored posts"
+    return (f"calibration: temperature {summary['temperature']:.3f}; expected calibration error "
+            f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> "
+            f"{summary['nll_after']:.4f} (cross-fitted, {summary['bins']} bins)")
 
 
 def figures_name(metrics: dict) -> str:
