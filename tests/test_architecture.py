@@ -159,7 +159,8 @@ def test_a_finished_run_is_refitted_in_one_place():
 
 
 GENERIC_OF_LABELS = ("metrics.py", "losses.py", "data/posts.py", "data/formats.py", "data/folder.py", "data/table.py",
-                     "data/dataset.py", "data/folds.py", "data/check.py", "data/convert.py")
+                     "data/dataset.py", "data/folds.py", "data/check.py", "data/convert.py", "data/text.py",
+                     "data/images.py")
 
 
 @pytest.mark.parametrize("module", GENERIC_OF_LABELS)
@@ -171,6 +172,15 @@ def test_generic_functions_take_the_class_set_explicitly(module):
     named |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
               for alias in node.names}
     assert "LABELS" not in named
+
+
+def test_one_set_of_data_nouns():
+    """Every format reads into posts (``data.posts.Post``) and a part of a data set is opened by ``open_data``:
+    no second record type or opener of label files beside them."""
+    defined = {node.name for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text("utf-8")))
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert {"Post", "open_data"} <= defined
+    assert not defined & {"Record", "LabelFile", "read_label_file", "open_split"}
 
 
 def test_load_run_is_one_function():
