@@ -42,7 +42,7 @@ def calibrate_run(run_dir: Path) -> Calibration:
     run_dir = Path(run_dir)
     if is_ensemble(run_dir):
         raise RunError(f"{run_dir} is an ensemble: it predicts with its members' uncalibrated probabilities")
-    require_current_folds(trained_config(run_dir), run_dir, "be calibrated again from its out-of-fold predictions")
+    trained_config(run_dir)  # a folder that is not a finished run is refused before anything is read
     metrics = read_metrics(run_dir)
     if is_fixed_split(metrics):
         raise RunError(f"{run_dir} was trained on a fixed split; 'mmsent train' calibrated it already")
