@@ -33,14 +33,14 @@ def main() -> None:
     import torch
 
     from mmsent.config import RunConfig
-    from mmsent.data.dataset import open_split
+    from mmsent.data.dataset import open_data
     from mmsent.data.images import load_square_rgb
     from mmsent.encoders.runtime import runtime_available
     from mmsent.model import build_towers
     from mmsent.registry import GRAPH_RUNTIMES
 
     config = RunConfig()
-    split = open_split(args.data, args.data / "train.txt", labelled=True)
+    split = open_data(args.data)
     texts = split.texts(config.text_prep)[: args.posts]
     size = config.image.image_size
     images = [load_square_rgb((args.data / "data" / f"{guid}.jpg").read_bytes(), size)

@@ -26,7 +26,7 @@ def main() -> None:
 
     from mmsent.config import RunConfig, apply_overrides, load_config_file
     from mmsent.features import compute_features
-    from mmsent.data.dataset import open_split
+    from mmsent.data.dataset import open_data
     from mmsent.model import load_towers
     from mmsent.training import resolve_device
 
@@ -37,7 +37,7 @@ def main() -> None:
     start = time.perf_counter()
     towers = load_towers(config, resolve_device(config.train.device))  # with --backend onnx: exported here
     load_seconds = time.perf_counter() - start
-    split = open_split(args.data, args.data / "train.txt", labelled=True)
+    split = open_data(args.data)
     start = time.perf_counter()
     compute_features(towers.present(), split, config.text_prep)
     seconds = time.perf_counter() - start

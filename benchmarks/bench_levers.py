@@ -113,14 +113,14 @@ def seed_average(folder: Path, split: Path, seeds: list[int], data: str) -> dict
         return json.loads(cached.read_text())
     from mmsent.data.dataset import open_data
     from mmsent.metrics import classification_metrics
-    from mmsent.predict import load_run
+    from mmsent.predict import load_run_folder
     from mmsent.runfolder import read_run_config
 
     config = read_run_config(folder / f"seed_{seeds[0]}")
     posts = open_data(Path(data), "train", config.data, train_file=split / "test.txt")
     probabilities = []
     for seed in seeds:
-        with load_run(folder / f"seed_{seed}", device="cpu") as run:
+        with load_run_folder(folder / f"seed_{seed}", device="cpu") as run:
             probabilities.append(run.predict_split(posts, lambda *a, **k: None))  # (N, C)
             classes = list(run.classes)
     mean = np.mean(probabilities, axis=0)  # (N, C)

@@ -35,17 +35,17 @@ KEPT = ("onnx", "models")  # cache folders that a trained run leaves warm: graph
 
 def time_phases(run: Path, data: Path, backend: str | None) -> dict[str, float]:
     """Seconds per phase of one prediction, in this (fresh) process."""
-    from mmsent.data.dataset import open_split
+    from mmsent.data.dataset import open_data
     from mmsent.features import load_or_compute
-    from mmsent.predict import LoadedRun, load_run
+    from mmsent.predict import LoadedRun, load_run_folder
 
     seconds = {"imports": time.perf_counter() - START}
     mark = time.perf_counter()
-    predictor = load_run(run, backend=backend)
+    predictor = load_run_folder(run, backend=backend)
     if not isinstance(predictor, LoadedRun):
         sys.exit(f"{run} is an ensemble: time one of its member runs")
     seconds["load run"] = time.perf_counter() - mark
-    split = open_split(data, data / "test_without_label.txt", labelled=False)
+    split = open_data(data, "test")
     config = predictor.config
 
     def work():  # on the run's inference thread, as mmsent predict does (features.compute_features, one tower at a time)

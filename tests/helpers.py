@@ -161,12 +161,12 @@ def assert_figures_match_oof(run: Path) -> dict:
     folds = stratified_folds(labels.tolist(), train["folds"], train["seed"])
     assert [row["fold"] for row in metrics["folds"]] == list(range(train["folds"]))
     for row, (_, val_idx) in zip(metrics["folds"], folds):
-        scores = classification_metrics(labels[val_idx], probs[val_idx].argmax(1))
+        scores = classification_metrics(labels[val_idx], probs[val_idx].argmax(1), probs.shape[1])
         assert row["val_size"] == len(val_idx)
         assert (row["accuracy"], row["macro_f1"]) == pytest.approx((scores["accuracy"], scores["macro_f1"]))
     for key in ("accuracy", "weighted_f1", "macro_f1"):
         assert metrics["cv"][f"{key}_mean"] == pytest.approx(np.mean([row[key] for row in metrics["folds"]]))
-    assert metrics["out_of_fold"]["confusion"] == classification_metrics(labels, probs.argmax(1))["confusion"]
+    assert metrics["out_of_fold"]["confusion"] == classification_metrics(labels, probs.argmax(1), probs.shape[1])["confusion"]
     return metrics
 
 

@@ -19,7 +19,7 @@ from mmsent.api import SeedsResult, TrainResult
 from mmsent.cli import main
 from mmsent.config import ConfigError
 from mmsent.data.dataset import posts_split
-from mmsent.data.records import DataError
+from mmsent.data.posts import DataError
 from mmsent.data.text import decode_text
 from mmsent.errors import InputError
 

@@ -100,7 +100,10 @@ def test_the_package_has_no_import_cycle():
 @pytest.mark.parametrize("interface, implementations", [
     ("mmsent.encoders.base", ("mmsent.encoders.",)),  # the encoder interface
     ("mmsent.runfolder", ("mmsent.cv", "mmsent.predict", "mmsent.ensemble", "mmsent.report")),
-    ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.ensemble")),  # numerics only
+    ("mmsent.stacking", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.ensemble")),  # numerics only
+    ("mmsent.calibration", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble",
+                            "mmsent.data")),  # the maths only: runs are recalibrated by mmsent.refit
+    ("mmsent.decision", ("mmsent.runfolder", "mmsent.cv", "mmsent.predict", "mmsent.refit", "mmsent.ensemble")),
     ("mmsent.paths", ("mmsent.",)),  # a leaf
     ("mmsent.atomic", ("mmsent.",)),
     ("mmsent.registry", ("mmsent.encoders", "mmsent.data", "mmsent.fusion", "mmsent.losses", "mmsent.model",
@@ -124,6 +127,69 @@ def test_the_estimator_trains_and_predicts_only_through_the_library_functions():
     imported = import_graph()["mmsent.estimator"]
     assert "mmsent.api" in imported
     assert not imported & {"mmsent.cv", "mmsent.seeds", "mmsent.training", "mmsent.predict", "mmsent.features"}
+
+
+PREDICTION_SIDE = ("mmsent.predict", "mmsent.predict_table", "mmsent.prediction", "mmsent.portable", "mmsent.export",
+                   "mmsent.explain", "mmsent.serve", "mmsent.evaluation", "mmsent.ensemble", "mmsent.stacking")
+
+
+def test_prediction_reaches_the_inference_loop_not_the_training_loop():
+    """The inference loop (``predict_probs``, ``FeatureBatches``) lives in ``mmsent.inference``, which the training
+    loop imports and which imports no training: predicting never imports ``mmsent.training``."""
+    graph = import_graph()
+    assert "mmsent.training" not in graph["mmsent.inference"]
+    assert "mmsent.inference" in graph["mmsent.training"]
+    assert [name for name in PREDICTION_SIDE if "mmsent.training" in graph[name]] == []
+
+
+def test_run_summaries_are_apart_from_cross_validation():
+    """A run's summary figures and their printing (``mmsent.summaries``) read metrics only: no run folder, no
+    training; reporting and ensembling import them there, not from ``mmsent.cv``."""
+    graph = import_graph()
+    assert not graph["mmsent.summaries"] & {"mmsent.cv", "mmsent.runfolder", "mmsent.training", "mmsent.inference"}
+    assert [name for name in ("mmsent.ensemble", "mmsent.report", "mmsent.export") if "mmsent.cv" in graph[name]] == []
+
+
+def test_a_finished_run_is_refitted_in_one_place():
+    """Recalibrating a finished run and fitting its decision rule again rebuild its scored folds the same way, in
+    ``mmsent.refit``; cross-validation does not import it (nor it cross-validation)."""
+    graph = import_graph()
+    assert "mmsent.cv" not in graph["mmsent.refit"] and "mmsent.refit" not in graph["mmsent.cv"]
+    assert [name for name, imported in graph.items() if "mmsent.refit" in imported] == ["mmsent.cli"]
+
+
+GENERIC_OF_LABELS = ("metrics.py", "losses.py", "data/posts.py", "data/formats.py", "data/folder.py", "data/table.py",
+                     "data/dataset.py", "data/folds.py", "data/check.py", "data/convert.py", "data/text.py",
+                     "data/images.py")
+
+
+@pytest.mark.parametrize("module", GENERIC_OF_LABELS)
+def test_generic_functions_take_the_class_set_explicitly(module):
+    """The three MVSA polarities (``config.LABELS``) are the label set of a run saved without one and of the MVSA
+    releases, never a silent default: metrics, losses and the generic data modules are given the run's labels."""
+    tree = ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
+    named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    named |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              for alias in node.names}
+    assert "LABELS" not in named
+
+
+def test_one_set_of_data_nouns():
+    """Every format reads into posts (``data.posts.Post``) and a part of a data set is opened by ``open_data``:
+    no second record type or opener of label files beside them."""
+    defined = {node.name for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text("utf-8")))
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert {"Post", "open_data"} <= defined
+    assert not defined & {"Record", "LabelFile", "read_label_file", "open_split"}
+
+
+def test_load_run_is_one_function():
+    """``mmsent.load_run`` (a run, an ensemble or an exported model) is the only function of that name: the one
+    that loads a run folder with PyTorch is ``mmsent.predict.load_run_folder``."""
+    defined = [module_name(path) for path in PACKAGE.rglob("*.py")
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "load_run"]
+    assert defined == ["mmsent"]
 
 
 def test_functions_are_short_or_say_why():

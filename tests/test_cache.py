@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from mmsent.cli import main
 from mmsent.config import TextEncoderConfig, TextPrepConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.encoders.text import create_text_tower
 from mmsent.features import _load_valid, cache_key, load_or_compute
 from mmsent.atomic import atomic_path, atomic_write_json, save_tensors
@@ -73,7 +73,7 @@ def test_damaged_cache_entry_is_recomputed(damage, kind, dataset, tmp_path, caps
 @pytest.fixture
 def text_setup(dataset, tiny_bert_dir):
     tower = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16))
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     return tower, split
 
 
@@ -194,7 +194,7 @@ def test_a_single_post_gets_the_pixels_and_features_of_the_cache(tower_name, dat
     from mmsent.encoders.image import create_image_tower
     from mmsent.encoders.scratch import PixelTower
 
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     index = 2
     image_file = dataset / "data" / f"{split.records[index].guid}.jpg"
     _large_photo(image_file)

@@ -120,7 +120,8 @@ def test_the_public_load_run_takes_what_serve_passes(dataset, tmp_path, tiny_ber
     import mmsent
     from mmsent import predict
 
-    assert inspect.signature(mmsent.load_run).parameters.keys() == inspect.signature(predict.load_run).parameters.keys()
+    public, folder = inspect.signature(mmsent.load_run), inspect.signature(predict.load_run_folder)
+    assert public.parameters.keys() == folder.parameters.keys()
     run = tmp_path / "run"
     train_run(dataset, run, "--text-encoder", tiny_bert_dir, "--image-encoder", tiny_vit_dir, "--set", "image.image_size=32")
     model = mmsent.load_run(run, device="cpu", backend="torch")

@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsent.config import LABELS, TextPrepConfig
+from mmsent.config import LABELS, DataConfig, TextPrepConfig
 from mmsent.data.check import check_data
-from mmsent.data.dataset import Split, open_split
+from mmsent.data.dataset import Split, open_data
+from mmsent.data.folder import read_tag_file
 from mmsent.data.folds import stratified_folds
 from mmsent.data.images import ImageError, load_square_rgb
-from mmsent.data.records import DataError, Record, read_label_file, require_usable
+from mmsent.data.posts import DataError, folder_post
 from mmsent.data.text import MAX_TEXT_BYTES, clean_text, decode_text
 
 POS, NEU, NEG = LABELS.index("positive"), LABELS.index("neutral"), LABELS.index("negative")
+POLARITIES = DataConfig(labels=list(LABELS))  # --labels negative,neutral,positive: no other tag is a label
 SIZE = 32  # output side used for image tests
 
 
@@ -72,92 +74,106 @@ def make_data_dir(root: Path, train: str, test: str = "guid,tag\nt1,null\n", tex
     return root
 
 
-# ----------------------------------------------------------------------------- read_label_file
+def read_labels(path: Path, labelled: bool):
+    """The lab folder's reading of one label file, with the three polarities as the only tags (``--labels``)."""
+    return read_tag_file(path.parent, path, labelled, LABELS)
+
+
+def rows(read) -> list[tuple]:
+    return [(post.guid, post.label) for post in read.posts]
+
+
+def open_labels(path: Path):
+    """The posts of a label file through ``open_data`` (a ``data`` folder beside it), the polarities as labels."""
+    (path.parent / "data").mkdir(exist_ok=True)
+    return open_data(path.parent, train_file=path, data=POLARITIES)
+
+
+# ----------------------------------------------------------------------------- label files (guid,tag)
 
 
 def test_read_good_label_file(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n1,positive\n2,neutral\n3,negative\n"), labelled=True)
-    assert parsed.records == [Record("1", POS), Record("2", NEU), Record("3", NEG)]
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n1,positive\n2,neutral\n3,negative\n"), labelled=True)
+    assert rows(parsed) == [("1", "positive"), ("2", "neutral"), ("3", "negative")]
     assert parsed.problems == []
-    assert require_usable(parsed) == parsed.records
+    assert open_labels(tmp_path / "train.txt").guids == ["1", "2", "3"]
 
 
 def test_read_tolerates_crlf_blank_lines_whitespace_bom_and_case(tmp_path):
     content = b"\xef\xbb\xbfguid,tag\r\n 1 , positive \r\n\r\n\r\n2,Negative\r\n   \r\n"
-    parsed = read_label_file(write_labels(tmp_path, content), labelled=True)
-    assert parsed.records == [Record("1", POS), Record("2", NEG)]
+    parsed = read_labels(write_labels(tmp_path, content), labelled=True)
+    assert rows(parsed) == [("1", "positive"), ("2", "negative")]
     assert parsed.problems == []
 
 
 def test_unknown_tag_is_fatal_and_names_file_and_line(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n1,positive\n2,postive\n"), labelled=True)
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n1,positive\n2,postive\n"), labelled=True)
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:3", True)]
     assert "postive" in parsed.problems[0].message
-    assert parsed.records == [Record("1", POS)]
+    assert rows(parsed) == [("1", "positive")]
 
 
 def test_conflicting_duplicate_guid_is_fatal(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n7,positive\n7,negative\n"), labelled=True)
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n7,positive\n7,negative\n"), labelled=True)
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:3", True)]
     assert "repeats line 2" in parsed.problems[0].message
 
 
 def test_identical_duplicate_is_a_warning_and_kept_once(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n7,positive\n8,neutral\n7,positive\n"), labelled=True)
-    assert parsed.records == [Record("7", POS), Record("8", NEU)]
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n7,positive\n8,neutral\n7,positive\n"), labelled=True)
+    assert rows(parsed) == [("7", "positive"), ("8", "neutral")]
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:4", False)]
 
 
 @pytest.mark.parametrize("guid", ["../x", "a/b", "a\\b", "a b", "..", ".", "a\x01b", "a\x7fb", "é1"])
 def test_unsafe_guid_is_fatal(tmp_path, guid):
-    parsed = read_label_file(write_labels(tmp_path, f"guid,tag\nok,positive\n{guid},positive\n"), labelled=True)
+    parsed = read_labels(write_labels(tmp_path, f"guid,tag\nok,positive\n{guid},positive\n"), labelled=True)
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:3", True)]
-    assert parsed.records == [Record("ok", POS)]
+    assert rows(parsed) == [("ok", "positive")]
 
 
 def test_missing_header_warns_and_keeps_first_row(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "1,positive\n2,negative\n"), labelled=True)
-    assert parsed.records == [Record("1", POS), Record("2", NEG)]
+    parsed = read_labels(write_labels(tmp_path, "1,positive\n2,negative\n"), labelled=True)
+    assert rows(parsed) == [("1", "positive"), ("2", "negative")]
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:1", False)]
     assert "missing" in parsed.problems[0].message
 
 
 @pytest.mark.parametrize("header", ["guid,label", "guid;tag", "GUID\ttag", "id,label"])
 def test_wrong_header_is_warned_and_skipped(tmp_path, header):
-    parsed = read_label_file(write_labels(tmp_path, f"{header}\n1,positive\n"), labelled=True)
-    assert parsed.records == [Record("1", POS)]
+    parsed = read_labels(write_labels(tmp_path, f"{header}\n1,positive\n"), labelled=True)
+    assert rows(parsed) == [("1", "positive")]
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:1", False)]
     assert "expected header" in parsed.problems[0].message
 
 
 def test_header_case_and_spaces_accepted_silently(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "GUID , Tag\n1,neutral\n"), labelled=True)
-    assert parsed.records == [Record("1", NEU)] and parsed.problems == []
+    parsed = read_labels(write_labels(tmp_path, "GUID , Tag\n1,neutral\n"), labelled=True)
+    assert rows(parsed) == [("1", "neutral")] and parsed.problems == []
 
 
 def test_unlabelled_file_accepts_empty_and_null_tags(tmp_path):
     path = write_labels(tmp_path, "guid,tag\n1,\n2,null\n3,NULL\n", name="test_without_label.txt")
-    parsed = read_label_file(path, labelled=False)
-    assert parsed.records == [Record("1", None), Record("2", None), Record("3", None)]
+    parsed = read_labels(path, labelled=False)
+    assert rows(parsed) == [("1", None), ("2", None), ("3", None)]
     assert parsed.problems == []
 
 
 def test_unlabelled_file_with_real_tag_is_only_a_warning(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n1,happy\n", name="t.txt"), labelled=False)
-    assert parsed.records == [Record("1", None)]
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n1,happy\n", name="t.txt"), labelled=False)
+    assert rows(parsed) == [("1", None)]
     assert [(p.where, p.fatal) for p in parsed.problems] == [("t.txt:2", False)]
 
 
 def test_empty_tag_is_fatal_in_a_labelled_file(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n1,\n2,null\n"), labelled=True)
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n1,\n2,null\n"), labelled=True)
     assert [(p.where, p.fatal) for p in parsed.problems] == [("train.txt:2", True), ("train.txt:3", True)]
 
 
-def test_require_usable_lists_every_fatal_line(tmp_path):
+def test_open_data_lists_every_fatal_line(tmp_path):
     content = "guid,tag\n1,positive\n2,postive\n3,negative\n../4,neutral\n5,a,b\n1,negative\n"
-    parsed = read_label_file(write_labels(tmp_path, content), labelled=True)
     with pytest.raises(DataError) as info:
-        require_usable(parsed)
+        open_labels(write_labels(tmp_path, content))
     message = str(info.value)
     for line in (3, 5, 6, 7):
         assert f"train.txt:{line}" in message
@@ -166,16 +182,16 @@ def test_require_usable_lists_every_fatal_line(tmp_path):
 
 
 def test_header_only_file_is_fatal(tmp_path):
-    parsed = read_label_file(write_labels(tmp_path, "guid,tag\n"), labelled=True)
-    assert parsed.records == [] and [p.fatal for p in parsed.problems] == [True]
+    parsed = read_labels(write_labels(tmp_path, "guid,tag\n"), labelled=True)
+    assert rows(parsed) == [] and [p.fatal for p in parsed.problems] == [True]
 
 
 def test_missing_label_file_is_fatal(tmp_path):
-    parsed = read_label_file(tmp_path / "nope.txt", labelled=True)
-    assert parsed.records == []
+    parsed = read_labels(tmp_path / "nope.txt", labelled=True)
+    assert rows(parsed) == []
     assert [(p.fatal, p.message) for p in parsed.problems] == [(True, "label file not found")]
     with pytest.raises(DataError, match="label file not found"):
-        require_usable(parsed)
+        open_labels(tmp_path / "nope.txt")
 
 
 # ----------------------------------------------------------------------------- decode_text
@@ -438,27 +454,27 @@ def test_folds_refuse_too_few_examples(labels, k, message):
         stratified_folds(labels, k, seed=0)
 
 
-# ----------------------------------------------------------------------------- open_split / Split
+# ----------------------------------------------------------------------------- open_data / Split
 
 
-def test_open_split_missing_folder(tmp_path):
+def test_open_data_missing_folder(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        open_split(tmp_path / "nope", tmp_path / "nope" / "train.txt", labelled=True)
+        open_data(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="'data' folder"):
-        open_split(tmp_path / "empty", tmp_path / "empty" / "train.txt", labelled=True)
+        open_data(tmp_path / "empty", train_file=tmp_path / "empty" / "train.txt")
 
 
-def test_open_split_with_fatal_label_file_raises(tmp_path, monkeypatch):
+def test_open_data_with_fatal_label_file_raises(tmp_path, monkeypatch):
     root = make_data_dir(tmp_path / "d", "guid,tag\n1,positive\n2,postive\n")
     with pytest.raises(DataError, match=r"train\.txt:3"):
-        open_split(root, root / "train.txt", labelled=True)
+        open_data(root, data=POLARITIES)
 
 
 def test_split_texts_missing_file_and_encodings(tmp_path, monkeypatch):
     root = make_data_dir(tmp_path / "d", "guid,tag\n1,positive\n2,negative\n3,neutral\n4,positive\n",
                          texts={"1": b"\x93Great\x94 day", "2": None, "3": "Café".encode(), "4": b"ok"})
-    split = open_split(root, root / "train.txt", labelled=True)
+    split = open_data(root)
     assert split.guids == ["1", "2", "3", "4"] and split.labels == [POS, NEG, NEU, POS]
     texts = split.texts(TextPrepConfig())
     assert texts == ["\u201cgreat\u201d day", "", "café", "ok"]
@@ -474,7 +490,7 @@ def test_split_texts_missing_file_and_encodings(tmp_path, monkeypatch):
 def test_split_texts_flags_truncation_and_empty(tmp_path):
     root = make_data_dir(tmp_path / "d", "guid,tag\n1,positive\n2,negative\n",
                          texts={"1": b"x" * (MAX_TEXT_BYTES + 5), "2": b"  \n"})
-    split = Split(root, read_label_file(root / "train.txt", True).records)
+    split = Split(root, read_labels(root / "train.txt", True).posts)
     texts = split.texts(TextPrepConfig(max_chars=10 ** 6))
     assert texts == ["x" * MAX_TEXT_BYTES, ""]
     assert [(p.where, p.fatal) for p in split.problems] == [("data/1.txt", False), ("data/2.txt", False)]
@@ -483,10 +499,10 @@ def test_split_texts_flags_truncation_and_empty(tmp_path):
 
 def test_fingerprint_tracks_image_bytes(tmp_path):
     root = make_data_dir(tmp_path / "d", "guid,tag\n1,positive\n2,negative\n")
-    split = open_split(root, root / "train.txt", labelled=True)
+    split = open_data(root)
     first = split.fingerprint()
     assert split.fingerprint() == first
-    assert open_split(root, root / "train.txt", labelled=True).fingerprint() == first
+    assert open_data(root).fingerprint() == first
     image = root / "data" / "2.jpg"
     original = image.read_bytes()
     changed = bytearray(original)
@@ -501,9 +517,10 @@ def test_fingerprint_tracks_image_bytes(tmp_path):
 
 def test_fingerprint_tracks_text_and_label(tmp_path):
     root = make_data_dir(tmp_path / "d", "guid,tag\n1,positive\n2,negative\n")
-    split = open_split(root, root / "train.txt", labelled=True)
+    split = open_data(root)
     first = split.fingerprint()
-    relabelled = Split(root, [Record("1", POS), Record("2", NEU)])
+    relabelled = Split(root, [folder_post(root, "1", "positive", "train.txt:2"),
+                              folder_post(root, "2", "neutral", "train.txt:3")], label_names=LABELS)
     assert relabelled.fingerprint() != first
     (root / "data" / "1.txt").write_bytes(b"hello 1!")
     assert split.fingerprint() != first

@@ -20,9 +20,10 @@ from PIL import Image
 
 from helpers import write_dataset
 from mmsent.cli import main
+from mmsent.config import LABELS
 from mmsent.data.dataset import Split
 from mmsent.data.images import ImageError, load_square_rgb
-from mmsent.data.records import read_label_file
+from mmsent.data.folder import read_tag_file
 from mmsent.data.text import MAX_TEXT_BYTES
 
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "8", "--dim", "16", "--ffn-dim", "32",
@@ -156,19 +157,19 @@ def _expected_warnings() -> dict[str, str]:
 
 
 def test_label_file_faults_that_are_accepted(dirty):
-    parsed = read_label_file(dirty / "train.txt", labelled=True)
-    assert [r.guid for r in parsed.records] == [str(g) for g in range(1000, 1030)]  # dup dropped, order kept
+    parsed = read_tag_file(dirty, dirty / "train.txt", labelled=True, labels=LABELS)
+    assert [post.guid for post in parsed.posts] == [str(g) for g in range(1000, 1030)]  # dup dropped, order kept
     assert [(p.where, p.fatal, p.kind) for p in parsed.problems] == [
         ("train.txt:1", False, "header_missing"), ("train.txt:9", False, "row_dropped")]
-    test = read_label_file(dirty / "test_without_label.txt", labelled=False)
-    assert [r.guid for r in test.records] == TEST_GUIDS and test.problems == []
+    test = read_tag_file(dirty, dirty / "test_without_label.txt", labelled=False, labels=LABELS)
+    assert [post.guid for post in test.posts] == TEST_GUIDS and test.problems == []
 
 
 def test_unlabelled_file_without_header_keeps_a_first_row_with_empty_tag(tmp_path):
     path = tmp_path / "test.txt"
     path.write_bytes(b"1031,\r\n1032,null\r\n")
-    parsed = read_label_file(path, labelled=False)
-    assert [r.guid for r in parsed.records] == ["1031", "1032"]
+    parsed = read_tag_file(tmp_path, path, labelled=False, labels=LABELS)
+    assert [post.guid for post in parsed.posts] == ["1031", "1032"]
     assert [(p.where, p.kind) for p in parsed.problems] == [("test.txt:1", "header_missing")]
 
 
@@ -195,7 +196,7 @@ def test_decompression_bomb_is_refused_without_allocating():
 
 
 def test_long_text_is_truncated_and_never_fully_read(dirty):
-    split = Split(dirty, read_label_file(dirty / "train.txt", labelled=True).records)
+    split = Split(dirty, read_tag_file(dirty, dirty / "train.txt", labelled=True, labels=LABELS).posts)
     assert (dirty / "data" / "1006.txt").stat().st_size == LONG_TEXT_BYTES
     assert len(split.read_text_bytes("1006")) == MAX_TEXT_BYTES + 1  # enough to know it is longer, no more
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmsent.config import ImageEncoderConfig, TextEncoderConfig, TextPrepConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.encoders.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite, load_pretrained
 from mmsent.encoders.image import create_image_tower, normalise
 from mmsent.encoders.text import create_text_tower
@@ -48,7 +48,7 @@ def test_random_init_differs_from_packaged(lite0):
 @pytest.mark.slow
 @pytest.mark.parametrize("train_layers", [1, 3, 18])
 def test_image_split_point_does_not_change_the_function(train_layers, dataset):
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     frozen = create_image_tower(ImageEncoderConfig(image_size=64, train_layers=0))
     partly = create_image_tower(ImageEncoderConfig(image_size=64, train_layers=train_layers))
     a = frozen.precompute(split, None, 8, 0)
@@ -67,7 +67,7 @@ def test_text_split_matches_full_model(model_dir, dataset, request):
     from transformers import AutoModel, AutoTokenizer
 
     source = request.getfixturevalue(model_dir)
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     prep = TextPrepConfig()
     tower = create_text_tower(TextEncoderConfig(name=source, max_length=16, train_layers=1))
     features = tower.precompute(split, prep, 5, 0)
@@ -83,7 +83,7 @@ def test_text_split_matches_full_model(model_dir, dataset, request):
 
 
 def test_text_attention_mask_ignores_padding(tiny_bert_dir, dataset):
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     tower = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16, train_layers=2))
     features = tower.precompute(split, TextPrepConfig(), 8, 0)
     upper = tower.make_trainable().eval()
@@ -99,7 +99,7 @@ def test_text_attention_mask_ignores_padding(tiny_bert_dir, dataset):
 
 def test_packaged_minilm_gives_sentence_embeddings(dataset):
     tower = create_text_tower(TextEncoderConfig(name="minilm", max_length=32, train_layers=0))
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     features = tower.precompute(split, TextPrepConfig(), 8, 0)
     hidden, mask = tower.make_trainable()(features)
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)

@@ -11,11 +11,11 @@ import pytest
 from mmsent.calibration import apply_temperature
 from mmsent.cli import main
 from mmsent.config import LABELS
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.data.folds import stratified_folds
 from mmsent.data.text import decode_text
 from mmsent.runfolder import read_oof
-from mmsent.predict import LoadedEnsemble, load_run
+from mmsent.predict import LoadedEnsemble, load_run_folder
 from mmsent.stacking import (LEXICON_TEXT_PREP, Stacker, choose_c, fit_stacker,
                              lexicon_scores, lexicon_scores_of_raw, nested_cross_fitted_probabilities, stack_inputs)
 
@@ -49,10 +49,10 @@ def test_ensemble_averages_out_of_fold_probabilities(two_runs, dataset, tmp_path
     predictions = tmp_path / "pred.txt"
     assert main(["predict", "--run", str(ens), "--data", str(dataset), "--out", str(predictions)]) == 0
     assert "ensemble of 2 runs, 4 fold models" in capsys.readouterr().out
-    loaded = load_run(ens)
+    loaded = load_run_folder(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.modalities == ["text", "image"]
-    split = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
-    members = [load_run(first), load_run(second)]
+    split = open_data(dataset, "test")
+    members = [load_run_folder(first), load_run_folder(second)]
     for member in members:  # the ensemble averages its members' uncalibrated probabilities, then applies its own T
         member.temperature = 1.0
     members = [member.predict_split(split, log=lambda *a: None) for member in members]
@@ -84,7 +84,7 @@ def test_runs_of_other_seeds_average_but_do_not_stack(two_runs, dataset, tmp_pat
     np.testing.assert_allclose(read_oof(ens).probs, (read_oof(first).probs + read_oof(other).probs) / 2, atol=1e-5)
     manifest = json.loads((ens / "ensemble.json").read_text())
     assert manifest["seed"] == 42 and manifest["seeds"] == [42, 7]
-    assert load_run(ens).predict(text="a good day").label in LABELS
+    assert load_run_folder(ens).predict(text="a good day").label in LABELS
     assert main(["ensemble", "--stack", "--data", str(dataset), "--out", str(tmp_path / "stacked"), str(first),
                  str(other)]) == 2
     err = capsys.readouterr().err
@@ -124,7 +124,7 @@ def test_fit_stacker_recovers_a_linear_rule_and_round_trips():
     np.testing.assert_allclose(Stacker.from_dict(json.loads(json.dumps(stacker.to_dict()))).probabilities(inputs),
                                probs)
     for broken in ({}, {"weights": [[1.0]], "bias": [0.0], "c": 1.0}):
-        with pytest.raises(ValueError, match="malformed"):  # load_run turns it into a RunError naming the file
+        with pytest.raises(ValueError, match="malformed"):  # load_run_folder turns it into a RunError naming the file
             Stacker.from_dict(broken)
     with pytest.raises(ValueError, match="takes 5 inputs"):
         stacker.probabilities(inputs[:, :4])
@@ -162,7 +162,7 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     guids, names, probs = oof.guids, oof.labels, oof.probs
     labels = np.array([LABELS.index(n) for n in names])
     member_probs = [read_oof(run).probs for run in (first, second)]
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     texts = dict(zip(split.guids, split.texts(LEXICON_TEXT_PREP)))
     inputs = stack_inputs(member_probs, lexicon_scores([texts[g] for g in guids]))
     folds = stratified_folds(labels.tolist(), 2, 42)
@@ -172,10 +172,10 @@ def test_stacked_ensemble_fits_cross_fitted_and_predicts_with_the_stacker(two_ru
     assert saved["stacker"]["c"] == choose_c(inputs, labels, folds, classes=3)
     assert metrics["out_of_fold"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
 
-    loaded = load_run(ens)
+    loaded = load_run_folder(ens)
     assert isinstance(loaded, LoadedEnsemble) and loaded.stacker is not None
-    test = open_split(dataset, dataset / "test_without_label.txt", labelled=False)
-    members = [load_run(run) for run in (first, second)]
+    test = open_data(dataset, "test")
+    members = [load_run_folder(run) for run in (first, second)]
     for member in members:  # the stacker was fitted on, and combines, the members' uncalibrated probabilities
         member.temperature = 1.0
     members = [member.predict_split(test, log=lambda *a: None) for member in members]

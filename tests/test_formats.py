@@ -15,10 +15,11 @@ from mmsent.cli import main
 from mmsent.config import LABELS, DataConfig, RunConfig, TextPrepConfig, apply_overrides, run_labels
 from mmsent.data.check import check_data, format_report
 from mmsent.data.convert import convert, read_parts
-from mmsent.data.dataset import open_data, open_split
+from mmsent.data.dataset import open_data
+from mmsent.data.folder import read_tag_file
 from mmsent.data.formats import FORMATS, DataSource, detect_format
 from mmsent.data.mvsa import merge_pair
-from mmsent.data.records import DataError
+from mmsent.data.posts import DataError
 from mmsent.data.table import frame_rows, load_frame, table_chunks
 from mmsent.errors import ConfigError
 from mmsent.registry import TABLE_SUFFIXES
@@ -110,10 +111,11 @@ def parts_content(path: Path, config: DataConfig | None = None) -> list[tuple]:
 # ----------------------------------------------------------------------------- the lab folder
 
 
-def test_folder_reads_as_before_with_the_same_fingerprint(lab):
+def test_folder_reads_its_label_files_in_order(lab):
     for part, name, labelled in (("train", "train.txt", True), ("test", "test_without_label.txt", False)):
-        new, old = open_data(lab, part), open_split(lab, lab / name, labelled)
-        assert (new.guids, new.labels, new.fingerprint()) == (old.guids, old.labels, old.fingerprint())
+        opened, rows = open_data(lab, part), read_tag_file(lab, lab / name, labelled).posts
+        assert [(post.guid, post.label) for post in opened.records] == [(post.guid, post.label) for post in rows]
+        assert opened.fingerprint() == open_data(lab, part).fingerprint()
     train = open_data(lab)
     assert train.label_names == LABELS and train.labels == [2, 0, 1, 2, 0]
     assert [p.where for p in train.records][:2] == ["train.txt:2", "train.txt:3"]

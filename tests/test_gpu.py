@@ -15,10 +15,11 @@ import torch
 
 from mmsent.cli import main
 from mmsent.config import LABELS, RunConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.model import MultimodalClassifier, build_towers
 from mmsent.registry import FUSIONS, MODEL_FAMILIES
-from mmsent.training import FeatureBatches, fit
+from mmsent.inference import FeatureBatches
+from mmsent.training import fit
 
 pytestmark = pytest.mark.gpu
 
@@ -44,7 +45,7 @@ def test_every_family_and_fusion_trains_end_to_end_on_gpu(family, fusion, datase
     """Encoders unfrozen, bf16 autocast: finite losses, every parameter on the GPU and updated."""
     config = _small_config(family, fusion)
     towers = build_towers(config).to(torch.device("cuda"))
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     features = {}
     for tower in towers.present():
         features.update(tower.precompute(split, config.text_prep, batch_size=4, workers=0))

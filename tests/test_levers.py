@@ -229,7 +229,7 @@ def test_decision_figures_are_cross_fitted():
 @pytest.mark.slow
 def test_train_with_decision_rule_and_predict_apply_it(tmp_path, dataset):
     from mmsent.cli import main
-    from mmsent.predict import load_run
+    from mmsent.predict import load_run_folder
 
     run = tmp_path / "run"
     metrics = train_run(dataset, run, "--decision", "macro_f1", "--lexicon")
@@ -241,11 +241,11 @@ def test_train_with_decision_rule_and_predict_apply_it(tmp_path, dataset):
     out = tmp_path / "p.txt"
     assert main(["predict", "--run", str(run), "--data", str(dataset), "--out", str(out)]) == 0
     assert {line.split(",")[1] for line in out.read_text().split()[1:]} == {"neutral"}
-    with load_run(run) as model:
+    with load_run_folder(run) as model:
         assert model.predict(text="love great happy").label == "neutral"
     assert main(["decide", "--run", str(run), "--rule", "accuracy"]) == 0
     assert not (run / "decision.json").exists()
-    with load_run(run) as model:
+    with load_run_folder(run) as model:
         result = model.predict(text="love great happy")
         assert result.label == max(result.probabilities, key=result.probabilities.get)
 
@@ -253,7 +253,7 @@ def test_train_with_decision_rule_and_predict_apply_it(tmp_path, dataset):
 @pytest.mark.slow
 def test_ocr_run_end_to_end_shows_the_text_it_read(tmp_path, capsys):
     from mmsent.cli import main
-    from mmsent.predict import load_run
+    from mmsent.predict import load_run_folder
 
     data = write_dataset(tmp_path / "d", n_train=12, n_test=3)
     text_image("SAD NEWS").save(data / "data" / "1002.jpg", quality=92)
@@ -268,7 +268,7 @@ def test_ocr_run_end_to_end_shows_the_text_it_read(tmp_path, capsys):
     assert main(["predict", "--run", str(run), "--text", "hello", "--image", str(image), "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert "SAD" in answer["image_text"].upper()
-    with load_run(run) as model:
+    with load_run_folder(run) as model:
         assert model.predict(text="hello").image_text is None  # no image, nothing read
         assert model.predict(text="hello", image=data / "data" / "1000.jpg").image_text == ""
         why = model.explain(text="hello", image=image).to_dict()

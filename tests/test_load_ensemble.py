@@ -25,7 +25,7 @@ def _load(monkeypatch, classes: list[tuple], stacker: dict | None):
     members = [StubMember(c) for c in classes]
     loaded = iter(members)
     monkeypatch.setattr(predict, "member_dirs", lambda run_dir: [Path(f"m{i}") for i in range(len(members))])
-    monkeypatch.setattr(predict, "load_run", lambda *args: next(loaded))
+    monkeypatch.setattr(predict, "load_run_folder", lambda *args: next(loaded))
     monkeypatch.setattr(predict, "read_stacker_dict", lambda run_dir: stacker)
     monkeypatch.setattr(predict, "read_temperature", lambda run_dir: 1.0)
     return members, lambda: predict._load_ensemble(Path("ens"), "cpu", None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmsent.config import LABELS, ImageEncoderConfig, RunConfig, TextEncoderConfig, TextPrepConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.model import MODALITIES, MultimodalClassifier, Towers, build_towers
 from mmsent.registry import FUSIONS, IMAGE_ENCODERS, MODEL_FAMILIES, TEXT_ENCODERS
 
@@ -61,7 +61,7 @@ def test_every_encoder_and_fusion(fusion, text_name, image_name, dataset, tower_
     config.fusion.name, config.fusion.dim, config.fusion.ffn_dim, config.fusion.layers = fusion, 16, 32, 2
     torch.manual_seed(0)
     model = MultimodalClassifier(config, towers)
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     batch = _batch(towers, split)
     logits = model(batch)
     assert logits.shape == (6, len(LABELS))
@@ -80,7 +80,7 @@ def test_single_modality(modality, dataset, tower_cache, tiny_bert_dir, tiny_vit
         image=_tower("image", TINY_IMAGE, 0, tower_cache, tiny_bert_dir, tiny_vit_dir) if modality == "image" else None)
     config = RunConfig(modality=modality)
     model = MultimodalClassifier(config, towers)
-    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
+    batch = _batch(towers, open_data(dataset))
     assert set(batch) == set(towers.present()[0].feature_names)
     logits = model(batch)
     assert logits.shape == (6, 3) and torch.isfinite(logits).all()
@@ -91,7 +91,7 @@ def test_missing_image_uses_learned_token(dataset, tower_cache, tiny_bert_dir, t
     towers = Towers(text=_tower("text", TINY_TEXT, 0, tower_cache, tiny_bert_dir, tiny_vit_dir),
                     image=_tower("image", TINY_IMAGE, 0, tower_cache, tiny_bert_dir, tiny_vit_dir))
     model = MultimodalClassifier(RunConfig(), towers).eval()
-    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
+    batch = _batch(towers, open_data(dataset))
     scrambled = dict(batch, image_input=batch["image_input"].clone())
     scrambled["image_input"][0] = torch.randn_like(scrambled["image_input"][0].float()).to(scrambled["image_input"].dtype)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_every_family_fusion_and_modality(family, modality, fusion, dataset, fam
     towers = family_towers[key]
     torch.manual_seed(0)
     model = MultimodalClassifier(config, towers).train()
-    batch = _batch(towers, open_split(dataset, dataset / "train.txt", labelled=True))
+    batch = _batch(towers, open_data(dataset))
     logits = model(batch)
     assert logits.shape == (6, len(LABELS)) and torch.isfinite(logits).all()
     logits.sum().backward()

@@ -15,7 +15,7 @@ from mmsent.cli import main
 from mmsent.data.dataset import open_data
 from mmsent.data.formats import DataSource
 from mmsent.distributed import Shard
-from mmsent.predict import load_run
+from mmsent.predict import load_run_folder
 from mmsent.predict_table import (Progress, TableJob, merge_shards, predict_table, progress_path, shard_path,
                                   write_part)
 from test_formats import jpeg, write_table
@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory, tiny_bert_dir, tiny_vit_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def run(run_dir):
-    with load_run(run_dir) as loaded:
+    with load_run_folder(run_dir) as loaded:
         yield loaded
 
 

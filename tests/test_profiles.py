@@ -9,7 +9,7 @@ import torch
 
 from mmsent.cli import main
 from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig, TextPrepConfig, apply_overrides
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.encoders.image import create_image_tower
 from mmsent.encoders.text import create_text_tower
 from mmsent.profiles import profile_overrides
@@ -46,7 +46,7 @@ def test_flags_override_the_profile(dataset, tmp_path, tiny_bert_dir, tiny_vit_d
 
 
 def test_pooled_features_are_the_mean_of_the_tokens(dataset, tiny_bert_dir, tiny_vit_dir):
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     texts = split.texts(TextPrepConfig())
     tokens = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16)).encode_items(texts)
     pooled = create_text_tower(TextEncoderConfig(name=tiny_bert_dir, max_length=16, pooled=True)).encode_items(texts)

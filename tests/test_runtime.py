@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmsent.config import ImageEncoderConfig, RunConfig, TextEncoderConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.encoders.image import create_image_tower
 from mmsent.encoders.runtime import (BACKENDS, BackendError, backend_candidates, onnx_available, onnx_path,
                                      runtime_available)
@@ -52,7 +52,7 @@ def _towers(tiny_bert_dir, tiny_mpnet_dir, tiny_vit_dir):
 
 
 def _features(tower, dataset):
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     if tower.kind == "text":
         return tower.encode_items(TEXTS, batch_size=3)
     return tower.precompute(split, None, 4, 0)
@@ -235,7 +235,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails(monkeypatch, tiny_bert_d
 def test_pixels_reach_the_encoder_in_channels_last_memory(dataset):
     from mmsent.encoders.image import decode_split_images
 
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     _, pixels, _ = next(decode_split_images(split, 32, 4, 0))
     assert pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
     assert pixels.is_contiguous(memory_format=torch.channels_last)

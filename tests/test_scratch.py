@@ -119,11 +119,11 @@ def _tiny_run_config(modality="all") -> RunConfig:
 def test_tiny_custom_model_overfits_a_handful_of_examples(dataset):
     """Memorising 12 generated posts is the least a model that can learn must manage."""
     from mmsent.features import compute_features
-    from mmsent.data.dataset import open_split
+    from mmsent.data.dataset import open_data
 
     config = _tiny_run_config()
     config.custom.augment = False
-    split = open_split(dataset, dataset / "train.txt", labelled=True)
+    split = open_data(dataset)
     towers = build_towers(config)
     features = compute_features(towers.present(), split, config.text_prep, log=lambda *a: None)
     batch = {name: tensor[:12] for name, tensor in features.items()}

@@ -24,7 +24,7 @@ from helpers import train_fast, write_dataset
 from mmsent import load_run
 from mmsent.cli import main
 from mmsent.config import LABELS
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.data.images import ImageError
 from mmsent.data.text import decode_text
 
@@ -90,7 +90,7 @@ def test_api_cli_and_folder_agree_on_one_post(trained, model, tmp_path, capsys):
 
 
 def test_batch_matches_predict_split(trained, model):
-    split = open_split(trained.data, trained.data / "test_without_label.txt", labelled=False)
+    split = open_data(trained.data, "test")
     expected = model.predict_split(split, log=lambda *_: None)  # through the feature cache
     texts = [decode_text(split.read_text_bytes(g)).text for g in split.guids]
     images = [split.read_image_bytes(g) for g in split.guids]  # bytes this time

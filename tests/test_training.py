@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmsent.config import TrainConfig
+from mmsent.config import LABELS, TrainConfig
+from mmsent.inference import FeatureBatches, predict_probs
 from mmsent.losses import CrossEntropyLoss, SigmoidFocalLoss, create_loss, probabilities
 from mmsent.metrics import classification_metrics, format_mean_std
-from mmsent.training import FeatureBatches, fit, predict_probs
+from mmsent.training import fit
 
 
 def _text_features(n=50, length=12, dim=4, seed=0):
@@ -69,7 +70,7 @@ def test_predict_probs_averages_models_and_keeps_rows_in_input_order():
 def test_focal_loss_matches_its_formula():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3]])
     targets = torch.tensor([0, 2])
-    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.25, 0.5, 0.75], focal_gamma=2.0))(logits, targets)
+    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.25, 0.5, 0.75], focal_gamma=2.0), torch.ones(3))(logits, targets)
     onehot = F.one_hot(targets, 3).float()
     alpha = torch.tensor([0.25, 0.5, 0.75])
     total = 0.0
@@ -82,7 +83,7 @@ def test_focal_loss_matches_its_formula():
                 total += -(1 - alpha[c]) * p ** 2 * torch.log(1 - p)
     assert torch.allclose(loss, total / 2, atol=1e-6)
     with pytest.raises(ValueError, match="needs 3 values \\(one per class\\), got 1"):
-        SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5]))
+        SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5]), torch.ones(3))
     with pytest.raises(ValueError, match="needs 2 values"):  # a two-class data set
         SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5, 0.5, 0.5]), torch.tensor([4, 6]))
     assert SigmoidFocalLoss(TrainConfig(), torch.tensor([4, 6])).alpha.tolist() == [0.25, 0.25]
@@ -90,7 +91,7 @@ def test_focal_loss_matches_its_formula():
 
 def test_focal_gamma_zero_alpha_half_is_scaled_bce():
     logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
-    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5] * 3, focal_gamma=0.0))(logits, targets)
+    loss = SigmoidFocalLoss(TrainConfig(focal_alpha=[0.5] * 3, focal_gamma=0.0), torch.ones(3))(logits, targets)
     bce = F.binary_cross_entropy_with_logits(logits, F.one_hot(targets, 3).float(), reduction="none").sum(1).mean()
     assert torch.allclose(loss, 0.5 * bce, atol=1e-6)
 
@@ -115,7 +116,7 @@ def test_class_weights_and_logit_adjustment_match_their_formulas():
     prior = counts.float() / 100
     assert torch.allclose(adjusted(logits, targets), F.cross_entropy(logits + prior.log(), targets))
     focal = create_loss(TrainConfig(loss="focal", logit_adjustment=2.0), counts)
-    plain_focal = SigmoidFocalLoss(TrainConfig())
+    plain_focal = SigmoidFocalLoss(TrainConfig(), counts)
     assert torch.allclose(focal(logits, targets), plain_focal(logits + 2 * prior.log(), targets))
     assert torch.allclose(create_loss(TrainConfig(), counts)(logits, targets), F.cross_entropy(logits, targets))
     with pytest.raises(ValueError, match="focal_alpha"):
@@ -142,7 +143,7 @@ def test_logit_adjustment_moves_predictions_toward_the_rare_class():
 def test_metrics_on_a_known_confusion():
     y_true = [0, 0, 1, 1, 2, 2, 2, 2]
     y_pred = [0, 1, 1, 1, 2, 2, 0, 2]
-    m = classification_metrics(y_true, y_pred)
+    m = classification_metrics(y_true, y_pred, LABELS)
     assert m["accuracy"] == pytest.approx(6 / 8)
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 3]]
     f1 = [0.5, 0.8, 6 / 7]  # per class: P/R = (1/2,1/2), (2/3,1), (1,3/4)
@@ -152,7 +153,7 @@ def test_metrics_on_a_known_confusion():
 
 
 def test_metrics_keep_a_class_absent_from_labels_and_predictions():
-    m = classification_metrics([0, 0, 2, 2], [0, 2, 2, 2])  # no neutral post, none predicted neutral
+    m = classification_metrics([0, 0, 2, 2], [0, 2, 2, 2], LABELS)  # no neutral post, none predicted neutral
     assert m["confusion"] == [[1, 0, 1], [0, 0, 0], [0, 0, 2]]
     assert m["per_class"]["neutral"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0 + 0.8) / 3)  # the absent class counts as F1 0

@@ -16,11 +16,11 @@ from mmsent.calibration import (Calibration, apply_temperature, expected_calibra
                                 fit_temperature, negative_log_likelihood)
 from mmsent.cli import main
 from mmsent.config import LABELS, TrainConfig
-from mmsent.data.dataset import open_split
+from mmsent.data.dataset import open_data
 from mmsent.data.folds import stratified_folds
 from mmsent.evaluation import classification_report, make_split
 from mmsent.experiments import display_rows
-from mmsent.predict import load_run
+from mmsent.predict import load_run_folder
 from mmsent.runfolder import read_oof
 
 from helpers import FAST, train_run, write_dataset
@@ -49,7 +49,7 @@ def _spy_fit(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_path, monkeypatch):
     calls = _spy_fit(monkeypatch)
     metrics = train_run(larger_dataset, tmp_path / "run", "--folds", "3", "--epochs", "2", "--inner-val", "0.2")
-    labels = np.array(open_split(larger_dataset, larger_dataset / "train.txt", labelled=True).labels)
+    labels = np.array(open_data(larger_dataset).labels)
     folds = stratified_folds(labels, 3, 42)
     assert len(calls) == 3
     for (train_idx, scored_idx), (fit_idx, chosen_on) in zip(folds, calls):
@@ -66,7 +66,7 @@ def test_inner_part_of_the_training_fold_chooses_the_epoch(larger_dataset, tmp_p
 def test_old_protocol_chooses_on_the_scored_fold(dataset, tmp_path, monkeypatch, capsys):
     calls = _spy_fit(monkeypatch)
     metrics = train_run(dataset, tmp_path / "run", "--select-on", "scored_fold")
-    labels = open_split(dataset, dataset / "train.txt", labelled=True).labels
+    labels = open_data(dataset).labels
     for (train_idx, scored_idx), (fit_idx, chosen_on) in zip(stratified_folds(labels, 2, 42), calls):
         assert np.array_equal(fit_idx, train_idx) and np.array_equal(chosen_on, scored_idx)
     assert metrics["protocol"]["name"] == "cv_select_on_scored_fold"
@@ -75,7 +75,7 @@ def test_old_protocol_chooses_on_the_scored_fold(dataset, tmp_path, monkeypatch,
 
 def test_scored_fold_labels_never_reach_its_model(larger_dataset, tmp_path, monkeypatch):
     """Change only the labels of fold 0's posts: fold 0's model (training and epoch choice) must not change."""
-    labels = np.array(open_split(larger_dataset, larger_dataset / "train.txt", labelled=True).labels)
+    labels = np.array(open_data(larger_dataset).labels)
     folds = stratified_folds(labels, 3, 42)
     monkeypatch.setattr(cv_module, "stratified_folds", lambda *args: folds)  # the same folds for both label sets
     args = ("--folds", "3", "--epochs", "3", "--patience", "1", "--inner-val", "0.2", "--lr", "3e-3")
@@ -143,11 +143,11 @@ def test_run_saves_its_temperature_and_prediction_applies_it(dataset, tmp_path):
     saved = json.loads((run / "calibration.json").read_text())
     assert saved["temperature"] == metrics["calibration"]["temperature"] > 0
     assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(metrics["calibration"])
-    calibrated = load_run(run)
+    calibrated = load_run_folder(run)
     assert calibrated.temperature == saved["temperature"]
     result = calibrated.predict(text="love great happy", image=None)
     (run / "calibration.json").unlink()  # a run written before calibration: T = 1
-    plain = load_run(run)
+    plain = load_run_folder(run)
     assert plain.temperature == 1.0 and "uncalibrated" in plain.description
     raw = np.array(list(plain.predict(text="love great happy", image=None).probabilities.values()))
     assert np.allclose(list(result.probabilities.values()), apply_temperature(raw[None], saved["temperature"])[0],
@@ -160,7 +160,7 @@ def test_run_without_the_new_config_keys_loads_with_their_defaults(dataset, tmp_
     config = json.loads((run / "config.json").read_text())
     del config["train"]["select_on"], config["train"]["inner_val"]
     (run / "config.json").write_text(json.dumps(config))
-    loaded = load_run(run)
+    loaded = load_run_folder(run)
     assert loaded.config.train.select_on == TrainConfig().select_on and loaded.config.train.inner_val == 0.1
 
 
@@ -200,14 +200,14 @@ def test_split_train_on_validation_file_and_evaluate(dataset, tmp_path, capsys, 
     # the evaluation of known predictions, through the command: 2 test posts right, 1 wrong
     test_labels = [LABELS.index(row.split(",")[1]) for row in parts["test"]]
     predicted = [test_labels[0], test_labels[1], (test_labels[2] + 1) % 3]
-    real_load = load_run
+    real_load = load_run_folder
 
     def fixed_predictions(*args, **kwargs):
         loaded = real_load(*args, **kwargs)
         loaded.predict_split = lambda split, log=print: np.eye(3, dtype=np.float32)[predicted] * 0.7 + 0.1
         return loaded
 
-    monkeypatch.setattr("mmsent.predict.load_run", fixed_predictions)
+    monkeypatch.setattr("mmsent.predict.load_run_folder", fixed_predictions)
     assert main(["evaluate", "--run", str(run), "--data", str(dataset), "--labels-file",
                  str(split_dir / "test.txt")]) == 0
     out = capsys.readouterr().out
@@ -309,11 +309,11 @@ def test_calibrate_gives_a_run_without_a_temperature_the_one_train_fits(dataset,
     fitted = json.loads((run / "calibration.json").read_text())["temperature"]
     (run / "calibration.json").unlink()  # as a run trained before calibration was saved
     (run / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "calibration"}))
-    assert load_run(run).temperature == 1.0
+    assert load_run_folder(run).temperature == 1.0
     assert main(["calibrate", "--run", str(run)]) == 0
     assert "expected calibration error" in capsys.readouterr().out
     # the same fit from the 5-decimal out-of-fold file
-    assert load_run(run).temperature == pytest.approx(fitted, rel=2e-3)
+    assert load_run_folder(run).temperature == pytest.approx(fitted, rel=2e-3)
     assert json.loads((run / "metrics.json").read_text())["calibration"]["temperature"] == pytest.approx(fitted,
                                                                                                       rel=2e-3)
 
@@ -329,8 +329,8 @@ def test_a_run_from_before_the_inner_split_is_continued_and_reused_under_its_own
     del config["train"]["select_on"], config["train"]["inner_val"]  # as written before the option existed
     del config["data"]  # and before the label set was recorded
     (run / "config.json").write_text(json.dumps(config))
-    assert load_run(run).config.train.select_on == "inner"  # loading: the defaults (nothing depends on it)
-    assert load_run(run).classes == ("negative", "neutral", "positive")  # a run saved without labels: the three
+    assert load_run_folder(run).config.train.select_on == "inner"  # loading: the defaults (nothing depends on it)
+    assert load_run_folder(run).classes == ("negative", "neutral", "positive")  # a run saved without labels: the three
     assert trained_config(run).train.select_on == "scored_fold"  # continuing or reusing: how it was trained
     base = trained_config(run)
     base.train.select_on = "inner"

@@ -23,8 +23,8 @@ TRAIN_EXTRAS = "pip install 'mmsent[train]'"
 
 
 def load_run(run_dir, device: str = "auto", backend: str | None = None):
-    """Load a trained run or ensemble folder (see :func:`mmsent.predict.load_run`), or a model folder written by
-    ``mmsent export`` (see :func:`mmsent.portable.load_export`: no PyTorch needed), for prediction.
+    """Load a trained run or ensemble folder (see :func:`mmsent.predict.load_run_folder`), or a model folder
+    written by ``mmsent export`` (see :func:`mmsent.portable.load_export`: no PyTorch needed), for prediction.
 
     ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``backend``: what runs the frozen encoders (None = the run's own).
     """
@@ -40,9 +40,9 @@ def load_run(run_dir, device: str = "auto", backend: str | None = None):
         raise PackageError(f"{run_dir}: predicting from a run folder needs the training extras ({error.name} is "
                            f"not installed: {TRAIN_EXTRAS}); or predict from a folder written by 'mmsent export'"
                            ) from None
-    from .predict import load_run as _load_run
+    from .predict import load_run_folder
 
-    return _load_run(run_dir, device=device, backend=backend)
+    return load_run_folder(run_dir, device=device, backend=backend)
 
 
 def __getattr__(name: str):

@@ -73,7 +73,7 @@ class TrainResult:
 
     def summary(self) -> str:
         """What ``mmsent train`` prints about the run: figures, protocol, calibration, decision rule, data."""
-        from .cv import format_summary
+        from .summaries import format_summary
 
         return format_summary(self.metrics)
 

@@ -11,17 +11,16 @@ without that file predicts uncalibrated (``T = 1``).
 
 The expected calibration error (ECE) is the top-label one: the predictions are put in ``bins`` equal-width bins of
 confidence (their highest probability) and ``ECE = sum_b n_b / N * |accuracy_b - confidence_b|``.
+
+The maths only: a run's calibration file is read by :mod:`mmsent.runfolder` and fitted again by
+:mod:`mmsent.refit`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
-
-from .runfolder import (RunError, is_ensemble, read_calibration_dict, read_metrics, read_oof, require_current_folds,
-                        trained_config, write_calibration_dict, write_metrics)
 
 BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)  # T between 0.05 and 20 (separable rows would otherwise drive T towards 0)
@@ -163,51 +162,3 @@ def stratified_parts(labels: np.ndarray, k: int = 5) -> np.ndarray:
     for fold, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=0).split(labels, labels)):
         fold_of[held] = fold
     return fold_of
-
-
-def read_calibration(run_dir: Path) -> Calibration | None:
-    """The run's saved calibration (None for a run without one: it predicts with ``T = 1``)."""
-    data = read_calibration_dict(run_dir)
-    if data is None:
-        return None
-    try:
-        return Calibration.from_dict(data)
-    except (TypeError, ValueError) as error:
-        raise RunError(f"{run_dir}/calibration.json is not a calibration written by 'mmsent train' ({error})") from None
-
-
-def read_temperature(run_dir: Path) -> float:
-    calibration = read_calibration(run_dir)
-    return calibration.temperature if calibration is not None else 1.0
-
-
-def format_calibration(summary: dict) -> str:
-    """One line: the temperature and the cross-fitted ECE / NLL before and after it."""
-    if summary.get("ece_before") is None:
-        return "calibration: no scored posts"
-    return (f"calibration: temperature {summary['temperature']:.3f}; expected calibration error "
-            f"{summary['ece_before']:.4f} -> {summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> "
-            f"{summary['nll_after']:.4f} (cross-fitted, {summary['bins']} bins)")
-
-
-def calibrate_run(run_dir: Path) -> Calibration:
-    """Fit (again) the calibration of a finished k-fold run from its out-of-fold probabilities (5 decimals) and its
-    folds (rebuilt from its config's folds and seed); writes calibration.json and metrics.json's ``calibration``.
-    For runs trained before calibration was saved with every run."""
-    from .data.folds import fold_assignment, stratified_folds
-
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        raise RunError(f"{run_dir} is an ensemble: it predicts with its members' uncalibrated probabilities")
-    config = trained_config(run_dir)
-    require_current_folds(config, run_dir, "be calibrated again from its out-of-fold predictions")
-    metrics = read_metrics(run_dir)
-    if metrics.get("protocol", {}).get("name") == "fixed_split":
-        raise RunError(f"{run_dir} was trained on a fixed split; 'mmsent train' calibrated it already")
-    oof = read_oof(run_dir)
-    labels = oof.label_indices()
-    fold_of = fold_assignment(stratified_folds(labels.tolist(), config.train.folds, config.train.seed), len(labels))
-    calibration = fit_calibration(oof.probs, labels, fold_of)
-    write_calibration_dict(run_dir, calibration.to_dict())
-    write_metrics(run_dir, {**metrics, "calibration": calibration.summary()})
-    return calibration

@@ -494,8 +494,7 @@ def cmd_ensemble(args) -> int:
     metrics = build_ensemble(args.runs, args.out, stack_data=args.data if args.stack else None,
                              stack_c=_stack_strength(args.stack_c))
     print(format_ensemble(metrics))
-    from .calibration import format_calibration
-    from .cv import describe_protocol
+    from .summaries import describe_protocol, format_calibration
 
     print(f"protocol: {describe_protocol(metrics)}")
     print(format_calibration(metrics["calibration"]))
@@ -683,7 +682,8 @@ def cmd_export(args) -> int:
          "predictions) -> RUN/calibration.json; 'train' does this for every new run",
          lambda parser: _run_args(parser, "run folder written by 'mmsent train'"))
 def cmd_calibrate(args) -> int:
-    from .calibration import calibrate_run, format_calibration
+    from .refit import calibrate_run
+    from .summaries import format_calibration
 
     calibration = calibrate_run(args.run)
     print(format_calibration(calibration.summary()))
@@ -703,7 +703,7 @@ def _decide_arguments(parser: argparse.ArgumentParser) -> None:
 @command("decide", "fit how a run chooses its labels from its probabilities (from its out-of-fold predictions) -> "
          "RUN/decision.json, which predict, evaluate and serve apply", _decide_arguments)
 def cmd_decide(args) -> int:
-    from .cv import decide_run
+    from .refit import decide_run
     from .decision import format_decision
 
     decision = decide_run(args.run, args.rule)

@@ -21,21 +21,23 @@ import torch
 
 from ._version import __version__
 from .atomic import atomic_write_json, save_tensors
-from .calibration import fit_calibration, format_calibration
+from .calibration import fit_calibration
 from .checkpoint import read_info
-from .decision import DecisionRule, fit_decision, format_decision
+from .decision import DecisionRule, fit_decision
 from .config import ConfigError, RunConfig, TrainConfig, normalised_labels, run_labels
 from .data.dataset import Split
 from .data.folds import fold_assignment, stratified_folds
-from .data.records import DataError
+from .data.posts import DataError
 from .distributed import Shard, current_shard
 from .features import compute_features
-from .metrics import classification_metrics, format_mean_std
+from .inference import FeatureBatches, predict_probs, resolve_device
+from .metrics import classification_metrics
 from .model import MultimodalClassifier, Towers, load_towers
 from .runfolder import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, OutOfFold, RunError, finished_fold, fold_dir,
                         prepare_run_dir, write_calibration_dict, write_decision_dict, write_fold_result, write_metrics,
                         write_oof)
-from .training import FeatureBatches, fit, predict_probs, resolve_device
+from .summaries import cv_summary, protocol_of
+from .training import fit
 
 
 def seed_everything(seed: int) -> None:
@@ -260,32 +262,6 @@ def data_summary(split: Split, features: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def protocol_of(config: TrainConfig, fixed_split: bool = False) -> dict:
-    """What produced a run's figures: ``{"name", "selection", "description"}`` (saved in metrics.json)."""
-    if fixed_split:
-        return {"name": "fixed_split", "selection": "validation_file",
-                "description": "one model trained on the training file; early stopping chose its epoch on the "
-                               "validation file, whose figures these are (chosen on: score a test file with "
-                               "'mmsent evaluate')"}
-    if config.select_on == "scored_fold":
-        return {"name": "cv_select_on_scored_fold", "selection": "scored_fold",
-                "description": f"cross-validation over {config.folds} folds; early stopping chose each fold's "
-                               "epoch on the fold it scores (optimistic)"}
-    return {"name": "cv_inner_selection", "selection": "inner", "inner_val": config.inner_val,
-            "description": f"cross-validation over {config.folds} folds; early stopping chose each fold's epoch on "
-                           f"a stratified {config.inner_val:.0%} of its training part; the scored fold only scores"}
-
-
-def describe_protocol(metrics: dict) -> str:
-    """One line on how a run's figures were produced (runs written before it was recorded chose on the scored
-    fold)."""
-    protocol = metrics.get("protocol")
-    if protocol is None:
-        return ("protocol not recorded (a run from before the inner validation split: early stopping chose on the "
-                "scored fold, optimistic)")
-    return protocol["description"]
-
-
 def check_selection(config: TrainConfig) -> None:
     """Refuse an inner validation share that cannot be one (before anything is loaded or trained)."""
     if config.select_on == "inner" and not 0 < config.inner_val < 1:
@@ -347,74 +323,6 @@ def join_splits(train: Split, val: Split) -> Split:
                  label_names=train.label_names)
 
 
-def cv_summary(fold_rows: list[dict]) -> dict:
-    """Mean and standard deviation over folds of accuracy, weighted F1 and macro F1 (``accuracy_mean`` ...)."""
-    summary = {}
-    for key in ("accuracy", "weighted_f1", "macro_f1"):
-        values = np.array([row[key] for row in fold_rows])
-        summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std())
-    return summary
-
-
 def _log_fold(log, row: dict, folds: int, suffix: str = "") -> None:
     log(f"fold {row['fold'] + 1}/{folds}: accuracy {row['accuracy']:.4f}  weighted F1 {row['weighted_f1']:.4f}  "
         f"macro F1 {row['macro_f1']:.4f}  (best epoch {row['best_epoch']} of {row['epochs_run']}){suffix}")
-
-
-def figures_name(metrics: dict) -> str:
-    """What a run's headline figures are: "5-fold CV" or "validation (fixed split)"."""
-    if metrics.get("protocol", {}).get("name") == "fixed_split":
-        return "validation (fixed split)"
-    return f"{len(metrics['folds'])}-fold CV"
-
-
-def format_summary(metrics: dict) -> str:
-    cv = metrics["cv"]
-    data = metrics["data"]
-    return "\n".join([
-        f"{figures_name(metrics)}: accuracy {format_mean_std(cv['accuracy_mean'], cv['accuracy_std'])}  "
-        f"weighted F1 {format_mean_std(cv['weighted_f1_mean'], cv['weighted_f1_std'])}  "
-        f"macro F1 {format_mean_std(cv['macro_f1_mean'], cv['macro_f1_std'])}",
-        f"protocol: {describe_protocol(metrics)}",
-        *([format_calibration(metrics["calibration"])] if "calibration" in metrics else []),
-        *([format_decision(DecisionRule.from_dict(metrics["decision"]))] if "decision" in metrics else []),
-        f"data: {data['posts']} posts {data['label_counts']}; text encodings {data['text_encodings']}",
-        f"data repaired or worked around: {data['images_unusable']} text only (image unusable), "
-        f"{data.get('texts_unusable', 0)} image only (text missing or empty), "
-        f"{data.get('texts_fallback_encoding', 0)} texts decoded with a fallback encoding (cp1252/latin-1), "
-        f"{data.get('texts_truncated', 0)} texts truncated, {data.get('rows_dropped', 0)} label rows dropped, "
-        f"{data.get('headers_missing', 0)} label file without header; {data['warnings']} warnings in all",
-        f"wall time {metrics['wall_seconds']:.1f} s (features {metrics['feature_seconds']:.1f} s) on {metrics['device']}",
-    ])
-
-
-def decide_run(run_dir: Path, rule: str) -> DecisionRule:
-    """Fit the decision rule ``rule`` of a finished run from its out-of-fold probabilities and its folds (rebuilt
-    from its config); writes decision.json (removed for ``accuracy``: the most probable class) and metrics.json's
-    ``decision``. Predict, evaluate and serve then label by it."""
-    from .data.folds import fold_assignment, stratified_folds
-    from .runfolder import (DECISION_FILE, is_ensemble, read_metrics, read_oof, require_current_folds,
-                            trained_config)
-
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        raise RunError(f"{run_dir} is an ensemble; fit the decision rule of a run ('mmsent decide --run RUN')")
-    config = trained_config(run_dir)
-    metrics = read_metrics(run_dir)
-    oof = read_oof(run_dir)
-    labels = oof.label_indices()
-    if metrics.get("protocol", {}).get("name") == "fixed_split":
-        fold_of = np.zeros(len(labels), dtype=np.int64)  # the validation posts: cross-fitted over parts of their own
-    else:
-        require_current_folds(config, run_dir, "have its decision rule fitted from its out-of-fold predictions")
-        fold_of = fold_assignment(stratified_folds(labels.tolist(), config.train.folds, config.train.seed),
-                                  len(labels))
-    decision = fit_decision(oof.probs, labels, fold_of, rule, oof.classes)
-    metrics.pop("decision", None)
-    if rule == "accuracy":
-        (run_dir / DECISION_FILE).unlink(missing_ok=True)
-    else:
-        write_decision_dict(run_dir, decision.to_dict())
-        metrics["decision"] = decision.to_dict()
-    write_metrics(run_dir, metrics)
-    return decision

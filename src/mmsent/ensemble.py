@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from .calibration import fit_calibration
-from .cv import cv_summary, describe_protocol
 from .data.folds import fold_assignment, stratified_folds
 from .errors import InputError
 from .metrics import classification_metrics, format_mean_std
 from .runfolder import (OutOfFold, RunError, data_fingerprint, is_ensemble, is_run, read_oof, read_protocol,
                         read_run_config, require_current_folds, trained_config, write_calibration_dict,
                         write_ensemble_manifest, write_metrics, write_oof)
+from .summaries import cv_summary, describe_protocol
 
 
 def _run_identity(run_dir: Path) -> dict:

@@ -90,14 +90,14 @@ def _normalised(word: str) -> str:
 def error_analysis_items(run_dir: Path, data: Path, sample: int, log=print) -> list[tuple[str, object]]:
     """Report items (see :mod:`mmsent.report`) of the error-analysis section of ``run_dir`` on its data ``data``;
     ``sample`` posts (evenly spaced; 0 = all) give the words pushing toward each class."""
-    from .predict import load_run
+    from .predict import load_run_folder
 
     config = trained_config(run_dir)
     fold_of, split, why = _fold_of(run_dir, data, config)
     if fold_of is None:
         return [("text", f"Error analysis not available: {why}.")]
     rows, classes = _oof_rows(run_dir)
-    with load_run(run_dir, device="cpu") as run:
+    with load_run_folder(run_dir, device="cpu") as run:
         fold_runs = [replace(run, models=[model]) for model in run.models]  # one fold model each, one thread
         items = [("text", "Each post is explained by the fold model that held it out (its out-of-fold prediction); "
                           "words and image regions are coloured orange where they pushed toward the predicted "

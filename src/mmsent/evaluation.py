@@ -111,14 +111,14 @@ def evaluate_run(run_dir: Path, data_dir: Path, labels_file: Path | None, out_di
 
     from .calibration import expected_calibration_error, negative_log_likelihood
     from .data.dataset import open_data
-    from .predict import load_run
+    from .predict import load_run_folder
     from .runfolder import read_run_config
 
     config = read_run_config(member_dirs(run_dir)[0] if is_ensemble(run_dir) else run_dir)
     classes = run_labels(config)
     # cheap checks before loading the run; the table's columns and options as the run was trained with
     split = open_data(Path(data_dir), "train", replace(config.data, labels=list(classes)), train_file=labels_file)
-    with load_run(run_dir, device=device, backend=backend) as run:
+    with load_run_folder(run_dir, device=device, backend=backend) as run:
         probs = run.predict_split(split, log)
         temperature, predictor = getattr(run, "temperature", None), run.description
         predicted, offsets = run.labels_of(probs), run.decision_offsets

@@ -22,8 +22,9 @@ from typing import Any
 
 from .config import ConfigError, RunConfig, apply_overrides, config_fields, config_types, flatten, resolve_config
 from .atomic import atomic_write_json, atomic_write_text
-from .cv import format_summary, protocol_of, train_cv
+from .cv import train_cv
 from .runfolder import RunError, config_differences, is_finished, is_run, read_metrics, trained_config
+from .summaries import format_summary, protocol_of
 from .metrics import format_mean_std
 from .tables import dict_table_markdown
 from .model import MODALITIES

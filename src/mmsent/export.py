@@ -33,7 +33,7 @@ from .config import RunConfig, flatten, run_labels
 from .encoders.image import EfficientNetLiteTower
 from .encoders.text import HFTextTower
 from .portable import FORMAT, FORMAT_VERSION, MANIFEST_FILE, load_export
-from .predict import LoadedEnsemble, LoadedRun, load_run
+from .predict import LoadedEnsemble, LoadedRun, load_run_folder
 from .runfolder import (CONFIG_FILE, RunError, is_ensemble, is_run, is_seed_group, member_dirs, read_json,
                         read_metrics, read_stacker_dict)
 
@@ -276,7 +276,7 @@ def _load(run_dir: Path):
         raise ExportError(f"{run_dir} is not a run folder (no {CONFIG_FILE}) nor an ensemble; train one first")
     for member in member_dirs(run_dir) if is_ensemble(run_dir) else [run_dir]:
         check_exportable(member)
-    return load_run(run_dir, device="cpu", backend="onnx")
+    return load_run_folder(run_dir, device="cpu", backend="onnx")
 
 
 def build_manifest(loaded, run_dir: Path, folder: Path) -> dict:
@@ -357,7 +357,7 @@ def folder_size(folder: Path) -> int:
 
 
 def _figures(run_dir: Path) -> list[str]:
-    from .cv import describe_protocol
+    from .summaries import describe_protocol
 
     try:
         metrics = read_metrics(run_dir)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LABELS, TrainConfig
+from .config import TrainConfig
 from .errors import ConfigError
 from .registry import LOSSES
 
@@ -19,12 +19,12 @@ class SigmoidFocalLoss(nn.Module):
     ``alpha`` weights the positive term per class (default 0.25 for each), ``gamma`` down-weights easy examples.
     """
 
-    def __init__(self, config: TrainConfig, class_counts: torch.Tensor | None = None):
+    def __init__(self, config: TrainConfig, class_counts: torch.Tensor):
         super().__init__()
         if config.class_weight_power:
             raise ConfigError("train.class_weight_power weights the cross-entropy loss; focal loss weighs classes "
                              "with train.focal_alpha")
-        n_classes = len(class_counts) if class_counts is not None else len(LABELS)
+        n_classes = len(class_counts)
         alpha = config.focal_alpha or [0.25] * n_classes
         if len(alpha) != n_classes:
             raise ConfigError(f"train.focal_alpha needs {n_classes} values (one per class), got {len(alpha)}")
@@ -77,14 +77,13 @@ class LogitAdjusted(nn.Module):
         return self.loss(logits + self.offset, targets)
 
 
-def create_loss(config: TrainConfig, class_counts: torch.Tensor | None = None) -> nn.Module:
-    """The loss ``config.loss`` names; ``class_counts`` (C,): the training fold's posts per class (default: equal
-    counts of the three polarities), which also gives the number of classes; read by class weights and logit
-    adjustment."""
+def create_loss(config: TrainConfig, class_counts: torch.Tensor) -> nn.Module:
+    """The loss ``config.loss`` names; ``class_counts`` (C,): the training fold's posts per class, which also gives
+    the number of classes; read by class weights and logit adjustment."""
     for name in ("class_weight_power", "logit_adjustment"):
         if getattr(config, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(config, name)}")
-    counts = torch.ones(len(LABELS)) if class_counts is None else torch.as_tensor(class_counts)
+    counts = torch.as_tensor(class_counts)
     loss = LOSSES.create(config.loss, config, counts)
     return LogitAdjusted(loss, config.logit_adjustment, counts) if config.logit_adjustment else loss
 

@@ -7,10 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import LABELS
 
-
-def classification_metrics(y_true, y_pred, classes: Sequence[str] | int = LABELS) -> dict:
+def classification_metrics(y_true, y_pred, classes: Sequence[str] | int) -> dict:
     """Figures of predicted class indices ``y_pred`` (N,) against ``y_true`` (N,).
 
     ``classes``: the class names in index order (or their number; the names are then "0", "1", ...). Every class

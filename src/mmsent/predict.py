@@ -10,21 +10,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibration import apply_temperature, read_temperature
+from .calibration import apply_temperature
 from .config import RunConfig, run_labels
 from .data.dataset import Split
 from .data.text import clean_text, decode_text
 from .decision import DecisionRule
 from .features import compute_features
+from .inference import FeatureBatches, predict_probs, resolve_device
 from .model import MultimodalClassifier, Towers, load_towers
 from .prediction import Prediction, Predictor, write_predictions
 from .runfolder import (AVERAGE_DIR, RunError, is_ensemble, is_seed_group, member_dirs, read_decision_dict,
-                        read_run_config, read_stacker_dict, read_weights, weight_files)
+                        read_run_config, read_stacker_dict, read_temperature, read_weights, weight_files)
 from .stacking import LEXICON_SCORES, Stacker, lexicon_scores_of_raw, stack_inputs
-from .training import FeatureBatches, predict_probs, resolve_device
 
-
-__all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run", "write_predictions"]
+__all__ = ["RunError", "Predictor", "LoadedRun", "LoadedEnsemble", "Prediction", "load_run_folder",
+           "write_predictions"]
 
 _thread_state = threading.local()  # .inference is True on a run's inference thread
 
@@ -181,7 +181,7 @@ class LoadedEnsemble(Predictor):
         return next((read for read in (m.image_texts(images) for m in self.members) if read is not None), None)
 
 
-def load_run(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
+def load_run_folder(run_dir: str | Path, device: str = "auto", backend: str | None = None) -> Predictor:
     """Load a run folder written by ``mmsent train`` (a :class:`LoadedRun`) or by ``mmsent ensemble`` (a
     :class:`LoadedEnsemble` of its member runs). Close it (``close()`` or ``with``) to stop its inference thread.
 
@@ -214,7 +214,7 @@ def _load_ensemble(run_dir: Path, device: str, backend: str | None) -> "LoadedEn
     members: list[LoadedRun] = []
     try:
         for member in member_dirs(run_dir):
-            members.append(load_run(member, device, backend))
+            members.append(load_run_folder(member, device, backend))
         return _combine_members(run_dir, members)
     except BaseException:  # stop the inference threads of the members loaded so far
         for loaded in members:

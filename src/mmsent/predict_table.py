@@ -31,8 +31,7 @@ from .decision import decide
 from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .data.dataset import Split
 from .data.formats import DataSource
-from .data.posts import Post
-from .data.records import DataError, Problem
+from .data.posts import DataError, Post, Problem
 from .data.table import column_problems, row_posts, table_chunks, table_dir_of
 from .distributed import Shard, current_shard
 from .errors import ConfigError
@@ -89,7 +88,7 @@ class Summary:
     predicted: int = 0
     errors: int = 0  # rows written with an error instead of a label
     left_out: int = 0  # labelled rows, not predicted without all_rows
-    counts: dict = field(default_factory=dict)  # "error", a warning kind (records.KINDS) or "warning" -> count
+    counts: dict = field(default_factory=dict)  # "error", a warning kind (posts.KINDS) or "warning" -> count
     listed: list = field(default_factory=list)
 
     def add(self, problems: list[Problem]) -> None:

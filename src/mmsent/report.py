@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
-from .calibration import format_calibration
-from .cv import describe_protocol, figures_name
 from .ensemble import summary_rows
 from .evaluation import evaluation_tables, read_evaluations
 from .experiments import display_rows, setting_columns
@@ -29,6 +27,7 @@ from .metrics import format_mean_std
 from .runfolder import (CONFIG_FILE, HISTORY_FILE, RunError, fold_dirs, is_ensemble, is_finished_run, is_seed_group,
                         read_calibration_dict, read_json, read_metrics, seed_dirs)
 from .seeds import read_seed_summary, seeds_table
+from .summaries import describe_protocol, figures_name, format_calibration
 from .tables import dict_table_markdown
 
 EXPERIMENT_KINDS = ("ablation", "comparison", "sweep")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json, atomic_write_text
+from .calibration import Calibration
 from .config import CONFIG_VERSION, ConfigError, RunConfig, flatten, normalised_labels, run_labels
 from .errors import UserError
 
@@ -214,6 +215,22 @@ def read_calibration_dict(run_dir: Path) -> dict | None:
     """calibration.json's content, or None for a run without one."""
     path = Path(run_dir) / CALIBRATION_FILE
     return read_json(path, "a run's calibration") if path.is_file() else None
+
+
+def read_calibration(run_dir: Path) -> Calibration | None:
+    """The run's saved calibration (None for a run without one: it predicts with ``T = 1``)."""
+    data = read_calibration_dict(run_dir)
+    if data is None:
+        return None
+    try:
+        return Calibration.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{run_dir}/calibration.json is not a calibration written by 'mmsent train' ({error})") from None
+
+
+def read_temperature(run_dir: Path) -> float:
+    calibration = read_calibration(run_dir)
+    return calibration.temperature if calibration is not None else 1.0
 
 
 def write_calibration_dict(run_dir: Path, data: dict) -> None:

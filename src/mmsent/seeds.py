@@ -121,7 +121,8 @@ def average_seeds(out_dir: Path, seeds: list[int], log=print) -> dict:
 def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=print, resume: bool = False,
                 overwrite: bool = False) -> dict:
     """Train ``config`` once per seed into ``RUN/seed_S`` (finished seeds are kept with ``resume``); the summary."""
-    from .cv import format_summary, train_cv
+    from .cv import train_cv
+    from .summaries import format_summary
 
     out_dir = Path(out_dir)
     metrics_by_seed = {}

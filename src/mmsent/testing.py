@@ -194,12 +194,12 @@ def _check_trainable(encoder, features: dict, name: str) -> None:
 def _check_precompute(encoder, items: list, features: dict, name: str) -> None:
     """precompute over a data folder of the same posts gives what encode_items gives (text, image, lexicon)."""
     from .config import TextPrepConfig
-    from .data.dataset import open_split
+    from .data.dataset import open_data
 
     if encoder.kind not in ("text", "image", "lexicon"):
         return  # the text in images is read by OCR from image files: not made here
     with tempfile.TemporaryDirectory(prefix="mmsent-check-") as folder:
-        split = open_split(Path(folder), _write_posts(Path(folder), encoder.kind, items), labelled=True)
+        split = open_data(Path(folder), "test", test_file=_write_posts(Path(folder), encoder.kind, items))
         prep = TextPrepConfig(strip_urls=False, strip_mentions=False, strip_rt=False, lowercase=False)
         computed = encoder.precompute(split, prep, 2, 0)
         if encoder.kind == "text":  # the texts as the split cleans them
@@ -212,7 +212,8 @@ def _check_precompute(encoder, items: list, features: dict, name: str) -> None:
 
 
 def _write_posts(folder: Path, kind: str, items: list) -> Path:
-    """A lab folder of ``items`` (texts, or images written as JPEG, None: no file); returns its label file."""
+    """A lab folder of ``items`` (texts, or images written as JPEG, None: no file) as posts to predict; returns
+    their label file."""
     from PIL import Image
 
     (folder / "data").mkdir()
@@ -223,6 +224,6 @@ def _write_posts(folder: Path, kind: str, items: list) -> Path:
                 Image.fromarray(item).save(folder / "data" / f"{index}.jpg", quality=95)
         elif item is not None:
             (folder / "data" / f"{index}.txt").write_text(item, encoding="utf-8")
-    label_file = folder / "train.txt"
-    label_file.write_text("guid,tag\n" + "".join(f"{index},positive\n" for index in range(len(items))))
+    label_file = folder / "test_without_label.txt"
+    label_file.write_text("guid,tag\n" + "".join(f"{index},null\n" for index in range(len(items))))
     return label_file

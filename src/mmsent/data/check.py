@@ -13,7 +13,7 @@ from .dataset import Split
 from .formats import PARTS, DataSource, format_of, read_part
 from .images import ImageError, load_square_rgb
 from .mvsa import RULES
-from .records import Problem
+from .posts import Problem
 
 
 @dataclass

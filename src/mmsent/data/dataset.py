@@ -11,12 +11,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..config import LABELS, DataConfig, TextPrepConfig
+from ..config import DataConfig, TextPrepConfig
 from ..errors import InputError
 from .formats import DataSource, read_part
 from .images import encoded_bytes
-from .posts import Post, folder_post, normalise_label, settle_labels
-from .records import KINDS, DataError, Problem, Record, read_label_file, require_usable
+from .posts import KINDS, DataError, Post, Problem, normalise_label, settle_labels
 from .text import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, clean_text, decode_text
 
 
@@ -24,9 +23,8 @@ from .text import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, clean_text, decode_text
 class Split:
     """The posts of one part of a data set, of any format, and their label set.
 
-    ``records`` are :class:`Post` records; :class:`Record` rows of a lab-folder label file (label indices into
-    ``LABELS``, the original API) are turned into the posts of ``data_dir``. ``label_names``: the class names in
-    class order (empty = the sorted names of the posts' labels); ``labels`` are indices into it.
+    ``records``: the :class:`Post` records. ``label_names``: the class names in class order (empty = the sorted
+    names of the posts' labels); ``labels`` are indices into it.
     """
 
     data_dir: Path
@@ -36,10 +34,6 @@ class Split:
     label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if any(isinstance(record, Record) for record in self.records):
-            self.label_names = self.label_names or LABELS
-            self.records = [folder_post(Path(self.data_dir), r.guid, None if r.label is None else LABELS[r.label],
-                                        f"line {r.line}") for r in self.records]
         self.label_names = tuple(self.label_names) or tuple(sorted({p.label for p in self.records if p.label}))
 
     @property
@@ -124,7 +118,7 @@ class Split:
         return [r.guid for r in self.records if {r.text_where, r.image_where} & wheres]
 
     def summary(self) -> dict[str, int]:
-        """Counts of what was dropped, repaired or worked around (see ``records.KINDS``), and fallback decodings."""
+        """Counts of what was dropped, repaired or worked around (see ``posts.KINDS``), and fallback decodings."""
         counts = {kind: len({p.where for p in self.problems if p.kind == kind and not p.fatal}) for kind in KINDS}
         counts["text_fallback_encoding"] = sum(v for k, v in self.encodings.items() if k in FALLBACK_ENCODINGS)
         return counts
@@ -141,18 +135,6 @@ class Split:
     def label_counts(self) -> dict[str, int]:
         counts = Counter(self.labels)
         return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
-
-
-def open_split(data_dir: Path, label_file: Path | str, labelled: bool) -> Split:
-    """Read and validate ``label_file`` (a path) naming posts of ``data_dir``; raise DataError if it cannot be used."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"data folder not found: {data_dir}")
-    if not (data_dir / "data").is_dir():
-        raise DataError(f"{data_dir} has no 'data' folder with the posts' <guid>.txt and <guid>.jpg files")
-    parsed = read_label_file(Path(label_file), labelled)
-    records = require_usable(parsed)
-    return Split(data_dir, records, problems=list(parsed.problems))
 
 
 def open_data(path: Path | str, part: str = "train", data: DataConfig | None = None, train_file: Path | None = None,

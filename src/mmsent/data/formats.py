@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..config import normalised_labels
 from ..registry import FORMATS
-from .posts import Post, settle_labels
-from .records import DataError, Problem
+from .posts import DataError, Post, Problem, settle_labels
 
 if TYPE_CHECKING:
     from ..config import DataConfig

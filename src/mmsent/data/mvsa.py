@@ -14,8 +14,7 @@ from collections import Counter
 from functools import partial
 
 from .formats import DataSource, PartRead, register_format
-from .posts import folder_post
-from .records import SAFE_GUID, Problem, Record, first_occurrence
+from .posts import SAFE_GUID, Problem, first_occurrence, folder_post
 
 LABEL_FILE = "labelResultAll.txt"
 POLARITIES = ("negative", "neutral", "positive")
@@ -84,7 +83,7 @@ def read_mvsa(source: DataSource, part: str, pairs: int) -> PartRead:
         parsed = _parse_line(line, pairs, where) if line.strip() else None
         if isinstance(parsed, Problem):
             problems.append(parsed)
-        elif parsed is not None and first_occurrence(Record(*parsed), number, seen, where, problems):
+        elif parsed is not None and first_occurrence(parsed[0], parsed[1], number, seen, where, problems):
             label, dropped = _label_of(parsed[1], where)
             problems.extend([dropped] if dropped else [])
             posts.extend([folder_post(root, parsed[0], label, where)] if label else [])

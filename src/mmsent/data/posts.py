@@ -1,13 +1,41 @@
-"""The general post record every format reads into, and the label set settled from the labelled posts."""
+"""The general post record every format reads into, the problems found reading posts (named by file and row), and
+the label set settled from the labelled posts."""
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import Problem
+from ..errors import UserError
+
+SAFE_GUID = re.compile(r"^[A-Za-z0-9_.-]+$")
+NULL_TAGS = ("null", "")
+# Problem kinds counted in summaries: label-file lines left out or repaired, and what happened to a post's files
+# (a missing or empty text, or an unusable image, leaves the post resting on its other modality).
+# MVSA releases add the posts each cleaning rule drops (mvsa.py).
+KINDS = ("row_dropped", "header_missing", "text_missing", "text_empty", "text_truncated", "image_unusable",
+         "mvsa_opposite", "mvsa_no_majority")
+
+
+class DataError(UserError):
+    """The data set cannot be used as given; the message says why."""
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the data. ``fatal`` problems stop train/predict."""
+
+    where: str  # "train.txt:12" or "data/12.jpg"
+    message: str
+    fatal: bool = False
+    kind: str = ""  # what was worked around, for summaries: one of KINDS, or "" (other)
+
+    def __str__(self) -> str:
+        return f"{'ERROR' if self.fatal else 'warning'}: {self.where}: {self.message}"
+
 
 TYPO_SIMILARITY = 0.8  # difflib ratio from which two label names count as spellings of one word
 TYPO_MAX_SHARE = 0.01  # a label so spelled is a typo when it holds at most this share of the rows (or 2 rows)
@@ -42,6 +70,22 @@ def folder_post(root: Path, guid: str, label: str | None, where: str) -> Post:
     """A post whose text and image are ``root/data/<guid>.txt`` and ``.jpg`` (the lab folder and MVSA releases)."""
     return Post(guid, label, where, text_path=root / "data" / f"{guid}.txt", image_path=root / "data" / f"{guid}.jpg",
                 text_where=f"data/{guid}.txt", image_where=f"data/{guid}.jpg", label_where=where)
+
+
+def first_occurrence(guid: str, label, number: int, seen: dict, where: str, problems: list[Problem],
+                     unit: str = "line") -> bool:
+    """False for a repeated guid (a conflicting label is fatal, the same label a dropped row); ``seen`` (guid ->
+    (number, label) of its first occurrence) is updated."""
+    if guid not in seen:
+        seen[guid] = (number, label)
+        return True
+    first_line, first_label = seen[guid]
+    if first_label != label:
+        problems.append(Problem(where, f"guid {guid} repeats {unit} {first_line} with another tag", fatal=True))
+    else:
+        problems.append(Problem(where, f"guid {guid} repeats {unit} {first_line} (same tag; dropped)",
+                                kind="row_dropped"))
+    return False
 
 
 def normalise_label(name: str) -> str:

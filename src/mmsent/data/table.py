@@ -24,8 +24,7 @@ from ..config import option
 from ..errors import PackageError
 from ..registry import TABLE_SUFFIXES
 from .formats import DataSource, PartRead, register_format
-from .posts import Post, normalise_label
-from .records import NULL_TAGS, SAFE_GUID, DataError, Problem, Record, first_occurrence
+from .posts import NULL_TAGS, SAFE_GUID, DataError, Post, Problem, first_occurrence, normalise_label
 
 BAD_LINE = re.compile(r"Skipping line (\d+): (.*)")
 
@@ -186,7 +185,7 @@ def row_posts(rows, name: str, table_dir: Path, config, part: str, problems: lis
         if isinstance(post, Problem):
             if in_part:
                 yield row_id(values, number, config), post
-        elif (seen is None or first_occurrence(Record(post.guid, post.label), number, seen, post.where,
+        elif (seen is None or first_occurrence(post.guid, post.label, number, seen, post.where,
                                                 problems if in_part else [], unit="row")) and in_part:
             yield post.guid, post
 
