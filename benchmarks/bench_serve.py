@@ -207,8 +207,8 @@ def compute_floor(model: Path, data: Path, count: int = 64) -> dict:
     run = load_run(model)
     text_name, text = next((n, e) for n, e in run.encoders.items() if isinstance(e, TextEncoder))
     image_name, image = next((n, e) for n, e in run.encoders.items() if isinstance(e, ImageEncoder))
-    text.session = ort_graph(model / run.manifest["encoders"][text_name]["graph"], threads=1)
-    image.session = ort_graph(model / run.manifest["encoders"][image_name]["graph"], threads=1)
+    text.graph = ort_graph(model / run.manifest["encoders"][text_name]["graph"], threads=1)
+    image.graph = ort_graph(model / run.manifest["encoders"][image_name]["graph"], threads=1)
     for member, spec in zip(run.members, run.manifest["members"]):
         member.graph = ort_graph(model / spec["graph"], threads=1)
     cleaned = text.clean(texts)

@@ -79,13 +79,16 @@ def test_export_gives_the_runs_probabilities(exported):
                            atol=1e-4)
 
 
-BLOCK_TORCH = """
+SITE_BLOCK_TORCH = """
 import importlib.abc, sys
 class Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "transformers", "sklearn", "scipy", "captum", "matplotlib"):
             raise ImportError(f"blocked: {name}", name=name)
 sys.meta_path.insert(0, Blocked())
+"""
+
+BLOCK_TORCH = SITE_BLOCK_TORCH + """
 from mmsent.cli import main
 code = main(sys.argv[1:])
 assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules), "torch was imported"
@@ -272,14 +275,6 @@ def test_server_batches_concurrent_requests_and_reports_metrics(exported):
     assert batches["mmsent_batch_size_sum"] == 16 and batches["mmsent_batch_size_count"] < 16  # some were batched
 
 
-SITE_BLOCK_TORCH = """
-import importlib.abc, sys
-class Blocked(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "sklearn", "scipy", "captum", "matplotlib"):
-            raise ImportError(f"blocked: {name}", name=name)
-sys.meta_path.insert(0, Blocked())
-"""
 
 
 def _free_port() -> int:

@@ -95,8 +95,8 @@ class TextEncoder:
         self.tokenizer.enable_truncation(int(spec["max_length"]))
         self.pad_id, self.pooled = int(spec["pad_id"]), bool(spec["pooled"])
         self.prep = TextPrepConfig(**spec["text_prep"])
-        self.session = ort_graph(folder / spec["graph"])
-        self.used = {item.name for item in self.session.get_inputs()}
+        self.graph = ort_graph(folder / spec["graph"])
+        self.used = {item.name for item in self.graph.get_inputs()}
 
     def clean(self, raw_texts: list) -> list[str]:
         return [clean_text(text or "", self.prep) for text in raw_texts]
@@ -113,7 +113,7 @@ class TextEncoder:
         for i, row in enumerate(ids):
             input_ids[i, :len(row)], mask[i, :len(row)] = row, 1
         feeds = {"input_ids": input_ids, "attention_mask": mask}
-        hidden = half_rounded(self.session.run(None, {k: v for k, v in feeds.items() if k in self.used})[0])
+        hidden = half_rounded(self.graph.run(None, {k: v for k, v in feeds.items() if k in self.used})[0])
         mask = mask.astype(bool)
         if self.pooled:
             return {"text_hidden": half_rounded(masked_mean(hidden, mask)[:, None]),
@@ -126,13 +126,13 @@ class ImageEncoder:
 
     def __init__(self, folder: Path, spec: dict):
         self.size, self.output = int(spec["size"]), spec["output"]
-        self.session = ort_graph(folder / spec["graph"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.graph = ort_graph(folder / spec["graph"])
+        self.input_name = self.graph.get_inputs()[0].name
 
     def encode(self, images: list) -> dict[str, np.ndarray]:
         blank = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         pixels = np.stack([blank if image is None else image for image in images])  # (B, S, S, 3)
-        out = np.concatenate([self.session.run(None, {self.input_name: pixels[i:i + IMAGE_CHUNK]})[0]
+        out = np.concatenate([self.graph.run(None, {self.input_name: pixels[i:i + IMAGE_CHUNK]})[0]
                               for i in range(0, len(pixels), IMAGE_CHUNK)])  # (B, C, h, w)
         if self.output != "map":
             out = out.reshape(out.shape[0], out.shape[1], -1).transpose(0, 2, 1)  # (B, h*w, C)
