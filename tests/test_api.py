@@ -105,6 +105,13 @@ def test_save_and_load_give_the_same_probabilities_and_a_run_folder(fitted, tmp_
     capsys.readouterr()
     assert main(["predict", "--run", str(saved), "--text", texts[0], "--image", str(tmp_path / "post.jpg")]) == 0
     assert capsys.readouterr().out.split()[0] == fitted.predict(texts[:1], [str(tmp_path / "post.jpg")])[0]
+    config = json.loads((saved / "config.json").read_text())  # as a run saved before runs recorded their labels
+    config["data"].pop("labels", None)
+    (saved / "config.json").write_text(json.dumps(config))
+    older = mmsent.SentimentClassifier.load(saved)
+    assert list(older.classes_) == ["negative", "neutral", "positive"]
+    assert older.result_.classes == ("negative", "neutral", "positive")
+    assert older.predict(texts[:2], images[:2]).tolist() == fitted.predict(texts[:2], images[:2]).tolist()
 
 
 def test_fit_without_a_folder_trains_in_a_temporary_one_removed_with_the_estimator():

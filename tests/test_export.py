@@ -5,6 +5,7 @@ One tiny run (a tiny BERT and EfficientNet-Lite0 at 64 px, 1 epoch x 2 folds) is
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,18 @@ def test_predict_from_export_without_torch(exported, tmp_path):
     one = _blocked("predict", "--run", str(model), "--text", "love this great day", "--json", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert set(json.loads(one.stdout)["probabilities"]) == {"negative", "neutral", "positive"}
+
+
+def test_predict_from_export_imports_no_torch_where_torch_is_installed(exported, tmp_path):
+    """With torch installed (no blocker), predicting from an export still does not import it: the base command
+    builds its own parser only, not the training commands' registry choices."""
+    _, _, model = exported
+    code = ("import sys; from mmsent.cli import main; code = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--run", str(model), "--text", "a lovely day",
+                           "--json"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr
 
 
 def test_without_torch_training_commands_and_runs_say_what_to_install(exported, tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .config import ConfigError, RunConfig, resolve_config
+from .config import ConfigError, RunConfig, resolve_config, run_labels
 from .data.dataset import Split
 from .decision import DecisionRule
 from .errors import PackageError
@@ -65,7 +65,7 @@ class TrainResult:
     def from_metrics(cls, run_dir: Path, metrics: dict, warnings: Sequence[str] = ()) -> "TrainResult":
         run_dir = Path(run_dir)
         decision = metrics.get("decision")
-        return cls(run_dir, tuple(read_run_config(run_dir).data.labels),
+        return cls(run_dir, tuple(run_labels(read_run_config(run_dir))),
                    dict(metrics["cv"]), dict(metrics["out_of_fold"]), dict(metrics.get("protocol") or {}),
                    float(metrics.get("calibration", {}).get("temperature", 1.0)),
                    DecisionRule.from_dict(decision) if decision else None, RunFiles.of(run_dir), metrics,

@@ -146,12 +146,15 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
     return register
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One subparser per registered command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """One subparser per registered command (``only``: that command's alone, so that a base command does not load
+    the registries the training commands list as choices, nor PyTorch with them)."""
     parser = argparse.ArgumentParser(prog="mmsent", description="Image+text sentiment classification of posts.")
     parser.add_argument("--version", action="version", version=f"mmsent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, spec in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         subparser = sub.add_parser(name, help=spec.help)
         spec.arguments(subparser)
         subparser.set_defaults(func=spec.run)
@@ -755,7 +758,8 @@ def _config_flags() -> dict[str, str]:
     """config key -> the option that sets it in ``mmsent train`` (the fields' ``flag`` and the data options)."""
     parser = argparse.ArgumentParser()
     _train_arguments(parser)
-    return {action.dest[4:]: action.option_strings[0] for action in parser._actions if action.dest.startswith("cfg:")}
+    return {action.dest[4:]: " / ".join(action.option_strings) for action in parser._actions
+            if action.dest.startswith("cfg:")}
 
 
 def _allowed_values_text(key: str, spec, kind) -> str:
@@ -834,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
             load_plugins()
         except ImportError as error:  # a base install: no PyTorch
             missing = error
-    parser = build_parser()
+    parser = build_parser(only=named if named in COMMANDS and COMMANDS[named].base else None)
     args = parser.parse_args(argv)
     try:
         if missing is not None and not COMMANDS[args.command].base:

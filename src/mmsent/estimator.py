@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .atomic import atomic_write_json
+from .config import run_labels
 from .data.dataset import Split, posts_split
 from .errors import InputError
 
@@ -153,7 +154,7 @@ class SentimentClassifier(ClassifierMixin, BaseEstimator):
         saved = path / ESTIMATOR_FILE
         estimator = cls(**read_json(saved, "an estimator's parameters")) if saved.is_file() else cls()
         estimator.run_dir_ = path
-        estimator.classes_ = np.array(config.data.labels, dtype=object)
+        estimator.classes_ = np.array(run_labels(config), dtype=object)
         estimator.result_ = TrainResult.from_metrics(path, read_metrics(path))
         return estimator
 

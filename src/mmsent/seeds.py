@@ -22,7 +22,7 @@ import numpy as np
 from .atomic import atomic_write_json, atomic_write_text
 from .config import ConfigError, RunConfig
 from .distributed import current_shard
-from .runfolder import AVERAGE_DIR, SEEDS_FILE, is_finished, is_run, read_json, read_metrics, seed_dir
+from .runfolder import AVERAGE_DIR, SEEDS_FILE, RunError, is_finished, is_run, read_json, read_metrics, seed_dir
 from .metrics import format_mean_std
 from .tables import dict_table_markdown
 
@@ -109,12 +109,19 @@ def format_seeds(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def average_seeds(out_dir: Path, seeds: list[int], log=print) -> dict:
+def average_seeds(out_dir: Path, seeds: list[int], log=print) -> dict | None:
     """Average the seed runs into ``RUN/average`` (:func:`mmsent.ensemble.build_ensemble`: each post predicted out
-    of fold by every seed, so its figures are honest); what the summary records of it."""
+    of fold by every seed, so its figures are honest); what the summary records of it. Seed runs that cannot be
+    combined (e.g. kept from a version whose folds are not rebuilt) are said so and leave no average. The average
+    labels by the most probable class, whatever ``train.decision`` the runs have."""
     from .ensemble import build_ensemble
 
-    metrics = build_ensemble([seed_dir(out_dir, seed) for seed in seeds], Path(out_dir) / AVERAGE_DIR, log=log)
+    try:
+        metrics = build_ensemble([seed_dir(out_dir, seed) for seed in seeds], Path(out_dir) / AVERAGE_DIR,
+                                 log=lambda *a, **k: None)
+    except RunError as error:
+        log(f"the seed runs are not averaged: {error}")
+        return None
     return {"run": AVERAGE_DIR, "out_of_fold": {key: metrics["out_of_fold"][key] for key in FIGURES}}
 
 
@@ -138,11 +145,13 @@ def train_seeds(config: RunConfig, split, out_dir: Path, seeds: list[int], log=p
         started = resume and is_run(run_dir)
         metrics_by_seed[seed] = train_cv(seeded, split, run_dir, log=log, resume=started, overwrite=overwrite)
         log(format_summary(metrics_by_seed[seed]).splitlines()[0])
-    average = None
-    if current_shard().is_main and (config.train.folds > 1 and
-                                    next(iter(metrics_by_seed.values())).get("protocol", {}).get("name") != "fixed_split"):
-        average = average_seeds(out_dir, seeds, log=lambda *a, **k: None)
-    return write_seed_summary(out_dir, metrics_by_seed, average)
+    shard = current_shard()
+    if shard.is_main:  # one process averages and writes the summary; the others read it once it is there
+        cross_validated = (next(iter(metrics_by_seed.values())).get("protocol") or {}).get("name") != "fixed_split"
+        average = average_seeds(out_dir, seeds, log) if cross_validated else None
+        summary = write_seed_summary(out_dir, metrics_by_seed, average)
+    shard.barrier()
+    return summary if shard.is_main else read_seed_summary(out_dir)
 
 
 def read_seed_summary(folder: Path) -> dict:
