@@ -652,8 +652,6 @@ def cmd_serve(args) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     batching = Batching(max_batch=args.max_batch, wait_ms=args.batch_wait_ms)
     serve(args.run, host=args.host, port=args.port, device=args.device, backend=args.backend,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
